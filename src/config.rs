@@ -1,0 +1,540 @@
+//! The YAML config: file structs (`deny_unknown_fields`, so a typo cannot silently disable a
+//! check) parsed and validated into [`Config`]. Every error names the file, the key and the
+//! problem on one line. The shipped `conf/hlsgate.yaml` documents every key and its default.
+
+use crate::origin::{self, Origin};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A config problem: `FILE: KEY: PROBLEM`.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub problem: String,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("invalid duration {s:?}: {e} (e.g. \"30s\")"))
+    })
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid listen address {s:?} (expected IP:PORT, e.g. \"0.0.0.0:8080\")"
+        ))
+    })
+}
+
+fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| {
+            parse_net(s)
+                .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an IP or CIDR")))
+        })
+        .collect()
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+// ---- file structs -------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    edge: FileEdge,
+    admin: FileAdmin,
+    metrics: FileMetrics,
+    store: FileStore,
+    tokens: FileTokens,
+    origins: FileOrigins,
+    streams: BTreeMap<String, FileStream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileEdge {
+    #[serde(deserialize_with = "socket_addr")]
+    listen: SocketAddr,
+    threads: usize,
+    #[serde(deserialize_with = "nets")]
+    trusted_proxies: Vec<IpNet>,
+    #[serde(deserialize_with = "duration")]
+    origin_connect_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    origin_read_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    grace_period: Duration,
+}
+
+impl Default for FileEdge {
+    fn default() -> Self {
+        FileEdge {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            threads: 2,
+            trusted_proxies: Vec::new(),
+            origin_connect_timeout: Duration::from_secs(3),
+            origin_read_timeout: Duration::from_secs(15),
+            grace_period: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileAdmin {
+    #[serde(deserialize_with = "socket_addr")]
+    listen: SocketAddr,
+    public_edge_url: String,
+}
+
+impl Default for FileAdmin {
+    fn default() -> Self {
+        FileAdmin {
+            listen: ([127, 0, 0, 1], 8081).into(),
+            public_edge_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileMetrics {
+    #[serde(deserialize_with = "socket_addr")]
+    listen: SocketAddr,
+}
+
+impl Default for FileMetrics {
+    fn default() -> Self {
+        FileMetrics {
+            listen: ([127, 0, 0, 1], 9100).into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileStore {
+    url: String,
+}
+
+impl Default for FileStore {
+    fn default() -> Self {
+        FileStore {
+            url: "sqlite://data/hlsgate.db".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileTokens {
+    secret_file: PathBuf,
+    #[serde(deserialize_with = "duration")]
+    ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    session_ttl: Duration,
+    bind_ipv4_prefix: u8,
+    bind_ipv6_prefix: u8,
+}
+
+impl Default for FileTokens {
+    fn default() -> Self {
+        FileTokens {
+            secret_file: "data/secret.key".into(),
+            ttl: Duration::from_secs(300),
+            session_ttl: Duration::from_secs(12 * 3600),
+            bind_ipv4_prefix: 32,
+            bind_ipv6_prefix: 64,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileOrigins {
+    allow: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStream {
+    url: String,
+}
+
+// ---- validated config ---------------------------------------------------------------------
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub edge: Edge,
+    pub admin: Admin,
+    pub metrics_listen: SocketAddr,
+    pub store_url: String,
+    pub tokens: Tokens,
+    pub origins: OriginPolicy,
+    pub streams: BTreeMap<String, Stream>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Edge {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub origin_connect_timeout: Duration,
+    pub origin_read_timeout: Duration,
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Without a trailing `/`.
+    pub public_edge_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub secret_file: PathBuf,
+    pub ttl: Duration,
+    pub session_ttl: Duration,
+    pub bind_ipv4_prefix: u8,
+    pub bind_ipv6_prefix: u8,
+}
+
+impl Tokens {
+    /// The prefix length a token binds `ip` with.
+    pub fn prefix_for(&self, ip: IpAddr) -> u8 {
+        match ip.to_canonical() {
+            IpAddr::V4(_) => self.bind_ipv4_prefix,
+            IpAddr::V6(_) => self.bind_ipv6_prefix,
+        }
+    }
+}
+
+/// Which private/loopback origins are allowed although they are private.
+#[derive(Debug, Clone, Default)]
+pub struct OriginPolicy {
+    pub allow_nets: Vec<IpNet>,
+    pub allow_hosts: Vec<String>,
+}
+
+impl OriginPolicy {
+    /// Whether an origin at `ip` (reached by the name `host`) may be fetched from.
+    pub fn permits(&self, host: &str, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        !origin::is_internal(ip)
+            || self.allow_nets.iter().any(|n| n.contains(&ip))
+            || self
+                .allow_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host))
+    }
+}
+
+/// A stream: its id, its origin and its playlist's file name.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    pub id: String,
+    pub origin: Origin,
+    /// Path of the playlist below the origin base (the part after the last `/`).
+    pub playlist: String,
+}
+
+/// Stream ids appear in URLs and tokens: `[A-Za-z0-9_-]{1,64}`.
+pub fn valid_stream_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= crate::token::MAX_STREAM_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Config {
+    /// Read, parse and validate `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate YAML text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |key: &str, problem: String| ConfigError {
+            file: file.clone(),
+            key: key.to_owned(),
+            problem,
+        };
+        let de = serde_yaml::Deserializer::from_str(text);
+        let f: FileConfig = match serde_path_to_error::deserialize(de) {
+            Ok(f) => f,
+            Err(e) => {
+                let key = e.path().to_string();
+                let key = if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                };
+                let problem = e.into_inner().to_string();
+                // serde_yaml starts its messages with the parent's path: said once is enough.
+                let problem = match problem.split_once(": ") {
+                    Some((head, rest)) if key.starts_with(head) => rest.to_owned(),
+                    _ => problem,
+                };
+                return Err(err(&key, problem));
+            }
+        };
+
+        if f.edge.threads == 0 || f.edge.threads > 256 {
+            return Err(err("edge.threads", "must be between 1 and 256".into()));
+        }
+        for (key, d) in [
+            ("edge.origin_connect_timeout", f.edge.origin_connect_timeout),
+            ("edge.origin_read_timeout", f.edge.origin_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(err(key, "must be more than 0s".into()));
+            }
+        }
+        let public = f.admin.public_edge_url.trim_end_matches('/').to_owned();
+        if !(public.starts_with("http://") || public.starts_with("https://")) {
+            return Err(err(
+                "admin.public_edge_url",
+                format!("{public:?} is not an http:// or https:// URL"),
+            ));
+        }
+        if !(f.store.url.starts_with("sqlite://") || f.store.url.starts_with("postgres://")) {
+            return Err(err(
+                "store.url",
+                "must start with sqlite:// or postgres://".into(),
+            ));
+        }
+        let t = &f.tokens;
+        if t.ttl < Duration::from_secs(10) {
+            return Err(err("tokens.ttl", "must be at least 10s".into()));
+        }
+        if t.session_ttl < t.ttl {
+            return Err(err(
+                "tokens.session_ttl",
+                "must not be shorter than tokens.ttl".into(),
+            ));
+        }
+        if t.session_ttl > Duration::from_secs(366 * 86400) {
+            return Err(err("tokens.session_ttl", "must be at most 366 days".into()));
+        }
+        if t.bind_ipv4_prefix > 32 {
+            return Err(err("tokens.bind_ipv4_prefix", "must be 0..=32".into()));
+        }
+        if t.bind_ipv6_prefix > 128 {
+            return Err(err("tokens.bind_ipv6_prefix", "must be 0..=128".into()));
+        }
+        if t.secret_file.as_os_str().is_empty() {
+            return Err(err("tokens.secret_file", "must not be empty".into()));
+        }
+
+        let mut origins = OriginPolicy::default();
+        for (i, a) in f.origins.allow.iter().enumerate() {
+            match parse_net(a) {
+                Some(n) => origins.allow_nets.push(n),
+                None if origin::valid_hostname(a) => {
+                    origins.allow_hosts.push(a.to_ascii_lowercase())
+                }
+                None => {
+                    return Err(err(
+                        &format!("origins.allow[{i}]"),
+                        format!("{a:?} is neither an IP, a CIDR nor a host name"),
+                    ))
+                }
+            }
+        }
+
+        let mut streams = BTreeMap::new();
+        for (id, s) in f.streams {
+            let key = format!("streams.{id}.url");
+            if !valid_stream_id(&id) {
+                return Err(err(
+                    &format!("streams.{id}"),
+                    "stream ids are 1-64 of A-Z a-z 0-9 _ -".into(),
+                ));
+            }
+            let (origin, playlist) = Origin::from_playlist_url(&s.url).map_err(|p| err(&key, p))?;
+            origin.check_allowed(&origins).map_err(|p| err(&key, p))?;
+            streams.insert(
+                id.clone(),
+                Stream {
+                    id,
+                    origin,
+                    playlist,
+                },
+            );
+        }
+
+        Ok(Config {
+            file: path.to_owned(),
+            edge: Edge {
+                listen: f.edge.listen,
+                threads: f.edge.threads,
+                trusted_proxies: f.edge.trusted_proxies,
+                origin_connect_timeout: f.edge.origin_connect_timeout,
+                origin_read_timeout: f.edge.origin_read_timeout,
+                grace_period: f.edge.grace_period,
+            },
+            admin: Admin {
+                listen: f.admin.listen,
+                public_edge_url: public,
+            },
+            metrics_listen: f.metrics.listen,
+            store_url: f.store.url,
+            tokens: Tokens {
+                secret_file: f.tokens.secret_file,
+                ttl: f.tokens.ttl,
+                session_ttl: f.tokens.session_ttl,
+                bind_ipv4_prefix: f.tokens.bind_ipv4_prefix,
+                bind_ipv6_prefix: f.tokens.bind_ipv6_prefix,
+            },
+            origins,
+            streams,
+        })
+    }
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}{}", self.id, self.origin, self.playlist)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn empty_config_gets_defaults() {
+        let c = parse("{}").unwrap();
+        assert_eq!(c.edge.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.tokens.ttl, Duration::from_secs(300));
+        assert!(c.streams.is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        for (text, key, problem) in [
+            (
+                "edge:\n  lisen: \"1.2.3.4:5\"\n",
+                "edge.lisen",
+                "unknown field `lisen`",
+            ),
+            (
+                "edge:\n  listen: nope\n",
+                "edge.listen",
+                "invalid listen address",
+            ),
+            ("tokens:\n  ttl: 5x\n", "tokens.ttl", "invalid duration"),
+            ("tokens:\n  ttl: 1s\n", "tokens.ttl", "at least 10s"),
+            (
+                "tokens:\n  bind_ipv4_prefix: 33\n",
+                "tokens.bind_ipv4_prefix",
+                "0..=32",
+            ),
+            (
+                "edge:\n  trusted_proxies: [\"x/y\"]\n",
+                "edge.trusted_proxies",
+                "not an IP",
+            ),
+            ("store:\n  url: mysql://x\n", "store.url", "sqlite://"),
+            (
+                "streams:\n  a: { url: \"ftp://x/y.m3u8\" }\n",
+                "streams.a.url",
+                "scheme",
+            ),
+            (
+                "streams:\n  a: { url: \"http://10.0.0.1/y.m3u8\" }\n",
+                "streams.a.url",
+                "origins.allow",
+            ),
+            (
+                "streams:\n  a: { url: \"http://169.254.169.254/latest/x.m3u8\" }\n",
+                "streams.a.url",
+                "private",
+            ),
+            (
+                "streams:\n  \"../x\": { url: \"http://example.com/y.m3u8\" }\n",
+                "streams.../x",
+                "stream ids",
+            ),
+            (
+                "streams:\n  a: { url: \"file://does/not/exist/i.m3u8\" }\n",
+                "streams.a.url",
+                "folder",
+            ),
+            (
+                "streams:\n  a: { ur: \"x\" }\n",
+                "streams.a.ur",
+                "unknown field",
+            ),
+            (
+                "origins:\n  allow: [\"a b\"]\n",
+                "origins.allow[0]",
+                "neither",
+            ),
+            ("edge: [", "edge", "invalid type"),
+            ("- a\n- b\n", "(top level)", "invalid type"),
+        ] {
+            let e = parse(text).unwrap_err();
+            let s = e.to_string();
+            assert!(s.starts_with("test.yaml: "), "{s}");
+            assert_eq!(e.key, key, "{text}: {s}");
+            assert!(e.problem.contains(problem), "{text}: {s}");
+            assert!(!s.contains('\n'), "one line: {s:?}");
+        }
+    }
+
+    #[test]
+    fn private_origins_need_the_allow_list() {
+        let text = "origins:\n  allow: [\"127.0.0.1\", \"10.1.0.0/16\"]\nstreams:\n  a: { url: \"http://127.0.0.1:9/x/i.m3u8\" }\n  b: { url: \"http://10.1.2.3/i.m3u8\" }\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.streams["a"].playlist, "i.m3u8");
+        assert!(parse("streams:\n  a: { url: \"http://10.2.2.3/i.m3u8\" }\n").is_err());
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        let mut n = 0;
+        // file:// stream paths are relative to the repo root, as when run from there.
+        std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+}

@@ -1,0 +1,72 @@
+//! The edge: Pingora server wiring and the state every request shares.
+//!
+//! ```text
+//! hlsgate token --stream demo            # prints http://127.0.0.1:8080/api/hls/<token>/demo/index.m3u8
+//! curl -i "$(hlsgate token --stream demo)"
+//! ```
+
+pub mod client;
+pub mod file;
+pub mod proxy;
+pub mod respond;
+pub mod route;
+
+use crate::config::{Config, Stream};
+use crate::token::Keyring;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What every request of the edge shares.
+pub struct EdgeState {
+    pub cfg: Arc<Config>,
+    pub keyring: Arc<Keyring>,
+    pub streams: HashMap<String, Arc<Stream>>,
+    /// `tokens.ttl` in seconds.
+    pub ttl: u32,
+}
+
+impl EdgeState {
+    pub fn new(cfg: Arc<Config>, keyring: Arc<Keyring>) -> EdgeState {
+        let streams = cfg
+            .streams
+            .iter()
+            .map(|(id, s)| (id.clone(), Arc::new(s.clone())))
+            .collect();
+        let ttl = cfg.tokens.ttl.as_secs().min(u32::MAX as u64) as u32;
+        EdgeState {
+            cfg,
+            keyring,
+            streams,
+            ttl,
+        }
+    }
+}
+
+/// Build the Pingora server with the edge proxy on `edge.listen`.
+pub fn server(state: Arc<EdgeState>) -> Server {
+    let cfg = &state.cfg;
+    let conf = ServerConf {
+        threads: cfg.edge.threads,
+        grace_period_seconds: Some(cfg.edge.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.edge.grace_period.as_secs().max(1)),
+        // Pingora's defaults put these in /tmp, shared by every instance on the machine.
+        pid_file: "/dev/null".into(),
+        upgrade_sock: String::new(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let listen = cfg.edge.listen.to_string();
+    let mut svc = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy::EdgeProxy {
+            state: state.clone(),
+        },
+        "hlsgate edge",
+    );
+    svc.add_tcp(&listen);
+    server.add_service(svc);
+    server
+}

@@ -1,0 +1,74 @@
+//! Responses the edge writes itself: JSON errors (`{"error": "..."}`) and small helpers for
+//! headers every authorised response carries.
+
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// The header that hands a viewer their current token (seed behaviour).
+pub const NEW_TOKEN: &str = "X-New-Token";
+
+/// Write a complete JSON error response. Content-Length is always set so the connection can
+/// be reused.
+pub async fn error(session: &mut Session, status: u16, message: &str) -> pingora_error::Result<()> {
+    let body = json_error_body(message);
+    let mut h = ResponseHeader::build(status, Some(4))?;
+    h.insert_header("Content-Type", "application/json")?;
+    h.insert_header("Content-Length", body.len().to_string())?;
+    h.insert_header("Cache-Control", "no-store")?;
+    cors(&mut h)?;
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(h), head).await?;
+    if !head {
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `{"error": message}` as bytes.
+pub fn json_error_body(message: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(message.len() + 16);
+    body.extend_from_slice(b"{\"error\":");
+    json_string(message, &mut body);
+    body.extend_from_slice(b"}");
+    body
+}
+
+/// Headers that let browser players read responses and `X-New-Token` across origins. Token
+/// modes in the path or query carry no ambient credentials, so `*` is safe here.
+pub fn cors(h: &mut ResponseHeader) -> pingora_error::Result<()> {
+    h.insert_header("Access-Control-Allow-Origin", "*")?;
+    h.insert_header("Access-Control-Expose-Headers", NEW_TOKEN)?;
+    Ok(())
+}
+
+fn json_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_escapes() {
+        assert_eq!(
+            super::json_error_body("a \"b\" \\ \n"),
+            br#"{"error":"a \"b\" \\ \u000a"}"#
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! The incremental m3u8 rewriter: bytes in, bytes out, only an unfinished line kept between
+//! chunks, so memory does not grow with the playlist and the first lines leave the edge
+//! before the last ones arrive.
+//!
+//! What is rewritten (through a [`UriMap`]):
+//! - URI lines: every line that is neither blank nor starts with `#` (the URI after
+//!   `#EXTINF`, `#EXT-X-STREAM-INF`, ...);
+//! - `URI="..."` and `SERVER-URI="..."` attributes of any `#EXT` tag (`EXT-X-KEY`,
+//!   `EXT-X-SESSION-KEY`, `EXT-X-MAP`, `EXT-X-MEDIA`, `EXT-X-I-FRAME-STREAM-INF`,
+//!   `EXT-X-SESSION-DATA`, `EXT-X-PART`, `EXT-X-PRELOAD-HINT`, `EXT-X-RENDITION-REPORT`,
+//!   `EXT-X-CONTENT-STEERING`, and any tag a later HLS version adds).
+//!
+//! Everything else is copied byte for byte: line endings (LF or CRLF), a UTF-8 BOM,
+//! blank space around a URI line, comments, unknown tags, attribute order and spacing.
+
+mod uri;
+
+pub use uri::{EdgeUris, OriginSpace};
+
+use memchr::{memchr, memmem};
+
+/// Longest line accepted; a longer one makes the playlist invalid (a DoS guard: without a
+/// bound, a playlist with no newline would be buffered whole).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Decides what a URI found in a playlist becomes.
+pub trait UriMap {
+    /// Append the rewritten form of `uri` (or `uri` itself when it is to be left alone).
+    fn map(&mut self, uri: &[u8], out: &mut Vec<u8>);
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RewriteError {
+    #[error("playlist line longer than {MAX_LINE} bytes")]
+    LineTooLong,
+}
+
+/// Streaming rewriter. Feed chunks in order with [`Rewriter::feed`], then call
+/// [`Rewriter::finish`] once at the end of the body.
+pub struct Rewriter<M> {
+    map: M,
+    partial: Vec<u8>,
+    first_line: bool,
+    uris: u64,
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+impl<M: UriMap> Rewriter<M> {
+    pub fn new(map: M) -> Self {
+        Rewriter {
+            map,
+            partial: Vec::new(),
+            first_line: true,
+            uris: 0,
+        }
+    }
+
+    /// How many URIs were handed to the map so far.
+    pub fn uris(&self) -> u64 {
+        self.uris
+    }
+
+    /// Rewrite every line completed by `chunk`, appending to `out`; keep the unfinished
+    /// last line for the next call.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), RewriteError> {
+        let mut rest = chunk;
+        if !self.partial.is_empty() {
+            match memchr(b'\n', rest) {
+                None => return self.keep(rest),
+                Some(nl) => {
+                    let mut line = std::mem::take(&mut self.partial);
+                    if line.len() + nl > MAX_LINE {
+                        return Err(RewriteError::LineTooLong);
+                    }
+                    line.extend_from_slice(&rest[..=nl]);
+                    self.line(&line, out);
+                    line.clear();
+                    self.partial = line; // keep the allocation
+                    rest = &rest[nl + 1..];
+                }
+            }
+        }
+        out.reserve(rest.len() + rest.len() / 2);
+        while let Some(nl) = memchr(b'\n', rest) {
+            self.line(&rest[..=nl], out);
+            rest = &rest[nl + 1..];
+        }
+        self.keep(rest)
+    }
+
+    /// Rewrite the last line if the body did not end with a newline.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), RewriteError> {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line, out);
+        }
+        Ok(())
+    }
+
+    fn keep(&mut self, rest: &[u8]) -> Result<(), RewriteError> {
+        if self.partial.len() + rest.len() > MAX_LINE {
+            return Err(RewriteError::LineTooLong);
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// One line, terminator included when present.
+    fn line(&mut self, mut line: &[u8], out: &mut Vec<u8>) {
+        if self.first_line {
+            self.first_line = false;
+            if let Some(rest) = line.strip_prefix(BOM) {
+                out.extend_from_slice(BOM);
+                line = rest;
+            }
+        }
+        let mut end = line.len();
+        if end > 0 && line[end - 1] == b'\n' {
+            end -= 1;
+            if end > 0 && line[end - 1] == b'\r' {
+                end -= 1;
+            }
+        }
+        let (body, eol) = line.split_at(end);
+        match body.first() {
+            None => out.extend_from_slice(line),
+            Some(b'#') => {
+                if body.starts_with(b"#EXT")
+                    && !body.starts_with(b"#EXTINF:")
+                    && memmem::find(body, b"URI=\"").is_some()
+                {
+                    self.tag(body, out);
+                    out.extend_from_slice(eol);
+                } else {
+                    out.extend_from_slice(line);
+                }
+            }
+            Some(_) => {
+                let start = body
+                    .iter()
+                    .position(|b| !b" \t".contains(b))
+                    .unwrap_or(body.len());
+                let stop = body
+                    .iter()
+                    .rposition(|b| !b" \t".contains(b))
+                    .map_or(start, |p| p + 1);
+                if start == stop {
+                    out.extend_from_slice(line);
+                    return;
+                }
+                out.extend_from_slice(&body[..start]);
+                self.uris += 1;
+                self.map.map(&body[start..stop], out);
+                out.extend_from_slice(&body[stop..]);
+                out.extend_from_slice(eol);
+            }
+        }
+    }
+
+    /// A tag line with attributes: rewrite the quoted value of every `URI` / `SERVER-URI`
+    /// attribute; copy all else. Quoted strings are skipped as a whole, so a `URI="` inside
+    /// another attribute's value is not mistaken for one.
+    fn tag(&mut self, body: &[u8], out: &mut Vec<u8>) {
+        let Some(colon) = memchr(b':', body) else {
+            out.extend_from_slice(body);
+            return;
+        };
+        let mut copied = 0; // body[..copied] is already in `out`
+        let mut attr_start = colon + 1;
+        let mut i = colon + 1;
+        while i < body.len() {
+            match body[i] {
+                b',' => attr_start = i + 1,
+                b'"' => {
+                    let Some(len) = memchr(b'"', &body[i + 1..]) else {
+                        break; // unterminated quote: leave the rest as it is
+                    };
+                    let close = i + 1 + len;
+                    let name = body[attr_start..i].trim_ascii();
+                    if name == b"URI=" || name == b"SERVER-URI=" {
+                        out.extend_from_slice(&body[copied..=i]);
+                        self.uris += 1;
+                        self.map.map(&body[i + 1..close], out);
+                        copied = close;
+                    }
+                    i = close;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        out.extend_from_slice(&body[copied..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Marks every URI so tests can see exactly what was treated as one.
+    struct Mark;
+    impl UriMap for Mark {
+        fn map(&mut self, uri: &[u8], out: &mut Vec<u8>) {
+            out.extend_from_slice(b"<");
+            out.extend_from_slice(uri);
+            out.extend_from_slice(b">");
+        }
+    }
+
+    fn rewrite_in(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut r = Rewriter::new(Mark);
+        let mut out = Vec::new();
+        for c in chunks {
+            r.feed(c, &mut out).unwrap();
+        }
+        r.finish(&mut out).unwrap();
+        out
+    }
+
+    const LL_HLS: &str = "\u{feff}#EXTM3U\r\n\
+#EXT-X-VERSION:9\r\n\
+#EXT-X-TARGETDURATION:4\r\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0\r\n\
+#EXT-X-CONTENT-STEERING:SERVER-URI=\"/steer?x=1\",PATHWAY-ID=\"A\"\r\n\
+#EXT-X-SESSION-DATA:DATA-ID=\"com.x\",URI=\"data.json\"\r\n\
+#EXT-X-SESSION-KEY:METHOD=AES-128,URI=\"k.bin\"\r\n\
+#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"skd://key\",KEYFORMAT=\"com.apple.streamingkeydelivery\"\r\n\
+#EXT-X-MAP:URI=\"init.mp4\",BYTERANGE=\"720@0\"\r\n\
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"say, URI=\",URI=\"audio/en.m3u8\"\r\n\
+#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=1,URI=\"iframe.m3u8\"\r\n\
+#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS=\"avc1.4d401f\"\r\n\
+\x20\tlow/index.m3u8\x20\x20\r\n\
+\r\n\
+# a comment with URI=\"x\"\r\n\
+#EXTINF:4.0,title with URI=\"x\"\r\n\
+seg1.ts?_HLS_msn=1\r\n\
+#EXT-X-PART:DURATION=1.0,URI=\"part1.mp4\",INDEPENDENT=YES\r\n\
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part2.mp4\"\r\n\
+#EXT-X-RENDITION-REPORT:URI=\"../hi/index.m3u8\",LAST-MSN=1\r\n\
+#EXT-X-UNKNOWN-FUTURE:URI=\"future.bin\"\r\n\
+last.ts";
+
+    const LL_HLS_OUT: &str = "\u{feff}#EXTM3U\r\n\
+#EXT-X-VERSION:9\r\n\
+#EXT-X-TARGETDURATION:4\r\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0\r\n\
+#EXT-X-CONTENT-STEERING:SERVER-URI=\"</steer?x=1>\",PATHWAY-ID=\"A\"\r\n\
+#EXT-X-SESSION-DATA:DATA-ID=\"com.x\",URI=\"<data.json>\"\r\n\
+#EXT-X-SESSION-KEY:METHOD=AES-128,URI=\"<k.bin>\"\r\n\
+#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"<skd://key>\",KEYFORMAT=\"com.apple.streamingkeydelivery\"\r\n\
+#EXT-X-MAP:URI=\"<init.mp4>\",BYTERANGE=\"720@0\"\r\n\
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"say, URI=\",URI=\"<audio/en.m3u8>\"\r\n\
+#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=1,URI=\"<iframe.m3u8>\"\r\n\
+#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS=\"avc1.4d401f\"\r\n\
+\x20\t<low/index.m3u8>\x20\x20\r\n\
+\r\n\
+# a comment with URI=\"x\"\r\n\
+#EXTINF:4.0,title with URI=\"x\"\r\n\
+<seg1.ts?_HLS_msn=1>\r\n\
+#EXT-X-PART:DURATION=1.0,URI=\"<part1.mp4>\",INDEPENDENT=YES\r\n\
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"<part2.mp4>\"\r\n\
+#EXT-X-RENDITION-REPORT:URI=\"<../hi/index.m3u8>\",LAST-MSN=1\r\n\
+#EXT-X-UNKNOWN-FUTURE:URI=\"<future.bin>\"\r\n\
+<last.ts>";
+
+    #[test]
+    fn rewrites_every_uri_and_nothing_else() {
+        let out = rewrite_in(&[LL_HLS.as_bytes()]);
+        assert_eq!(String::from_utf8(out).unwrap(), LL_HLS_OUT);
+    }
+
+    #[test]
+    fn identical_output_at_every_split_point() {
+        let input = LL_HLS.as_bytes();
+        let whole = rewrite_in(&[input]);
+        for i in 0..=input.len() {
+            assert_eq!(
+                rewrite_in(&[&input[..i], &input[i..]]),
+                whole,
+                "split at {i}"
+            );
+        }
+        // and fed one byte at a time
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(rewrite_in(&bytes), whole);
+        // every pair of split points, for a shorter input
+        let short = &input[..120];
+        let whole = rewrite_in(&[short]);
+        for i in 0..=short.len() {
+            for j in i..=short.len() {
+                assert_eq!(
+                    rewrite_in(&[&short[..i], &short[i..j], &short[j..]]),
+                    whole,
+                    "splits at {i},{j}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn memory_is_one_line_not_the_playlist() {
+        let mut r = Rewriter::new(Mark);
+        let mut out = Vec::new();
+        let line = b"#EXTINF:2.0,\nsegment_000000.ts\n";
+        for _ in 0..100_000 {
+            r.feed(line, &mut out).unwrap();
+            out.clear();
+        }
+        assert!(r.partial.capacity() <= 64, "{}", r.partial.capacity());
+        // a half line is all that is kept
+        r.feed(b"seg", &mut out).unwrap();
+        assert_eq!(r.partial, b"seg");
+    }
+
+    #[test]
+    fn an_endless_line_is_an_error() {
+        let mut r = Rewriter::new(Mark);
+        let mut out = Vec::new();
+        let chunk = vec![b'a'; 16 * 1024];
+        let mut res = Ok(());
+        for _ in 0..5 {
+            res = r.feed(&chunk, &mut out);
+            if res.is_err() {
+                break;
+            }
+        }
+        assert_eq!(res, Err(RewriteError::LineTooLong));
+    }
+
+    #[test]
+    fn lone_bom_and_empty_body() {
+        assert_eq!(rewrite_in(&[b""]), b"");
+        assert_eq!(rewrite_in(&[BOM]), BOM);
+        assert_eq!(rewrite_in(&[b"\n\n"]), b"\n\n");
+        assert_eq!(rewrite_in(&[b"  \t \n"]), b"  \t \n");
+        // a BOM only counts at the very start
+        assert_eq!(
+            rewrite_in(&[b"#EXTM3U\n\xEF\xBB\xBFa\n"]),
+            b"#EXTM3U\n<\xEF\xBB\xBFa>\n"
+        );
+    }
+
+    #[test]
+    fn unterminated_quote_is_left_alone() {
+        let out = rewrite_in(&[b"#EXT-X-KEY:METHOD=AES-128,URI=\"k.bin\n"]);
+        assert_eq!(out, b"#EXT-X-KEY:METHOD=AES-128,URI=\"k.bin\n");
+    }
+}

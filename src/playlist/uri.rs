@@ -1,0 +1,367 @@
+//! Where each URI of a playlist goes: back through the edge with the viewer's token when it
+//! names an object of the stream's origin, unchanged when it names anything else.
+//!
+//! - inside the stream's base folder: `{prefix}{path below the base}{?query}`
+//! - elsewhere on the origin host (`/keys/k.bin`, `http://origin/other/seg.ts`, `../x`):
+//!   `{prefix}~o/{signature}{absolute path}{?query}`, the signature covering the stream and
+//!   that exact path, so the token opens only what a playlist named (file origins have no
+//!   host to speak of: such URIs are left alone there)
+//! - other hosts, other schemes (`skd://`, `data:`), and `https://` when the origin is
+//!   `http://` (or the reverse): unchanged, so no token leaks to a third party.
+
+use super::UriMap;
+use crate::token::Keyring;
+use memchr::{memchr, memchr2, memmem};
+use std::sync::Arc;
+
+/// The origin's address space as the rewriter needs it.
+#[derive(Clone, Debug)]
+pub struct OriginSpace {
+    /// `http` or `https`; `None` for `file://` origins.
+    pub scheme: Option<&'static str>,
+    /// Lower-case `host[:port]`, the port left out when it is the scheme's default.
+    pub authority: String,
+    /// Absolute path of the stream's base folder, ending in `/`.
+    pub base: String,
+}
+
+/// The [`UriMap`] of one playlist response for one viewer.
+pub struct EdgeUris {
+    origin: Arc<OriginSpace>,
+    /// `/api/hls/{token}/{stream}/`
+    prefix: Vec<u8>,
+    /// `prefix` + the playlist's folder below the base: the whole rewrite of a plain
+    /// relative URI. `None` when the playlist itself lies outside the base.
+    fast: Option<Vec<u8>>,
+    /// Absolute origin path of the playlist's folder, ending in `/`.
+    dir: Vec<u8>,
+    /// Signs out-of-base paths (`None`: leave them alone).
+    signer: Option<(Arc<Keyring>, String)>,
+}
+
+impl EdgeUris {
+    /// `playlist_path` is the absolute origin path of the playlist being rewritten;
+    /// `prefix` is what every edge URI starts with (`/api/hls/{token}/{stream}/`).
+    pub fn new(
+        origin: Arc<OriginSpace>,
+        prefix: Vec<u8>,
+        playlist_path: &str,
+        keyring: Arc<Keyring>,
+        stream: &str,
+    ) -> Self {
+        let dir_end = playlist_path.rfind('/').map_or(0, |i| i + 1);
+        let dir = playlist_path.as_bytes()[..dir_end].to_vec();
+        let fast = dir.strip_prefix(origin.base.as_bytes()).map(|below| {
+            let mut f = prefix.clone();
+            f.extend_from_slice(below);
+            f
+        });
+        let signer = origin.scheme.map(|_| (keyring, stream.to_owned()));
+        EdgeUris {
+            origin,
+            prefix,
+            fast,
+            dir,
+            signer,
+        }
+    }
+
+    /// The absolute origin path (and the query/fragment that follows it) that `uri`
+    /// names, or `None` when it is not on this origin.
+    fn resolve<'u>(&self, uri: &'u [u8]) -> Option<(Vec<u8>, &'u [u8])> {
+        let split = memchr2(b'?', b'#', uri).unwrap_or(uri.len());
+        let (reference, query) = uri.split_at(split);
+        let path_start;
+        if let Some(scheme_len) = scheme_len(reference) {
+            let scheme = &reference[..scheme_len];
+            let want = self.origin.scheme?;
+            if !scheme.eq_ignore_ascii_case(want.as_bytes()) {
+                return None;
+            }
+            let rest = reference[scheme_len + 1..].strip_prefix(b"//")?;
+            path_start = self.same_authority(rest)?;
+            let path = &rest[path_start..];
+            return Some((
+                if path.is_empty() {
+                    b"/".to_vec()
+                } else {
+                    path.to_vec()
+                },
+                query,
+            ));
+        }
+        if let Some(rest) = reference.strip_prefix(b"//") {
+            self.origin.scheme?;
+            let p = self.same_authority(rest)?;
+            let path = &rest[p..];
+            return Some((
+                if path.is_empty() {
+                    b"/".to_vec()
+                } else {
+                    path.to_vec()
+                },
+                query,
+            ));
+        }
+        if reference.first() == Some(&b'/') {
+            return Some((reference.to_vec(), query));
+        }
+        let mut abs = self.dir.clone();
+        abs.extend_from_slice(reference);
+        Some((abs, query))
+    }
+
+    /// If `rest` (what follows `//`) starts with this origin's authority, the index where
+    /// its path starts.
+    fn same_authority(&self, rest: &[u8]) -> Option<usize> {
+        let end = memchr(b'/', rest).unwrap_or(rest.len());
+        let mut auth = &rest[..end];
+        if memchr(b'@', auth).is_some() {
+            return None; // userinfo: not how an origin is named; leave it alone
+        }
+        let default_port: &[u8] = match self.origin.scheme {
+            Some("https") => b":443",
+            _ => b":80",
+        };
+        if auth.ends_with(default_port) {
+            auth = &auth[..auth.len() - default_port.len()];
+        }
+        auth.eq_ignore_ascii_case(self.origin.authority.as_bytes())
+            .then_some(end)
+    }
+}
+
+/// Length of the URI scheme if `r` starts with one (`ALPHA *( ALPHA / DIGIT / + - . ) :`).
+fn scheme_len(r: &[u8]) -> Option<usize> {
+    if !r.first()?.is_ascii_alphabetic() {
+        return None;
+    }
+    for (i, &b) in r.iter().enumerate().skip(1) {
+        match b {
+            b':' => return Some(i),
+            b if b.is_ascii_alphanumeric() || b"+-.".contains(&b) => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// RFC 3986 remove_dot_segments on an absolute path; `None` if it climbs above the root.
+pub(crate) fn normalize(path: &[u8]) -> Option<Vec<u8>> {
+    let mut out: Vec<&[u8]> = Vec::new();
+    let segs: Vec<&[u8]> = path.split(|&b| b == b'/').skip(1).collect();
+    let last = segs.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, seg) in segs.iter().enumerate() {
+        match *seg {
+            b"." => trailing_slash = i == last,
+            b".." => {
+                out.pop()?;
+                trailing_slash = i == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut p = Vec::with_capacity(path.len());
+    for s in &out {
+        p.push(b'/');
+        p.extend_from_slice(s);
+    }
+    if trailing_slash || p.is_empty() {
+        p.push(b'/');
+    }
+    Some(p)
+}
+
+impl UriMap for EdgeUris {
+    fn map(&mut self, uri: &[u8], out: &mut Vec<u8>) {
+        // The common case: a plain relative name (`seg12.ts`, `v0/index.m3u8?x=1`).
+        if let Some(fast) = &self.fast {
+            let first = uri[0];
+            if first != b'/'
+                && first != b'.'
+                && memchr(b':', uri).is_none()
+                && memmem::find(uri, b"/.").is_none()
+            {
+                out.extend_from_slice(fast);
+                out.extend_from_slice(uri);
+                return;
+            }
+        }
+        let Some((abs, query)) = self.resolve(uri) else {
+            out.extend_from_slice(uri);
+            return;
+        };
+        let Some(path) = normalize(&abs) else {
+            out.extend_from_slice(uri);
+            return;
+        };
+        if let Some(below) = path.strip_prefix(self.origin.base.as_bytes()) {
+            out.extend_from_slice(&self.prefix);
+            out.extend_from_slice(below);
+            out.extend_from_slice(query);
+            return;
+        }
+        match &self.signer {
+            Some((keyring, stream)) => {
+                let sig = keyring.sign_path(stream, &String::from_utf8_lossy(&path));
+                out.extend_from_slice(&self.prefix);
+                out.extend_from_slice(b"~o/");
+                out.extend_from_slice(sig.as_bytes());
+                out.extend_from_slice(&path);
+                out.extend_from_slice(query);
+            }
+            None => out.extend_from_slice(uri),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> Keyring {
+        Keyring::from_text("1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n")
+            .unwrap()
+    }
+
+    fn http() -> OriginSpace {
+        OriginSpace {
+            scheme: Some("http"),
+            authority: "origin.example:8000".into(),
+            base: "/live/s1/".into(),
+        }
+    }
+
+    fn map_one(origin: &OriginSpace, playlist: &str, uri: &str) -> String {
+        let k = Arc::new(ring());
+        let mut m = EdgeUris::new(
+            Arc::new(origin.clone()),
+            b"/api/hls/TOK/s1/".to_vec(),
+            playlist,
+            k,
+            "s1",
+        );
+        let mut out = Vec::new();
+        m.map(uri.as_bytes(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn in_base_uris() {
+        let o = http();
+        let p = "/live/s1/v0/index.m3u8";
+        for (uri, want) in [
+            ("seg1.ts", "/api/hls/TOK/s1/v0/seg1.ts"),
+            (
+                "seg1.ts?_HLS_msn=3&_HLS_part=1",
+                "/api/hls/TOK/s1/v0/seg1.ts?_HLS_msn=3&_HLS_part=1",
+            ),
+            ("sub/seg1.ts", "/api/hls/TOK/s1/v0/sub/seg1.ts"),
+            ("../v1/index.m3u8", "/api/hls/TOK/s1/v1/index.m3u8"),
+            ("./seg.ts", "/api/hls/TOK/s1/v0/seg.ts"),
+            ("/live/s1/init.mp4", "/api/hls/TOK/s1/init.mp4"),
+            (
+                "http://origin.example:8000/live/s1/a.ts",
+                "/api/hls/TOK/s1/a.ts",
+            ),
+            (
+                "HTTP://ORIGIN.example:8000/live/s1/a.ts?x",
+                "/api/hls/TOK/s1/a.ts?x",
+            ),
+            ("//origin.example:8000/live/s1/a.ts", "/api/hls/TOK/s1/a.ts"),
+        ] {
+            assert_eq!(map_one(&o, p, uri), want, "{uri}");
+        }
+    }
+
+    #[test]
+    fn out_of_base_on_origin_is_signed_per_path() {
+        let o = http();
+        let k = ring();
+        let got = map_one(&o, "/live/s1/index.m3u8", "/keys/k.bin?v=2");
+        let sig = k.sign_path("s1", "/keys/k.bin");
+        assert_eq!(got, format!("/api/hls/TOK/s1/~o/{sig}/keys/k.bin?v=2"));
+        let got = map_one(&o, "/live/s1/index.m3u8", "../../other/seg.ts");
+        let sig = k.sign_path("s1", "/other/seg.ts");
+        assert_eq!(got, format!("/api/hls/TOK/s1/~o/{sig}/other/seg.ts"));
+        let got = map_one(
+            &o,
+            "/live/s1/index.m3u8",
+            "http://origin.example:8000/x/y.ts",
+        );
+        assert!(
+            got.starts_with("/api/hls/TOK/s1/~o/") && got.ends_with("/x/y.ts"),
+            "{got}"
+        );
+        // a playlist outside the base: its relative URIs are out-of-base too
+        let got = map_one(&o, "/other/index.m3u8", "a.ts");
+        let sig = k.sign_path("s1", "/other/a.ts");
+        assert_eq!(got, format!("/api/hls/TOK/s1/~o/{sig}/other/a.ts"));
+    }
+
+    #[test]
+    fn foreign_uris_are_left_alone() {
+        let o = http();
+        for uri in [
+            "https://origin.example:8000/live/s1/a.ts", // other scheme
+            "http://origin.example/live/s1/a.ts",       // other port
+            "http://cdn.example/live/s1/a.ts",
+            "http://user@origin.example:8000/live/s1/a.ts",
+            "//cdn.example/a.ts",
+            "skd://key-id",
+            "data:text/plain;base64,AAAA",
+            "../../../../etc/passwd",
+        ] {
+            assert_eq!(map_one(&o, "/live/s1/index.m3u8", uri), uri, "{uri}");
+        }
+    }
+
+    #[test]
+    fn default_ports_match() {
+        let o = OriginSpace {
+            scheme: Some("https"),
+            authority: "origin.example".into(),
+            base: "/".into(),
+        };
+        assert_eq!(
+            map_one(&o, "/i.m3u8", "https://origin.example:443/a.ts"),
+            "/api/hls/TOK/s1/a.ts"
+        );
+    }
+
+    #[test]
+    fn file_origins_never_leave_their_folder() {
+        let o = OriginSpace {
+            scheme: None,
+            authority: String::new(),
+            base: "/srv/hls/demo/".into(),
+        };
+        let p = "/srv/hls/demo/index.m3u8";
+        assert_eq!(map_one(&o, p, "a.ts"), "/api/hls/TOK/s1/a.ts");
+        assert_eq!(map_one(&o, p, "/etc/passwd"), "/etc/passwd");
+        assert_eq!(map_one(&o, p, "../x.ts"), "../x.ts");
+        assert_eq!(map_one(&o, p, "file:///etc/passwd"), "file:///etc/passwd");
+    }
+
+    #[test]
+    fn normalize_paths() {
+        for (p, want) in [
+            ("/a/b/../c", Some("/a/c")),
+            ("/a/./b/.", Some("/a/b/")),
+            ("/a/..", Some("/")),
+            ("/..", None),
+            ("/a/../../b", None),
+            ("/", Some("/")),
+        ] {
+            assert_eq!(
+                normalize(p.as_bytes()).map(|v| String::from_utf8(v).unwrap()),
+                want.map(String::from),
+                "{p}"
+            );
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Native stream tokens: stateless, so every edge node verifies them with no lookup.
+//!
+//! A token is the URL-safe base64 (no padding) of this byte layout:
+//!
+//! ```text
+//! 0       version (1)
+//! 1       key id: which key of the keyring signed it (rotation)
+//! 2..18   session id (random, 16 bytes)
+//! 18..22  exp, u32 big-endian unix seconds: the short expiry
+//! 22..26  session_exp, u32 unix seconds: a bound token is renewed until then
+//! 26      flags: bit 0 = bound to a client IP prefix, bit 1 = bound to a User-Agent
+//! 27      IP prefix length in bits (IPv4 0..=32, IPv6 0..=128)
+//! 28..36  IP tag: keyed SipHash of the masked client IP (zero when unbound)
+//! 36..44  UA tag: keyed SipHash of the User-Agent (zero when unbound)
+//! 44      n = length of the stream id (1..=64)
+//! 45..    stream id bytes
+//! +16     HMAC-SHA256 over everything before it, truncated to 128 bits
+//! ```
+//!
+//! The stream id and the binding tags are in clear (MAC-protected) so that a valid token
+//! presented for another stream, from another IP or with another User-Agent is told apart
+//! (403) from a forged or malformed one (401). The tags are keyed, so a token reveals
+//! neither the viewer's address nor their User-Agent.
+
+mod keys;
+
+pub use keys::{KeyError, Keyring};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use std::net::IpAddr;
+use subtle::ConstantTimeEq;
+
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 45;
+const MAC_LEN: usize = 16;
+/// Longest stream id a token can carry.
+pub const MAX_STREAM_ID: usize = 64;
+const MAX_TOKEN_BYTES: usize = HEADER_LEN + MAX_STREAM_ID + MAC_LEN;
+/// Longest token string accepted before any decoding is attempted.
+pub const MAX_TOKEN_CHARS: usize = (MAX_TOKEN_BYTES * 4).div_ceil(3);
+
+const FLAG_IP: u8 = 1;
+const FLAG_UA: u8 = 2;
+
+/// Who a token is bound to. `None` means "any".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Binding {
+    /// The client IP and the prefix length that must match.
+    pub ip: Option<(IpAddr, u8)>,
+    /// The exact User-Agent string.
+    pub ua: Option<String>,
+}
+
+/// What a token grants, as issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub stream: String,
+    pub session: [u8; 16],
+    pub exp: u32,
+    pub session_exp: u32,
+    pub binding: Binding,
+}
+
+/// The viewer presenting a token, as the edge sees them.
+#[derive(Clone, Copy, Debug)]
+pub struct Viewer<'a> {
+    pub stream: &'a str,
+    pub ip: IpAddr,
+    pub ua: &'a str,
+    pub now: u32,
+}
+
+/// A token that passed every check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub kid: u8,
+    pub session: [u8; 16],
+    pub exp: u32,
+    pub session_exp: u32,
+    /// The short expiry has passed; the token was renewed because it came from the IP and
+    /// User-Agent it is bound to while its session is alive. The caller must hand out a new
+    /// token (`X-New-Token`).
+    pub expired_renewable: bool,
+    flags: u8,
+    prefix: u8,
+}
+
+/// Why a token was refused. `status()` maps each to the SPEC's HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("invalid token signature")]
+    Forged,
+    #[error("token expired")]
+    Expired,
+    #[error("token is for another stream")]
+    WrongStream,
+    #[error("token is bound to another client")]
+    WrongViewer,
+}
+
+impl TokenError {
+    /// 401 for tokens that prove nothing; 403 for valid tokens used where they do not apply.
+    pub fn status(self) -> u16 {
+        match self {
+            TokenError::Malformed | TokenError::Forged | TokenError::Expired => 401,
+            TokenError::WrongStream | TokenError::WrongViewer => 403,
+        }
+    }
+
+    /// Label for metrics and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::Forged => "forged",
+            TokenError::Expired => "expired",
+            TokenError::WrongStream => "wrong_stream",
+            TokenError::WrongViewer => "wrong_viewer",
+        }
+    }
+}
+
+/// Mask `ip` to its first `prefix` bits, IPv4-mapped IPv6 addresses treated as IPv4.
+fn tag_input(ip: IpAddr, prefix: u8) -> [u8; 18] {
+    let mut buf = [0u8; 18];
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let p = prefix.min(32) as u32;
+            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+            buf[0] = 4;
+            buf[1] = p as u8;
+            buf[2..6].copy_from_slice(&(u32::from(v4) & mask).to_be_bytes());
+        }
+        IpAddr::V6(v6) => {
+            let p = prefix.min(128) as u32;
+            let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+            buf[0] = 6;
+            buf[1] = p as u8;
+            buf[2..18].copy_from_slice(&(u128::from(v6) & mask).to_be_bytes());
+        }
+    }
+    buf
+}
+
+impl Keyring {
+    /// Sign a grant with the active key.
+    pub fn issue(&self, grant: &Grant) -> String {
+        self.issue_with(self.active_kid(), grant)
+    }
+
+    fn issue_with(&self, kid: u8, g: &Grant) -> String {
+        let key = self.key(kid).expect("kid of the keyring");
+        let sid = g.stream.as_bytes();
+        assert!(
+            !sid.is_empty() && sid.len() <= MAX_STREAM_ID,
+            "stream ids are validated before tokens are issued"
+        );
+        let mut buf = [0u8; MAX_TOKEN_BYTES];
+        buf[0] = VERSION;
+        buf[1] = kid;
+        buf[2..18].copy_from_slice(&g.session);
+        buf[18..22].copy_from_slice(&g.exp.to_be_bytes());
+        buf[22..26].copy_from_slice(&g.session_exp.to_be_bytes());
+        let mut flags = 0;
+        if let Some((ip, prefix)) = g.binding.ip {
+            flags |= FLAG_IP;
+            let input = tag_input(ip, prefix);
+            buf[27] = input[1];
+            buf[28..36].copy_from_slice(&key.tag(&input));
+        }
+        if let Some(ua) = &g.binding.ua {
+            flags |= FLAG_UA;
+            buf[36..44].copy_from_slice(&key.tag(ua.as_bytes()));
+        }
+        buf[26] = flags;
+        buf[44] = sid.len() as u8;
+        let body_len = HEADER_LEN + sid.len();
+        buf[HEADER_LEN..body_len].copy_from_slice(sid);
+        let mac = key.mac(&[&buf[..body_len]]);
+        buf[body_len..body_len + MAC_LEN].copy_from_slice(&mac[..MAC_LEN]);
+        URL_SAFE_NO_PAD.encode(&buf[..body_len + MAC_LEN])
+    }
+
+    /// Check a token presented by `viewer`. Order: shape (401), signature (401), stream and
+    /// binding (403), expiry (401, or renewal for a bound token within its session).
+    pub fn verify(&self, token: &str, viewer: &Viewer<'_>) -> Result<Verified, TokenError> {
+        let t = token.as_bytes();
+        if t.len() < (HEADER_LEN + 1 + MAC_LEN) * 4 / 3 || t.len() > MAX_TOKEN_CHARS {
+            return Err(TokenError::Malformed);
+        }
+        let mut buf = [0u8; MAX_TOKEN_BYTES + 3];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(t, &mut buf)
+            .map_err(|_| TokenError::Malformed)?;
+        let raw = &buf[..n];
+        if raw[0] != VERSION {
+            return Err(TokenError::Malformed);
+        }
+        let sid_len = raw[HEADER_LEN - 1] as usize;
+        let body_len = HEADER_LEN + sid_len;
+        if sid_len == 0 || sid_len > MAX_STREAM_ID || n != body_len + MAC_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let key = self.key(raw[1]).ok_or(TokenError::Forged)?;
+        let mac = key.mac(&[&raw[..body_len]]);
+        if !bool::from(mac[..MAC_LEN].ct_eq(&raw[body_len..])) {
+            return Err(TokenError::Forged);
+        }
+        if !bool::from(raw[HEADER_LEN..body_len].ct_eq(viewer.stream.as_bytes())) {
+            return Err(TokenError::WrongStream);
+        }
+        let flags = raw[26];
+        let prefix = raw[27];
+        let mut ok = subtle::Choice::from(1);
+        if flags & FLAG_IP != 0 {
+            ok &= key.tag(&tag_input(viewer.ip, prefix)).ct_eq(&raw[28..36]);
+        }
+        if flags & FLAG_UA != 0 {
+            ok &= key.tag(viewer.ua.as_bytes()).ct_eq(&raw[36..44]);
+        }
+        if !bool::from(ok) {
+            return Err(TokenError::WrongViewer);
+        }
+        let exp = u32::from_be_bytes([raw[18], raw[19], raw[20], raw[21]]);
+        let session_exp = u32::from_be_bytes([raw[22], raw[23], raw[24], raw[25]]);
+        let fully_bound = flags & (FLAG_IP | FLAG_UA) == FLAG_IP | FLAG_UA;
+        let expired_renewable = if viewer.now <= exp {
+            false
+        } else if fully_bound && viewer.now <= session_exp {
+            true
+        } else {
+            return Err(TokenError::Expired);
+        };
+        let mut session = [0u8; 16];
+        session.copy_from_slice(&raw[2..18]);
+        Ok(Verified {
+            kid: raw[1],
+            session,
+            exp,
+            session_exp,
+            expired_renewable,
+            flags,
+            prefix,
+        })
+    }
+
+    /// The token to hand back in `X-New-Token` to a viewer that just passed `verify`: the
+    /// presented one while more than half of `ttl` remains and its key is the active one,
+    /// else a fresh token for the same session and binding (re-derived from the viewer that
+    /// just matched it, so it also moves old-key tokens to the active key), expiring `ttl`
+    /// from now but never after its session.
+    pub fn renew_for(
+        &self,
+        presented: &str,
+        v: &Verified,
+        viewer: &Viewer<'_>,
+        ttl: u32,
+    ) -> String {
+        if !v.expired_renewable
+            && v.kid == self.active_kid()
+            && v.exp.saturating_sub(viewer.now) > ttl / 2
+        {
+            return presented.to_owned();
+        }
+        let binding = Binding {
+            ip: (v.flags & FLAG_IP != 0).then_some((viewer.ip, v.prefix)),
+            ua: (v.flags & FLAG_UA != 0).then(|| viewer.ua.to_owned()),
+        };
+        self.issue(&Grant {
+            stream: viewer.stream.to_owned(),
+            session: v.session,
+            exp: viewer
+                .now
+                .saturating_add(ttl)
+                .min(v.session_exp.max(viewer.now)),
+            session_exp: v.session_exp,
+            binding,
+        })
+    }
+
+    /// Signature that makes one exact origin path outside a stream's base folder reachable
+    /// through the edge: URL-safe base64 of the key id and a 96-bit truncated HMAC over the
+    /// stream id and the path. Made when a playlist naming that path is rewritten.
+    pub fn sign_path(&self, stream: &str, path: &str) -> String {
+        let kid = self.active_kid();
+        let key = self.key(kid).expect("active key");
+        let mac = key.mac(&[b"path\0", stream.as_bytes(), b"\0", path.as_bytes()]);
+        let mut buf = [0u8; 13];
+        buf[0] = kid;
+        buf[1..].copy_from_slice(&mac[..12]);
+        URL_SAFE_NO_PAD.encode(buf)
+    }
+
+    /// Whether `sig` is [`Keyring::sign_path`]'s signature of `path` for `stream`.
+    pub fn verify_path(&self, stream: &str, path: &str, sig: &str) -> bool {
+        let mut buf = [0u8; 16];
+        match URL_SAFE_NO_PAD.decode_slice(sig.as_bytes(), &mut buf) {
+            Ok(13) => {}
+            _ => return false,
+        }
+        let Some(key) = self.key(buf[0]) else {
+            return false;
+        };
+        let mac = key.mac(&[b"path\0", stream.as_bytes(), b"\0", path.as_bytes()]);
+        bool::from(mac[..12].ct_eq(&buf[1..13]))
+    }
+}
+
+/// A random session id.
+pub fn new_session_id() -> [u8; 16] {
+    let mut s = [0u8; 16];
+    getrandom::getrandom(&mut s).expect("OS random source");
+    s
+}
+
+/// Current unix time in seconds, as tokens count it.
+pub fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().min(u32::MAX as u64) as u32)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> Keyring {
+        Keyring::from_text("1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n")
+            .unwrap()
+    }
+
+    fn grant(bind: bool) -> Grant {
+        Grant {
+            stream: "demo".into(),
+            session: [7; 16],
+            exp: 1_000,
+            session_exp: 5_000,
+            binding: if bind {
+                Binding {
+                    ip: Some(("203.0.113.9".parse().unwrap(), 24)),
+                    ua: Some("ffmpeg".into()),
+                }
+            } else {
+                Binding::default()
+            },
+        }
+    }
+
+    fn viewer(now: u32) -> Viewer<'static> {
+        Viewer {
+            stream: "demo",
+            ip: "203.0.113.77".parse().unwrap(),
+            ua: "ffmpeg",
+            now,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_url_safe() {
+        let k = ring();
+        let t = k.issue(&grant(true));
+        assert!(t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        let v = k.verify(&t, &viewer(900)).unwrap();
+        assert_eq!(v.session, [7; 16]);
+        assert!(!v.expired_renewable);
+    }
+
+    #[test]
+    fn every_flipped_character_is_refused_with_401() {
+        let k = ring();
+        let t = k.issue(&grant(true));
+        for i in 0..t.len() {
+            let mut b = t.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let forged = String::from_utf8(b).unwrap();
+            let err = k.verify(&forged, &viewer(900)).unwrap_err();
+            assert_eq!(err.status(), 401, "char {i}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn binding_is_enforced_with_403() {
+        let k = ring();
+        let t = k.issue(&grant(true));
+        let mut v = viewer(900);
+        v.ua = "curl";
+        assert_eq!(k.verify(&t, &v), Err(TokenError::WrongViewer));
+        let mut v = viewer(900);
+        v.ip = "203.0.114.1".parse().unwrap();
+        assert_eq!(k.verify(&t, &v), Err(TokenError::WrongViewer));
+        let mut v = viewer(900);
+        v.stream = "other";
+        assert_eq!(k.verify(&t, &v), Err(TokenError::WrongStream));
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_matches_ipv4() {
+        let k = ring();
+        let t = k.issue(&grant(true));
+        let mut v = viewer(900);
+        v.ip = "::ffff:203.0.113.5".parse().unwrap();
+        assert!(k.verify(&t, &v).is_ok());
+    }
+
+    #[test]
+    fn expiry_renews_only_bound_tokens_within_session() {
+        let k = ring();
+        let bound = k.issue(&grant(true));
+        let v = k.verify(&bound, &viewer(2_000)).unwrap();
+        assert!(v.expired_renewable);
+        assert_eq!(
+            k.verify(&bound, &viewer(5_001)),
+            Err(TokenError::Expired),
+            "past the session"
+        );
+        let unbound = k.issue(&grant(false));
+        assert_eq!(k.verify(&unbound, &viewer(2_000)), Err(TokenError::Expired));
+
+        let fresh = k.renew_for(&bound, &v, &viewer(2_000), 300);
+        assert_ne!(fresh, bound);
+        let again = k.verify(&fresh, &viewer(2_000)).unwrap();
+        assert_eq!(again.exp, 2_300);
+        assert!(!again.expired_renewable);
+        assert_eq!(again.session, [7; 16]);
+    }
+
+    #[test]
+    fn renew_keeps_token_while_fresh() {
+        let k = ring();
+        let t = k.issue(&grant(true));
+        let v = k.verify(&t, &viewer(900)).unwrap();
+        // 100 s left of a 300 s ttl: less than half, so a new one is minted.
+        assert_ne!(k.renew_for(&t, &v, &viewer(900), 300), t);
+        let v = k.verify(&t, &viewer(500)).unwrap();
+        assert_eq!(k.renew_for(&t, &v, &viewer(500), 300), t);
+    }
+
+    #[test]
+    fn rotation_keeps_old_tokens_and_resigns_them() {
+        let old = ring();
+        let t = old.issue(&grant(true));
+        let rotated = Keyring::from_text(
+            "2 ZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZm\n\
+             1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n",
+        )
+        .unwrap();
+        let v = rotated.verify(&t, &viewer(500)).unwrap();
+        assert_eq!(v.kid, 1);
+        let fresh = rotated.renew_for(&t, &v, &viewer(500), 300);
+        assert_eq!(rotated.verify(&fresh, &viewer(500)).unwrap().kid, 2);
+        // A keyring without the old key refuses it as forged.
+        let only_new =
+            Keyring::from_text("2 ZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZm\n").unwrap();
+        assert_eq!(only_new.verify(&t, &viewer(500)), Err(TokenError::Forged));
+    }
+
+    #[test]
+    fn garbage_is_malformed_never_a_panic() {
+        let k = ring();
+        for s in [
+            "",
+            "a",
+            "!!!!",
+            &"A".repeat(500),
+            &"A".repeat(64),
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert!(k.verify(s, &viewer(1)).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn path_signatures_bind_stream_and_path() {
+        let k = ring();
+        let sig = k.sign_path("demo", "/keys/k.bin");
+        assert!(k.verify_path("demo", "/keys/k.bin", &sig));
+        assert!(!k.verify_path("demo", "/keys/k2.bin", &sig));
+        assert!(!k.verify_path("other", "/keys/k.bin", &sig));
+        assert!(!k.verify_path("demo", "/keys/k.bin", "AAAA"));
+    }
+}
