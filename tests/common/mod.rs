@@ -1,0 +1,392 @@
+//! Real parts for integration tests: an HTTP origin on loopback (port 0) that serves a
+//! folder and keeps an access log, ffmpeg-made HLS streams, the real `hlsgate` binary, and a
+//! small HTTP/1.1 client.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+// ---- origin ------------------------------------------------------------------------------
+
+/// A loopback HTTP origin serving `root`. Special paths: `/die/*` sends half a body and
+/// closes; `/slow/*` answers after 5 s.
+pub struct Origin {
+    pub port: u16,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Origin {
+    pub fn start(root: PathBuf) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let root = root.clone();
+                let log = log2.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_conn(conn, &root, &log);
+                });
+            }
+        });
+        Origin { port, log }
+    }
+
+    /// Requests whose path contains `needle`.
+    pub fn hits(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn serve_conn(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut w = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_owned();
+        let target = parts.next().unwrap_or("/").to_owned();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            }
+        }
+        log.lock().unwrap().push(format!(
+            "{method} {target} ua={} ae={} cookie={}",
+            headers.get("user-agent").map_or("-", |s| s),
+            headers.get("accept-encoding").map_or("-", |s| s),
+            headers.get("cookie").map_or("-", |s| s),
+        ));
+        let path = target.split('?').next().unwrap_or("/");
+        if path.starts_with("/slow/") {
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        if path.starts_with("/die/") {
+            w.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nContent-Length: 100000\r\n\r\n",
+            )?;
+            w.write_all(&[0x47u8; 1000])?;
+            w.flush()?;
+            return Ok(()); // dies mid-body
+        }
+        let file = root.join(path.trim_start_matches('/'));
+        let body = if path.contains("..") {
+            None
+        } else {
+            std::fs::read(&file).ok()
+        };
+        let Some(body) = body else {
+            w.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found")?;
+            continue;
+        };
+        let ct = if path.ends_with(".m3u8") {
+            "application/vnd.apple.mpegurl"
+        } else {
+            "application/octet-stream"
+        };
+        let (status, slice, range_hdr) =
+            match headers.get("range").and_then(|r| r.strip_prefix("bytes=")) {
+                Some(r) => {
+                    let (a, b) = r.split_once('-').unwrap();
+                    let a: usize = a.parse().unwrap_or(0);
+                    let b: usize = b.parse().unwrap_or(body.len() - 1).min(body.len() - 1);
+                    (
+                        "206 Partial Content",
+                        &body[a..=b],
+                        format!("Content-Range: bytes {a}-{b}/{}\r\n", body.len()),
+                    )
+                }
+                None => ("200 OK", &body[..], String::new()),
+            };
+        write!(
+            w,
+            "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n{range_hdr}\r\n",
+            slice.len()
+        )?;
+        if method != "HEAD" {
+            w.write_all(slice)?;
+        }
+        w.flush()?;
+    }
+}
+
+// ---- streams -----------------------------------------------------------------------------
+
+/// Make the five test streams below `root` with ffmpeg: `ts/`, `fmp4/`, `aes/` (key at
+/// `/keys/enc.key`, named by an absolute URL on the origin), `single/` (byte ranges) and
+/// `ladder/master.m3u8` (two renditions).
+pub fn make_streams(root: &Path, origin_port: u16) {
+    for d in ["ts", "fmp4", "aes", "single", "ladder", "keys"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("keys/enc.key"), b"0123456789abcdef").unwrap();
+    let keyinfo = root.join("aes.keyinfo");
+    std::fs::write(
+        &keyinfo,
+        format!(
+            "http://127.0.0.1:{origin_port}/keys/enc.key\n{}\n",
+            root.join("keys/enc.key").display()
+        ),
+    )
+    .unwrap();
+    let common = "-f lavfi -i testsrc2=size=160x90:rate=25 -f lavfi -i sine -c:v libx264 -preset ultrafast -g 25 -c:a aac -ac 1 -t 3 -f hls -hls_time 1 -hls_playlist_type vod";
+    let runs: Vec<String> = vec![
+        format!("{common} ts/index.m3u8"),
+        format!("{common} -hls_segment_type fmp4 fmp4/index.m3u8"),
+        format!("{common} -hls_key_info_file aes.keyinfo aes/index.m3u8"),
+        format!("{common} -hls_flags single_file single/index.m3u8"),
+        "-f lavfi -i testsrc2=size=160x90:rate=25 -f lavfi -i sine -map 0:v -map 0:v -map 1:a -map 1:a -c:v libx264 -preset ultrafast -g 25 -b:v:0 200k -b:v:1 100k -c:a aac -ac 1 -t 3 -f hls -hls_time 1 -hls_playlist_type vod -var_stream_map v:0,a:0_v:1,a:1 -master_pl_name master.m3u8 ladder/v%v/index.m3u8".into(),
+    ];
+    for args in runs {
+        let args: Vec<String> = args
+            .split_whitespace()
+            .map(|a| a.replace("v:0,a:0_v:1,a:1", "v:0,a:0 v:1,a:1"))
+            .collect();
+        let out = Command::new("ffmpeg")
+            .args(["-nostdin", "-y", "-loglevel", "error"])
+            .args(&args)
+            .current_dir(root)
+            .output()
+            .expect("ffmpeg is installed (see .ci/run)");
+        assert!(
+            out.status.success(),
+            "ffmpeg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Play `url` to the end with ffmpeg as the client: every playlist, key, init segment and
+/// segment is fetched. Returns (success, stderr).
+pub fn ffmpeg_play(url: &str, ua: &str) -> (bool, String) {
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-user_agent",
+            ua,
+            "-i",
+            url,
+        ])
+        .args(["-map", "0", "-c", "copy", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// ---- hlsgate -----------------------------------------------------------------------------
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hlsgate")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `hlsgate` process. It is started through a shell that kills it when this
+/// test process's end closes its stdin, and `timeout` bounds it in any case.
+pub struct Hlsgate {
+    pub port: u16,
+    pub config: PathBuf,
+    child: Child,
+}
+
+impl Hlsgate {
+    pub fn start(subcommand: &str, config: &Path, port: u16) -> Hlsgate {
+        let script = format!(
+            "timeout 900 '{}' {subcommand} -c '{}' & pid=$!; read _; kill $pid",
+            bin(),
+            config.display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let g = Hlsgate {
+            port,
+            config: config.to_owned(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = get(port, "/healthz", &[]) {
+                if r.status == 200 {
+                    return g;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("hlsgate did not come up on port {port}");
+    }
+
+    /// `hlsgate token` for this config.
+    pub fn token_url(&self, args: &[&str]) -> String {
+        let out = Command::new(bin())
+            .arg("token")
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for Hlsgate {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+// ---- HTTP client -------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Path part of an absolute `http://127.0.0.1:PORT/...` URL.
+pub fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    rest[rest.find('/').unwrap()..].to_owned()
+}
+
+/// GET (or another method) with extra headers; `Connection: close`, chunked bodies decoded.
+pub fn request(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+    {
+        req.push_str("User-Agent: hlsgate-test\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body)?;
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+    request("GET", port, path, headers)
+}
+
+fn dechunk(mut b: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| std::io::Error::other("truncated chunked body"))?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16)
+            .map_err(std::io::Error::other)?;
+        b = &b[nl + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if b.len() < size + 2 {
+            return Err(std::io::Error::other("truncated chunk"));
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
