@@ -1,1 +1,57 @@
-fn main() {}
+//! Rewriter throughput on a 5,000-segment VOD playlist, fed in 64 KiB chunks as it arrives
+//! from an origin. `cargo bench --bench rewriter`
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hlsgate::playlist::{EdgeUris, OriginSpace, Rewriter};
+use hlsgate::token::Keyring;
+use std::sync::Arc;
+
+/// The same shape ffmpeg's HLS muxer writes for a VOD.
+pub fn vod_playlist(segments: usize) -> Vec<u8> {
+    let mut p = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n",
+    );
+    for i in 0..segments {
+        p.push_str(&format!("#EXTINF:2.000000,\nindex{i}.ts\n"));
+    }
+    p.push_str("#EXT-X-ENDLIST\n");
+    p.into_bytes()
+}
+
+fn bench(c: &mut Criterion) {
+    let keyring = Arc::new(
+        Keyring::from_text("1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n")
+            .unwrap(),
+    );
+    let origin = Arc::new(OriginSpace {
+        scheme: Some("http"),
+        authority: "127.0.0.1:8000".into(),
+        base: "/vod/movie/".into(),
+    });
+    // A real token's length (87 characters).
+    let prefix = format!("/api/hls/{}/movie/", "A".repeat(87)).into_bytes();
+    let input = vod_playlist(5000);
+    let mut g = c.benchmark_group("rewriter");
+    g.throughput(Throughput::Bytes(input.len() as u64));
+    g.bench_function("vod_5000_segments_64KiB_chunks", |b| {
+        let mut out = Vec::with_capacity(input.len() * 5);
+        b.iter(|| {
+            let mut rw = Rewriter::new(EdgeUris::new(
+                origin.clone(),
+                prefix.clone(),
+                "/vod/movie/index.m3u8",
+                keyring.clone(),
+                "movie",
+            ));
+            out.clear();
+            for chunk in input.chunks(64 * 1024) {
+                rw.feed(chunk, &mut out).unwrap();
+            }
+            rw.finish(&mut out).unwrap();
+            criterion::black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

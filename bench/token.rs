@@ -1,1 +1,47 @@
-fn main() {}
+//! Token costs: verify (the per-request check), issue, and the per-URI path signature.
+//! `cargo bench --bench token`
+use criterion::{criterion_group, criterion_main, Criterion};
+use hlsgate::token::{Binding, Grant, Keyring, Viewer};
+
+fn bench(c: &mut Criterion) {
+    let k =
+        Keyring::from_text("1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n")
+            .unwrap();
+    let ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+    let grant = Grant {
+        stream: "channel-42".into(),
+        session: [9; 16],
+        exp: 2_000_000_000,
+        session_exp: 2_000_100_000,
+        binding: Binding {
+            ip: Some(("203.0.113.9".parse().unwrap(), 32)),
+            ua: Some(ua.into()),
+        },
+    };
+    let token = k.issue(&grant);
+    let viewer = Viewer {
+        stream: "channel-42",
+        ip: "203.0.113.9".parse().unwrap(),
+        ua,
+        now: 1_900_000_000,
+    };
+    assert!(k.verify(&token, &viewer).is_ok());
+    c.bench_function("token/verify_bound_ip_ua", |b| {
+        b.iter(|| k.verify(criterion::black_box(&token), criterion::black_box(&viewer)))
+    });
+    let mut forged = token.clone().into_bytes();
+    forged[20] ^= 1;
+    let forged = String::from_utf8(forged).unwrap();
+    c.bench_function("token/verify_forged", |b| {
+        b.iter(|| k.verify(criterion::black_box(&forged), &viewer))
+    });
+    c.bench_function("token/issue_bound_ip_ua", |b| {
+        b.iter(|| k.issue(criterion::black_box(&grant)))
+    });
+    c.bench_function("token/sign_path", |b| {
+        b.iter(|| k.sign_path("channel-42", criterion::black_box("/keys/2026/k1.bin")))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

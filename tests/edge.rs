@@ -420,14 +420,14 @@ fn unknown_streams_and_origin_failures_answer_json() {
 
     // an origin that dies mid-body: the viewer sees a short body, never a full one
     let die = path_of(&bound_url(h, "die")).replace("index.m3u8", "seg.ts");
-    match get(h.edge.port, &die, &[("User-Agent", UA)]) {
-        Ok(r) => assert!(
+    // (a connection reset is also a failure the player notices, so Err passes too)
+    if let Ok(r) = get(h.edge.port, &die, &[("User-Agent", UA)]) {
+        assert!(
             r.body.len() < 100_000,
             "status {} len {}",
             r.status,
             r.body.len()
-        ),
-        Err(_) => {} // connection reset: also a failure the player notices
+        );
     }
     // and the edge is still up
     assert_eq!(get(h.edge.port, "/healthz", &[]).unwrap().status, 200);

@@ -15,9 +15,13 @@
 
 mod uri;
 
-pub use uri::{EdgeUris, OriginSpace};
+pub use uri::{is_plain_relative, EdgeUris, OriginSpace};
 
-use memchr::{memchr, memmem};
+use memchr::{memchr, memchr_iter, memmem};
+use std::sync::LazyLock;
+
+static URI_ATTR: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"URI=\""));
 
 /// Longest line accepted; a longer one makes the playlist invalid (a DoS guard: without a
 /// bound, a playlist with no newline would be buffered whole).
@@ -27,6 +31,13 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub trait UriMap {
     /// Append the rewritten form of `uri` (or `uri` itself when it is to be left alone).
     fn map(&mut self, uri: &[u8], out: &mut Vec<u8>);
+
+    /// When every plain relative URI (see [`uri::is_plain_relative`]) is rewritten by
+    /// putting the same bytes before it, those bytes. Lets the rewriter handle the common
+    /// segment line without a call per URI; `map` must give the same result for such URIs.
+    fn plain_prefix(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -81,11 +92,42 @@ impl<M: UriMap> Rewriter<M> {
                 }
             }
         }
-        out.reserve(rest.len() + rest.len() / 2);
-        while let Some(nl) = memchr(b'\n', rest) {
-            self.line(&rest[..=nl], out);
-            rest = &rest[nl + 1..];
+        out.reserve(rest.len() * 2);
+        // Lines that stay as they are accumulate in a run copied with one memcpy; a plain
+        // relative URI line only needs the prefix put before it, so it joins the next run.
+        let mut run = 0; // rest[run..line_start] is still to be copied
+        let mut start = 0;
+        for nl in memchr_iter(b'\n', rest) {
+            let line = &rest[start..=nl];
+            let body = line
+                .strip_suffix(b"\r\n")
+                .unwrap_or(&line[..line.len() - 1]);
+            let verbatim = match body.first() {
+                _ if self.first_line => false,
+                None => true,
+                Some(b'#') => !needs_tag_rewrite(body),
+                Some(_) => {
+                    if let (Some(prefix), true) = (self.map.plain_prefix(), is_plain_relative(body))
+                    {
+                        out.extend_from_slice(&rest[run..start]);
+                        out.extend_from_slice(prefix);
+                        run = start;
+                        self.uris += 1;
+                        start = nl + 1;
+                        continue;
+                    }
+                    false
+                }
+            };
+            if !verbatim {
+                out.extend_from_slice(&rest[run..start]);
+                self.line(line, out);
+                run = nl + 1;
+            }
+            start = nl + 1;
         }
+        out.extend_from_slice(&rest[run..start]);
+        rest = &rest[start..];
         self.keep(rest)
     }
 
@@ -126,10 +168,7 @@ impl<M: UriMap> Rewriter<M> {
         match body.first() {
             None => out.extend_from_slice(line),
             Some(b'#') => {
-                if body.starts_with(b"#EXT")
-                    && !body.starts_with(b"#EXTINF:")
-                    && memmem::find(body, b"URI=\"").is_some()
-                {
+                if needs_tag_rewrite(body) {
                     self.tag(body, out);
                     out.extend_from_slice(eol);
                 } else {
@@ -192,6 +231,11 @@ impl<M: UriMap> Rewriter<M> {
         }
         out.extend_from_slice(&body[copied..]);
     }
+}
+
+/// A tag line that may carry `URI="..."` attributes (`#EXTINF` titles are free text).
+fn needs_tag_rewrite(body: &[u8]) -> bool {
+    body.starts_with(b"#EXT") && !body.starts_with(b"#EXTINF:") && URI_ATTR.find(body).is_some()
 }
 
 #[cfg(test)]

@@ -12,13 +12,10 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use ring::hmac;
 use siphasher::sip::SipHasher13;
 use std::hash::Hasher;
 use std::path::Path;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Shortest key accepted, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
@@ -36,20 +33,19 @@ pub enum KeyError {
     Empty,
 }
 
-/// One key: the keyed HMAC state (cloned per use, so the key is hashed once) and the
-/// SipHash key for binding tags, derived from it.
+/// One key: the HMAC-SHA256 key (ring keeps its inner and outer pads pre-hashed, and uses
+/// the CPU's fastest SHA-256 code) and the SipHash key for binding tags, derived from it.
 #[derive(Clone)]
 pub(crate) struct Key {
-    hmac: HmacSha256,
+    hmac: hmac::Key,
     sip: (u64, u64),
 }
 
 impl Key {
     fn new(secret: &[u8]) -> Key {
-        let hmac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-        let mut k = hmac.clone();
-        k.update(b"hlsgate binding tag key");
-        let d = k.finalize().into_bytes();
+        let hmac = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let tag = hmac::sign(&hmac, b"hlsgate binding tag key");
+        let d = tag.as_ref();
         let sip = (
             u64::from_le_bytes(d[0..8].try_into().expect("8 bytes")),
             u64::from_le_bytes(d[8..16].try_into().expect("8 bytes")),
@@ -58,11 +54,13 @@ impl Key {
     }
 
     pub(crate) fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut m = self.hmac.clone();
+        let mut m = hmac::Context::with_key(&self.hmac);
         for p in parts {
             m.update(p);
         }
-        m.finalize().into_bytes().into()
+        let mut out = [0u8; 32];
+        out.copy_from_slice(m.sign().as_ref());
+        out
     }
 
     pub(crate) fn tag(&self, data: &[u8]) -> [u8; 8] {

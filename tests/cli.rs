@@ -1,0 +1,148 @@
+//! The `hlsgate` command as an operator runs it: config checks and start-up failures are one
+//! clear line and a non-zero exit, never a panic.
+
+mod common;
+
+use common::{bin, free_port};
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(bin())
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn shipped_config_checks_ok() {
+    let (code, out, _) = run(&["check-config"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("conf/hlsgate.yaml: ok"), "{out}");
+}
+
+#[test]
+fn config_errors_exit_2_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, want) in [
+        (
+            "edge:\n  listne: \"0.0.0.0:1\"\n",
+            "edge.listne: unknown field",
+        ),
+        ("tokens:\n  ttl: soon\n", "tokens.ttl: invalid duration"),
+        (
+            "streams:\n  x: { url: \"http://169.254.169.254/a.m3u8\" }\n",
+            "streams.x.url: origin 169.254.169.254",
+        ),
+    ] {
+        let f = write(dir.path(), "c.yaml", text);
+        let (code, _, err) = run(&["check-config", "-c", &f]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.starts_with(&format!("{f}: {want}")), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        // serve refuses the same config with the same line
+        let (code, _, err) = run(&["serve", "-c", &f]);
+        assert_ne!(code, 0);
+        assert!(err.contains(want) && !err.contains("panicked"), "{err}");
+    }
+    let (code, _, err) = run(&["check-config", "-c", "/nonexistent/x.yaml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("/nonexistent/x.yaml") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn busy_port_and_bad_key_file_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let f = write(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            "edge:\n  listen: \"127.0.0.1:{port}\"\ntokens:\n  secret_file: \"{}/k\"\n",
+            dir.path().display()
+        ),
+    );
+    let (code, _, err) = run(&["serve", "-c", &f]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("edge.listen") && err.contains(&port.to_string()),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    // a key file that is not a key file
+    let keyfile = write(dir.path(), "bad.key", "1 tooshort\n");
+    let f = write(
+        dir.path(),
+        "c2.yaml",
+        &format!(
+            "edge:\n  listen: \"127.0.0.1:{}\"\ntokens:\n  secret_file: \"{keyfile}\"\n",
+            free_port()
+        ),
+    );
+    let (code, _, err) = run(&["serve", "-c", &f]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("tokens.secret_file") && err.contains("line 1"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("tooshort"),
+        "key material must not be echoed: {err}"
+    );
+}
+
+#[test]
+fn token_prints_a_playback_url_and_refuses_unknown_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            "tokens:\n  secret_file: \"{}/secret.key\"\nstreams:\n  demo: {{ url: \"file://conf/demo/index.m3u8\" }}\n",
+            dir.path().display()
+        ),
+    );
+    let (code, out, err) = run(&[
+        "token",
+        "-c",
+        &f,
+        "--stream",
+        "demo",
+        "--ua",
+        "x",
+        "--ip",
+        "192.0.2.1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("http://127.0.0.1:8080/api/hls/"), "{out}");
+    assert!(out.trim_end().ends_with("/demo/index.m3u8"), "{out}");
+    // the key file was created private
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("secret.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (code, _, err) = run(&["token", "-c", &f, "--stream", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown stream"), "{err}");
+}
