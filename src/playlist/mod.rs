@@ -17,7 +17,7 @@ mod uri;
 
 pub use uri::{is_plain_relative, EdgeUris, OriginSpace};
 
-use memchr::{memchr, memchr_iter, memmem};
+use memchr::{memchr, memmem};
 use std::sync::LazyLock;
 
 static URI_ATTR: LazyLock<memmem::Finder<'static>> =
@@ -50,6 +50,8 @@ pub enum RewriteError {
 /// [`Rewriter::finish`] once at the end of the body.
 pub struct Rewriter<M> {
     map: M,
+    /// `map.plain_prefix()`, kept here so the hot loop can borrow it beside `self`.
+    fast: Option<Vec<u8>>,
     partial: Vec<u8>,
     first_line: bool,
     uris: u64,
@@ -60,6 +62,7 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 impl<M: UriMap> Rewriter<M> {
     pub fn new(map: M) -> Self {
         Rewriter {
+            fast: map.plain_prefix().map(<[u8]>::to_vec),
             map,
             partial: Vec::new(),
             first_line: true,
@@ -92,43 +95,72 @@ impl<M: UriMap> Rewriter<M> {
                 }
             }
         }
+        if self.first_line {
+            // The first line goes the careful way: it may start with a BOM.
+            let Some(nl) = memchr(b'\n', rest) else {
+                return self.keep(rest);
+            };
+            self.line(&rest[..=nl], out);
+            rest = &rest[nl + 1..];
+        }
         out.reserve(rest.len() * 2);
         // Lines that stay as they are accumulate in a run copied with one memcpy; a plain
         // relative URI line only needs the prefix put before it, so it joins the next run.
-        let mut run = 0; // rest[run..line_start] is still to be copied
+        let mut run = 0; // rest[run..start] is still to be copied
         let mut start = 0;
-        for nl in memchr_iter(b'\n', rest) {
-            let line = &rest[start..=nl];
-            let body = line
-                .strip_suffix(b"\r\n")
-                .unwrap_or(&line[..line.len() - 1]);
+        let mut plain = 0;
+        loop {
+            // A URI line is found and checked for plainness in one pass over its words.
+            let scanned = match (&self.fast, rest.get(start)) {
+                (Some(_), Some(&b)) if b != b'#' => uri::scan_plain_line(rest, start),
+                _ => None,
+            };
+            if let (Some((nl, true)), Some(prefix)) = (scanned, &self.fast) {
+                out.extend_from_slice(&rest[run..start]);
+                out.extend_from_slice(prefix);
+                run = start;
+                plain += 1;
+                start = nl + 1;
+                continue;
+            }
+            let nl = match scanned {
+                Some((nl, _)) => nl,
+                None => match find_newline(rest, start) {
+                    Some(nl) => nl,
+                    None => break,
+                },
+            };
+            let end = if nl > start && rest[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            let body = &rest[start..end];
             let verbatim = match body.first() {
-                _ if self.first_line => false,
                 None => true,
                 Some(b'#') => !needs_tag_rewrite(body),
-                Some(_) => {
-                    if let (Some(prefix), true) = (self.map.plain_prefix(), is_plain_relative(body))
-                    {
+                Some(_) => match &self.fast {
+                    Some(prefix) if is_plain_relative(body) => {
                         out.extend_from_slice(&rest[run..start]);
                         out.extend_from_slice(prefix);
                         run = start;
-                        self.uris += 1;
+                        plain += 1;
                         start = nl + 1;
                         continue;
                     }
-                    false
-                }
+                    _ => false,
+                },
             };
             if !verbatim {
                 out.extend_from_slice(&rest[run..start]);
-                self.line(line, out);
+                self.line(&rest[start..=nl], out);
                 run = nl + 1;
             }
             start = nl + 1;
         }
+        self.uris += plain;
         out.extend_from_slice(&rest[run..start]);
-        rest = &rest[start..];
-        self.keep(rest)
+        self.keep(&rest[start..])
     }
 
     /// Rewrite the last line if the body did not end with a newline.
@@ -233,7 +265,27 @@ impl<M: UriMap> Rewriter<M> {
     }
 }
 
+/// Index in `buf` of the first `\n` at or after `from`. Playlist lines are short, so a
+/// few words are looked at directly before handing over to `memchr` (whose set-up costs
+/// more than a short line).
+#[inline(always)]
+fn find_newline(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    for _ in 0..4 {
+        let Some(word) = buf.get(i..i + 8) else {
+            break;
+        };
+        let hit = uri::bytes_eq(u64::from_le_bytes(word.try_into().ok()?), b'\n');
+        if hit != 0 {
+            return Some(i + (hit.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    memchr(b'\n', buf.get(i..)?).map(|p| i + p)
+}
+
 /// A tag line that may carry `URI="..."` attributes (`#EXTINF` titles are free text).
+#[inline]
 fn needs_tag_rewrite(body: &[u8]) -> bool {
     body.starts_with(b"#EXT") && !body.starts_with(b"#EXTINF:") && URI_ATTR.find(body).is_some()
 }
@@ -339,6 +391,53 @@ last.ts";
                     "splits at {i},{j}"
                 );
             }
+        }
+    }
+
+    /// A map with a plain prefix, and the same map without it: the fast path taken for
+    /// plain URI lines must give what the general path gives, at every split point.
+    struct Prefixed(bool);
+    impl UriMap for Prefixed {
+        fn map(&mut self, uri: &[u8], out: &mut Vec<u8>) {
+            if is_plain_relative(uri) {
+                out.extend_from_slice(b"P/");
+                out.extend_from_slice(uri);
+            } else {
+                out.extend_from_slice(b"<");
+                out.extend_from_slice(uri);
+                out.extend_from_slice(b">");
+            }
+        }
+        fn plain_prefix(&self) -> Option<&[u8]> {
+            self.0.then_some(b"P/")
+        }
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_general_path() {
+        let tricky = "\u{feff}#EXTM3U\n\n\r\n  \n a.ts\nb.ts \r\nc.ts\r\n\
+            segment_with_a_long_name_0001.ts?x=1&y=2\nsub/dir/seg.ts\nsub/./x.ts\n\
+            sub/../x.ts\nhttp://h/x.ts\nx:y\n/abs.ts\n.hidden\n\rodd\nlongname/.x/abcdefgh\n\
+            abcdefg/.h\nabcdefgh:\n#EXTINF:1,\nq.ts\nlast-no-newline.ts";
+        let input = [tricky.as_bytes(), LL_HLS.as_bytes()].concat();
+        let run = |fast: bool, parts: &[&[u8]]| {
+            let mut r = Rewriter::new(Prefixed(fast));
+            let mut out = Vec::new();
+            for p in parts {
+                r.feed(p, &mut out).unwrap();
+            }
+            r.finish(&mut out).unwrap();
+            (out, r.uris())
+        };
+        let general = run(false, &[&input]);
+        assert!(String::from_utf8_lossy(&general.0).contains("P/b.ts \r\nP/c.ts\r\n"));
+        assert!(String::from_utf8_lossy(&general.0).contains("\n<sub/./x.ts>\n"));
+        for i in 0..=input.len() {
+            assert_eq!(
+                run(true, &[&input[..i], &input[i..]]),
+                general,
+                "split at {i}"
+            );
         }
     }
 

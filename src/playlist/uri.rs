@@ -133,8 +133,9 @@ impl EdgeUris {
 
 /// A relative reference with no scheme, no root, no dot segment and no leading blank: it
 /// resolves to the playlist's folder + itself. Stricter than needed (a `:` in a query also
-/// says no; such URIs take the general path, which gives the same result). Branch-free per
-/// byte: this runs for every segment line.
+/// says no; such URIs take the general path, which gives the same result). This runs for
+/// every segment line, so it looks at eight bytes at a time.
+#[inline]
 pub fn is_plain_relative(uri: &[u8]) -> bool {
     let Some(&first) = uri.first() else {
         return false;
@@ -142,13 +143,74 @@ pub fn is_plain_relative(uri: &[u8]) -> bool {
     if matches!(first, b'/' | b'.' | b' ' | b'\t' | b'#') {
         return false;
     }
-    let mut bad = false;
-    let mut prev = 0u8;
-    for &b in uri {
-        bad |= (b == b':') | ((b == b'.') & (prev == b'/'));
-        prev = b;
+    let mut carry = 0u64; // high bit set when the previous word ended in '/'
+    let mut chunks = uri.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        if word_is_bad(w, &mut carry) {
+            return false;
+        }
     }
-    !bad
+    let tail = chunks.remainder();
+    if tail.is_empty() {
+        return true;
+    }
+    // The last word: the final eight bytes (overlapping what was checked) shifted so only
+    // the tail is left; a URI shorter than a word is gathered byte by byte.
+    let last = if uri.len() >= 8 {
+        let w = u64::from_le_bytes(uri[uri.len() - 8..].try_into().unwrap_or([0; 8]));
+        w >> (8 * (8 - tail.len()))
+    } else {
+        tail.iter()
+            .enumerate()
+            .fold(0u64, |w, (i, &b)| w | (u64::from(b) << (8 * i)))
+    };
+    !word_is_bad(last, &mut carry)
+}
+
+/// From `start`, the first line of `buf` looked at a word at a time: where its `\n` is
+/// and whether it is a plain relative URI (its first byte is the caller's to check; a
+/// `\r` before the `\n` does not count against it). `None` when the line runs into the
+/// last word of `buf`: the caller falls back to the byte-wise path.
+#[inline]
+pub fn scan_plain_line(buf: &[u8], start: usize) -> Option<(usize, bool)> {
+    let first = *buf.get(start)?;
+    let mut ok = !matches!(first, b'/' | b'.' | b' ' | b'\t' | b'#' | b'\r' | b'\n');
+    let mut carry = 0u64;
+    let mut i = start;
+    loop {
+        let w = u64::from_le_bytes(buf.get(i..i + 8)?.try_into().ok()?);
+        let nl = bytes_eq(w, b'\n');
+        let slash = bytes_eq(w, b'/');
+        let bad = bytes_eq(w, b':') | (((slash << 8) | carry) & bytes_eq(w, b'.'));
+        carry = slash >> 56;
+        if nl != 0 {
+            // only the bytes before the newline count
+            let before = (nl & nl.wrapping_neg()) - 1;
+            ok &= bad & before == 0;
+            return Some((i + (nl.trailing_zeros() / 8) as usize, ok));
+        }
+        ok &= bad == 0;
+        i += 8;
+    }
+}
+
+const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+
+/// High bit of each byte of `w` that equals `b`, exactly (no borrow between bytes).
+#[inline(always)]
+pub(super) fn bytes_eq(w: u64, b: u8) -> u64 {
+    let x = w ^ (u64::from(b) * 0x0101_0101_0101_0101);
+    !(((x & LO7) + LO7) | x | LO7)
+}
+
+/// A `:` anywhere, or a `.` right after a `/` (`carry`: the word before ended in `/`).
+#[inline(always)]
+fn word_is_bad(w: u64, carry: &mut u64) -> bool {
+    let slash = bytes_eq(w, b'/');
+    let after_slash = (slash << 8) | *carry;
+    *carry = slash >> 56;
+    (bytes_eq(w, b':') | (after_slash & bytes_eq(w, b'.'))) != 0
 }
 
 /// Length of the URI scheme if `r` starts with one (`ALPHA *( ALPHA / DIGIT / + - . ) :`).
@@ -382,5 +444,53 @@ mod tests {
                 "{p}"
             );
         }
+    }
+
+    /// The word-at-a-time check agrees with the plain definition on every placement of
+    /// the interesting bytes, across word boundaries included.
+    #[test]
+    fn plain_relative_matches_the_definition() {
+        fn naive(u: &[u8]) -> bool {
+            !u.is_empty()
+                && !matches!(u[0], b'/' | b'.' | b' ' | b'\t' | b'#')
+                && !u.contains(&b':')
+                && !u.windows(2).any(|w| w == b"/.")
+        }
+        let alphabet = [
+            b'a',
+            b'/',
+            b'.',
+            b':',
+            b'#',
+            b' ',
+            b'?',
+            0x80,
+            0xFF,
+            0x2E ^ 0x80,
+        ];
+        let mut checked = 0;
+        for len in 0..=20usize {
+            for i in 0..len.max(1) {
+                for j in 0..len.max(1) {
+                    for &x in &alphabet {
+                        for &y in &alphabet {
+                            let mut u = vec![b'x'; len];
+                            if len > 0 {
+                                u[i] = x;
+                                u[j] = y;
+                            }
+                            assert_eq!(is_plain_relative(&u), naive(&u), "{u:?}");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 100_000);
+        assert!(is_plain_relative(b"index0.ts"));
+        assert!(is_plain_relative(b"seg/sub/0001.ts?a=b"));
+        assert!(!is_plain_relative(b"segments/./0001.ts"));
+        assert!(!is_plain_relative(b"abcdefg/.hidden")); // the "/." straddles two words
+        assert!(!is_plain_relative(b"http://x/y.ts"));
     }
 }
