@@ -46,6 +46,24 @@ pub enum RewriteError {
     LineTooLong,
 }
 
+/// `out.extend_from_slice(a); out.extend_from_slice(b)` with one capacity check: the hot
+/// loop does this once per segment line.
+#[inline(always)]
+fn extend2(out: &mut Vec<u8>, a: &[u8], b: &[u8]) {
+    out.reserve(a.len() + b.len());
+    let len = out.len();
+    let spare = &mut out.spare_capacity_mut()[..a.len() + b.len()];
+    // SAFETY: `MaybeUninit<u8>` and `u8` have the same layout; the slices do not overlap
+    // (`out` is borrowed mutably), and both copies stay inside `spare`, which `reserve`
+    // made long enough. All `a.len() + b.len()` bytes are initialised before `set_len`.
+    unsafe {
+        let p = spare.as_mut_ptr().cast::<u8>();
+        std::ptr::copy_nonoverlapping(a.as_ptr(), p, a.len());
+        std::ptr::copy_nonoverlapping(b.as_ptr(), p.add(a.len()), b.len());
+        out.set_len(len + a.len() + b.len());
+    }
+}
+
 /// Streaming rewriter. Feed chunks in order with [`Rewriter::feed`], then call
 /// [`Rewriter::finish`] once at the end of the body.
 pub struct Rewriter<M> {
@@ -116,8 +134,7 @@ impl<M: UriMap> Rewriter<M> {
                 _ => None,
             };
             if let (Some((nl, true)), Some(prefix)) = (scanned, &self.fast) {
-                out.extend_from_slice(&rest[run..start]);
-                out.extend_from_slice(prefix);
+                extend2(out, &rest[run..start], prefix);
                 run = start;
                 plain += 1;
                 start = nl + 1;
@@ -141,8 +158,7 @@ impl<M: UriMap> Rewriter<M> {
                 Some(b'#') => !needs_tag_rewrite(body),
                 Some(_) => match &self.fast {
                     Some(prefix) if is_plain_relative(body) => {
-                        out.extend_from_slice(&rest[run..start]);
-                        out.extend_from_slice(prefix);
+                        extend2(out, &rest[run..start], prefix);
                         run = start;
                         plain += 1;
                         start = nl + 1;
