@@ -146,3 +146,41 @@ fn token_prints_a_playback_url_and_refuses_unknown_streams() {
     assert_ne!(code, 0);
     assert!(err.contains("unknown stream"), "{err}");
 }
+
+/// The shipped systemd unit keeps its least-privilege settings, and the bench config the
+/// load tests use is a valid config.
+#[test]
+fn systemd_unit_is_least_privilege_and_bench_config_checks() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/hlsgate.service"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    for want in [
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "MemoryDenyWriteExecute=yes",
+        "SystemCallFilter=@system-service",
+        "ExecStart=/usr/local/bin/hlsgate serve -c /etc/hlsgate/hlsgate.yaml",
+    ] {
+        assert!(
+            lines.contains(&want),
+            "systemd/hlsgate.service lacks {want:?}"
+        );
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("User=root") || l.starts_with("ProtectSystem=no")),
+        "unit runs privileged"
+    );
+    let (code, out, err) = run(&["check-config", "-c", "bench/hlsgate.yaml"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -314,7 +314,7 @@ impl ProxyHttp for EdgeProxy {
             return Ok(None);
         };
         let input = body.take();
-        let mut out = Vec::with_capacity(input.as_ref().map_or(0, |b| b.len() * 3 / 2));
+        let mut out = Vec::with_capacity(input.as_ref().map_or(0, |b| rw.output_hint(b.len())));
         if let Some(chunk) = input {
             rw.feed(&chunk, &mut out)
                 .map_err(|e| Error::because(ErrorType::HTTPStatus(502), "invalid playlist", e))?;

@@ -73,6 +73,9 @@ pub struct Rewriter<M> {
     partial: Vec<u8>,
     first_line: bool,
     uris: u64,
+    /// Bytes fed and written so far, for [`Rewriter::output_hint`].
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -85,6 +88,8 @@ impl<M: UriMap> Rewriter<M> {
             partial: Vec::new(),
             first_line: true,
             uris: 0,
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 
@@ -93,9 +98,28 @@ impl<M: UriMap> Rewriter<M> {
         self.uris
     }
 
+    /// A capacity for the output of a `chunk_len`-byte chunk that is rarely too small, from
+    /// how much the playlist grew so far (a URI line can grow several times over), so the
+    /// output buffer is not reallocated and copied while it fills.
+    pub fn output_hint(&self, chunk_len: usize) -> usize {
+        let grown = (chunk_len as u64)
+            .saturating_mul(self.bytes_out)
+            .checked_div(self.bytes_in)
+            .unwrap_or(chunk_len as u64 * 2);
+        (grown as usize).saturating_add(chunk_len / 8 + 1024)
+    }
+
     /// Rewrite every line completed by `chunk`, appending to `out`; keep the unfinished
     /// last line for the next call.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), RewriteError> {
+        let before = out.len();
+        let result = self.feed_lines(chunk, out);
+        self.bytes_in += chunk.len() as u64;
+        self.bytes_out += (out.len() - before) as u64;
+        result
+    }
+
+    fn feed_lines(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), RewriteError> {
         let mut rest = chunk;
         if !self.partial.is_empty() {
             match memchr(b'\n', rest) {
@@ -121,7 +145,7 @@ impl<M: UriMap> Rewriter<M> {
             self.line(&rest[..=nl], out);
             rest = &rest[nl + 1..];
         }
-        out.reserve(rest.len() * 2);
+        out.reserve(self.output_hint(rest.len()));
         // Lines that stay as they are accumulate in a run copied with one memcpy; a plain
         // relative URI line only needs the prefix put before it, so it joins the next run.
         let mut run = 0; // rest[run..start] is still to be copied

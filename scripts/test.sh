@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test suite, as CI runs it: installs what the tests need when missing (Rust, a C
+# compiler, cmake, ffmpeg for the real HLS streams and client), then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/need.sh
+need_build
+need_lint
+need ffmpeg ffmpeg
+need curl curl
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets
