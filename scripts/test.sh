@@ -8,6 +8,7 @@ need_build
 need_lint
 need ffmpeg ffmpeg
 need curl curl
+need promtool prometheus
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets

@@ -27,6 +27,46 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Int(u64),
+        Text(String),
+    }
+    match N::deserialize(d)? {
+        N::Int(n) => Ok(n),
+        N::Text(s) => parse_size(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid size {s:?} (e.g. \"256MiB\", \"1GB\", \"65536\")"
+            ))
+        }),
+    }
+}
+
+/// `"256MiB"`, `"1.5 GB"`, `"64k"`, `"1048576"`: binary (KiB, MiB, GiB) and decimal (kB,
+/// MB, GB) units; a bare `k`/`m`/`g` is binary.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    let v = num * mult as f64;
+    (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
+}
+
 fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(|_| {
@@ -63,7 +103,42 @@ struct FileConfig {
     store: FileStore,
     tokens: FileTokens,
     origins: FileOrigins,
+    cache: FileCache,
     streams: BTreeMap<String, FileStream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileCache {
+    #[serde(deserialize_with = "size")]
+    max_bytes: u64,
+    #[serde(deserialize_with = "size")]
+    max_object_bytes: u64,
+    #[serde(deserialize_with = "duration")]
+    segment_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    vod_playlist_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    live_playlist_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    stale_if_error: Duration,
+    #[serde(deserialize_with = "duration")]
+    lock_timeout: Duration,
+}
+
+impl Default for FileCache {
+    fn default() -> Self {
+        let p = crate::cache::Policy::default();
+        FileCache {
+            max_bytes: p.max_bytes,
+            max_object_bytes: p.max_object_bytes,
+            segment_ttl: p.segment_ttl,
+            vod_playlist_ttl: p.vod_playlist_ttl,
+            live_playlist_ttl: p.live_playlist_ttl,
+            stale_if_error: p.stale_if_error,
+            lock_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -189,6 +264,10 @@ pub struct Config {
     pub store_url: String,
     pub tokens: Tokens,
     pub origins: OriginPolicy,
+    pub cache: crate::cache::Policy,
+    /// Longest a viewer waits for another viewer's fetch of the same object before
+    /// fetching it too.
+    pub cache_lock_timeout: Duration,
     pub streams: BTreeMap<String, Stream>,
 }
 
@@ -353,6 +432,24 @@ impl Config {
             return Err(err("tokens.secret_file", "must not be empty".into()));
         }
 
+        let c = &f.cache;
+        if c.max_bytes < 1 << 20 {
+            return Err(err("cache.max_bytes", "must be at least 1MiB".into()));
+        }
+        if c.max_object_bytes == 0 {
+            return Err(err("cache.max_object_bytes", "must be more than 0".into()));
+        }
+        for (key, d) in [
+            ("cache.segment_ttl", c.segment_ttl),
+            ("cache.vod_playlist_ttl", c.vod_playlist_ttl),
+            ("cache.live_playlist_ttl", c.live_playlist_ttl),
+            ("cache.lock_timeout", c.lock_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(err(key, "must be more than 0s".into()));
+            }
+        }
+
         let mut origins = OriginPolicy::default();
         for (i, a) in f.origins.allow.iter().enumerate() {
             match parse_net(a) {
@@ -414,6 +511,15 @@ impl Config {
                 bind_ipv6_prefix: f.tokens.bind_ipv6_prefix,
             },
             origins,
+            cache: crate::cache::Policy {
+                max_bytes: f.cache.max_bytes,
+                max_object_bytes: f.cache.max_object_bytes.min(f.cache.max_bytes),
+                segment_ttl: f.cache.segment_ttl,
+                vod_playlist_ttl: f.cache.vod_playlist_ttl,
+                live_playlist_ttl: f.cache.live_playlist_ttl,
+                stale_if_error: f.cache.stale_if_error,
+            },
+            cache_lock_timeout: f.cache.lock_timeout,
             streams,
         })
     }
@@ -431,6 +537,29 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn sizes_are_human_readable() {
+        assert_eq!(parse_size("256MiB"), Some(256 << 20));
+        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("64k"), Some(65536));
+        assert_eq!(parse_size("1.5 GiB"), Some(3 << 29));
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        for bad in ["", "MiB", "12 parsecs", "-1MiB", "1e400"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+        let e = parse("cache:\n  max_bytes: lots\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cache.max_bytes") && e.contains("invalid size"),
+            "{e}"
+        );
+        let e = parse("cache:\n  max_bytes: 1k\n").unwrap_err().to_string();
+        assert!(e.contains("cache.max_bytes: must be at least 1MiB"), "{e}");
+        let c = parse("cache:\n  max_bytes: 64MiB\n").unwrap();
+        assert_eq!(c.cache.max_bytes, 64 << 20);
     }
 
     #[test]

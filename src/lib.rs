@@ -5,8 +5,10 @@
 //! - [`edge`]: the Pingora proxy that checks tokens and rewrites playlists
 //! - [`config`], [`origin`]: the YAML config and stream origins
 
+pub mod cache;
 pub mod config;
 pub mod edge;
+pub mod metrics;
 pub mod origin;
 pub mod playlist;
 pub mod token;

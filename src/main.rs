@@ -144,17 +144,18 @@ fn run_edge(path: &Path) -> anyhow::Result<()> {
     let (cfg, keyring) = load(path)?;
     init_logging();
     // Pingora cannot report a busy port as an error; find out first.
-    std::net::TcpListener::bind(cfg.edge.listen).with_context(|| {
-        format!(
-            "{}: edge.listen: cannot listen on {}",
-            path.display(),
-            cfg.edge.listen
-        )
-    })?;
+    for (key, addr) in [
+        ("edge.listen", cfg.edge.listen),
+        ("metrics.listen", cfg.metrics_listen),
+    ] {
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("{}: {key}: cannot listen on {addr}", path.display()))?;
+    }
     for s in cfg.streams.values() {
         tracing::info!(stream = %s.id, origin = %s.origin, playlist = %s.playlist, "static stream");
     }
     tracing::info!(listen = %cfg.edge.listen, "edge listening");
+    tracing::info!(listen = %cfg.metrics_listen, "metrics at /metrics");
     let state = Arc::new(EdgeState::new(Arc::new(cfg), Arc::new(keyring)));
     edge::server(state).run_forever()
 }

@@ -88,6 +88,24 @@ fn busy_port_and_bad_key_file_are_one_line_errors() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 
+    // the metrics port busy
+    let f = write(
+        dir.path(),
+        "c3.yaml",
+        &format!(
+            "edge:\n  listen: \"127.0.0.1:{}\"\nmetrics:\n  listen: \"127.0.0.1:{port}\"\ntokens:\n  secret_file: \"{}/k\"\n",
+            free_port(),
+            dir.path().display()
+        ),
+    );
+    let (code, _, err) = run(&["serve", "-c", &f]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("metrics.listen") && err.contains(&port.to_string()),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
     // a key file that is not a key file
     let keyfile = write(dir.path(), "bad.key", "1 tooshort\n");
     let f = write(

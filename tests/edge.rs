@@ -29,6 +29,7 @@ fn harness() -> &'static Harness {
         let o = origin.port;
         let port = free_port();
         let closed = free_port();
+        let mport = free_port();
         let config = dir.join("hlsgate.yaml");
         std::fs::write(
             &config,
@@ -40,6 +41,8 @@ fn harness() -> &'static Harness {
   grace_period: "0s"
 admin:
   public_edge_url: "http://127.0.0.1:{port}"
+metrics:
+  listen: "127.0.0.1:{mport}"
 tokens:
   secret_file: "{dir}/secret.key"
   ttl: "30s"

@@ -11,8 +11,11 @@ pub mod proxy;
 pub mod respond;
 pub mod route;
 
+use crate::cache::SegmentStore;
 use crate::config::{Config, Stream};
+use crate::metrics::MetricsApp;
 use crate::token::Keyring;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use std::collections::HashMap;
@@ -25,6 +28,9 @@ pub struct EdgeState {
     pub streams: HashMap<String, Arc<Stream>>,
     /// `tokens.ttl` in seconds.
     pub ttl: u32,
+    /// The segment cache and its fill lock (leaked: Pingora's cache API wants `'static`).
+    pub store: &'static SegmentStore,
+    pub cache_lock: &'static CacheKeyLockImpl,
 }
 
 impl EdgeState {
@@ -35,11 +41,16 @@ impl EdgeState {
             .map(|(id, s)| (id.clone(), Arc::new(s.clone())))
             .collect();
         let ttl = cfg.tokens.ttl.as_secs().min(u32::MAX as u64) as u32;
+        let store = SegmentStore::leak(cfg.cache.clone());
+        let cache_lock: &'static CacheKeyLockImpl =
+            Box::leak(CacheLock::new_boxed(cfg.cache_lock_timeout));
         EdgeState {
             cfg,
             keyring,
             streams,
             ttl,
+            store,
+            cache_lock,
         }
     }
 }
@@ -68,5 +79,13 @@ pub fn server(state: Arc<EdgeState>) -> Server {
     );
     svc.add_tcp(&listen);
     server.add_service(svc);
+    let mut metrics = pingora_core::services::listening::Service::new(
+        "hlsgate metrics".into(),
+        MetricsApp {
+            store: Some(state.store),
+        },
+    );
+    metrics.add_tcp(&cfg.metrics_listen.to_string());
+    server.add_service(metrics);
     server
 }

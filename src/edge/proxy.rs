@@ -5,18 +5,21 @@
 use super::client::client_ip;
 use super::route::{self, Kind, Route, Target};
 use super::{file, respond, EdgeState};
+use crate::metrics::METRICS;
 use crate::origin::Origin;
 use crate::playlist::{EdgeUris, Rewriter};
 use crate::token::{self, Viewer};
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_cache::{CacheKey, CachePhase, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::RangeType;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Per-request state.
 pub struct Ctx {
@@ -31,6 +34,17 @@ pub struct Ctx {
     rewriter: Option<Rewriter<EdgeUris>>,
     status: u16,
     deny: Option<&'static str>,
+    /// The body comes from the segment cache (a hit or a stale hit).
+    from_cache: bool,
+    /// When the origin was asked (for the origin latency histogram).
+    origin_start: Option<Instant>,
+    /// Time spent in the rewriter for this playlist so far.
+    rewrite_time: Duration,
+    /// The origin playlist's length when known, and how much of it went through the
+    /// rewriter: Pingora ends a body served from the cache's fill without an
+    /// end-of-stream flag, so the length is how the rewriter knows it has the last line.
+    playlist_len: Option<u64>,
+    playlist_fed: u64,
 }
 
 pub struct EdgeProxy {
@@ -137,6 +151,7 @@ impl EdgeProxy {
                 path.to_owned()
             }
         };
+        METRICS.saw_session(verified.session);
         ctx.token = st.keyring.renew_for(tok, &verified, &viewer, st.ttl);
         ctx.upstream_uri = match &query {
             Some(q) => format!("{origin_path}?{q}"),
@@ -196,6 +211,11 @@ impl ProxyHttp for EdgeProxy {
             rewriter: None,
             status: 0,
             deny: None,
+            from_cache: false,
+            origin_start: None,
+            rewrite_time: Duration::ZERO,
+            playlist_len: None,
+            playlist_fed: 0,
         }
     }
 
@@ -203,7 +223,97 @@ impl ProxyHttp for EdgeProxy {
         self.admit(session, ctx).await
     }
 
+    /// Every GET/HEAD for an HTTP origin goes through the segment cache (playlists too:
+    /// cached as origin bytes, rewritten per viewer on the way out).
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let method = &session.req_header().method;
+        let http_origin = ctx
+            .stream
+            .as_ref()
+            .is_some_and(|s| matches!(s.origin, Origin::Http { .. }));
+        if http_origin && (method == http::Method::GET || method == http::Method::HEAD) {
+            let st = &self.state;
+            session
+                .cache
+                .enable(st.store, None, None, Some(st.cache_lock), None);
+        }
+        Ok(())
+    }
+
+    /// The origin object, never the viewer's token: all viewers share one copy.
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        let stream = ctx
+            .stream
+            .as_ref()
+            .ok_or_else(|| bad_gateway("no stream"))?;
+        let space = stream.origin.space();
+        let primary = format!(
+            "{}://{}{}",
+            space.scheme.unwrap_or("file"),
+            space.authority,
+            ctx.upstream_uri
+        );
+        Ok(CacheKey::new(primary, ""))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(self.state.store.policy().resp_cacheable(ctx.kind, resp))
+    }
+
+    /// Ranges of segments are cut from the cached object; a playlist is rewritten, so a
+    /// byte range of the origin's copy would mean nothing: it is always sent whole.
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> RangeType {
+        if ctx.kind == Kind::Playlist || is_playlist_response(resp) {
+            return RangeType::None;
+        }
+        pingora_proxy::range_header_filter(session.req_header(), resp, Some(16))
+    }
+
+    /// A stale object is served when the origin cannot be reached or fails (within
+    /// `cache.stale_if_error`), never in place of revalidation.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_some()
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(t) = ctx.origin_start.take() {
+            METRICS.origin_seconds.observe(t.elapsed().as_secs_f64());
+        }
+        if resp.status.is_server_error() {
+            METRICS
+                .origin_errors
+                .with_label_values(&[ctx.kind.label()])
+                .inc();
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.origin_start = Some(Instant::now());
+        METRICS
+            .origin_fetches
+            .with_label_values(&[ctx.kind.label()])
+            .inc();
         let stream = ctx
             .stream
             .as_ref()
@@ -276,11 +386,22 @@ impl ProxyHttp for EdgeProxy {
         ctx.status = resp.status.as_u16();
         resp.insert_header(respond::NEW_TOKEN, ctx.token.as_str())?;
         respond::cors(resp)?;
-        let is_playlist = ctx.kind == Kind::Playlist
-            || resp
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .is_some_and(|v| route::is_playlist_type(v.as_bytes()));
+        let cache_state = match session.cache.phase() {
+            CachePhase::Hit => Some("HIT"),
+            CachePhase::Stale | CachePhase::StaleUpdating => Some("STALE"),
+            CachePhase::Miss | CachePhase::Expired => Some("MISS"),
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Some("REVALIDATED"),
+            _ => None,
+        };
+        ctx.from_cache = matches!(cache_state, Some("HIT" | "STALE" | "REVALIDATED"));
+        if let Some(state) = cache_state {
+            resp.insert_header("X-Cache", state)?;
+        }
+        if cache_state == Some("STALE") {
+            // RFC 9111 §5.5: a stale response says so.
+            resp.insert_header("Warning", "110 hlsgate \"Response is Stale\"")?;
+        }
+        let is_playlist = ctx.kind == Kind::Playlist || is_playlist_response(resp);
         if !is_playlist || resp.status != http::StatusCode::OK {
             return Ok(());
         }
@@ -292,6 +413,11 @@ impl ProxyHttp for EdgeProxy {
             return Err(bad_gateway("origin sent a compressed playlist"));
         }
         // The body changes length: headers leave before it is rewritten.
+        ctx.playlist_len = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         resp.remove_header(&http::header::CONTENT_LENGTH);
         resp.remove_header(&http::header::ETAG);
         resp.remove_header(&http::header::ACCEPT_RANGES);
@@ -310,10 +436,18 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if ctx.from_cache {
+            if let Some(b) = body.as_ref() {
+                METRICS.cache_served_bytes.inc_by(b.len() as u64);
+            }
+        }
         let Some(rw) = ctx.rewriter.as_mut() else {
             return Ok(None);
         };
+        let started = Instant::now();
         let input = body.take();
+        ctx.playlist_fed += input.as_ref().map_or(0, |b| b.len() as u64);
+        let end_of_stream = end_of_stream || ctx.playlist_len == Some(ctx.playlist_fed);
         let mut out = Vec::with_capacity(input.as_ref().map_or(0, |b| rw.output_hint(b.len())));
         if let Some(chunk) = input {
             rw.feed(&chunk, &mut out)
@@ -325,6 +459,14 @@ impl ProxyHttp for EdgeProxy {
         }
         // An empty chunk would end a chunked body early: send nothing instead.
         *body = (!out.is_empty()).then(|| Bytes::from(out));
+        ctx.rewrite_time += started.elapsed();
+        if end_of_stream {
+            ctx.rewriter = None; // done: later calls (an empty end-of-stream) pass through
+            METRICS.playlist_rewrites.inc();
+            METRICS
+                .rewrite_seconds
+                .observe(ctx.rewrite_time.as_secs_f64());
+        }
         Ok(None)
     }
 
@@ -361,6 +503,26 @@ impl ProxyHttp for EdgeProxy {
         let status = session
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
+        let kind = ctx.kind.label();
+        METRICS
+            .requests
+            .with_label_values(&[kind, status_label(status)])
+            .inc();
+        if let Some(reason) = ctx.deny {
+            METRICS.denials.with_label_values(&[reason]).inc();
+        }
+        if matches!(status, 502 | 504) && ctx.deny.is_none() {
+            METRICS.origin_errors.with_label_values(&[kind]).inc();
+        }
+        if session.cache.enabled() || ctx.from_cache {
+            let result = match session.cache.phase() {
+                CachePhase::Hit | CachePhase::Revalidated => "hit",
+                CachePhase::Stale | CachePhase::StaleUpdating => "stale",
+                CachePhase::Miss | CachePhase::Expired => "miss",
+                _ => "pass",
+            };
+            METRICS.cache_lookups.with_label_values(&[result]).inc();
+        }
         tracing::debug!(
             target: "hlsgate::access",
             method = %session.req_header().method,
@@ -381,6 +543,42 @@ impl ProxyHttp for EdgeProxy {
             redact(req.uri.path()),
             ctx.stream.as_ref().map_or("-", |s| s.id.as_str())
         )
+    }
+}
+
+fn is_playlist_response(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| route::is_playlist_type(v.as_bytes()))
+}
+
+/// Status label values: a fixed set, so a hostile origin cannot grow the metric.
+fn status_label(status: u16) -> &'static str {
+    const EXACT: [(u16, &str); 14] = [
+        (200, "200"),
+        (206, "206"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (405, "405"),
+        (416, "416"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+        (0, "0"),
+    ];
+    if let Some((_, l)) = EXACT.iter().find(|(c, _)| *c == status) {
+        return l;
+    }
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
     }
 }
 

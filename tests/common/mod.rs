@@ -86,6 +86,12 @@ fn serve_conn(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>) -> std::io
             headers.get("cookie").map_or("-", |s| s),
         ));
         let path = target.split('?').next().unwrap_or("/");
+        let file = root.join(path.trim_start_matches('/'));
+        // A `NAME.fail` file beside an object makes the origin fail for it (503).
+        if !path.contains("..") && file.with_extension("fail").exists() {
+            w.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown")?;
+            continue;
+        }
         if path.starts_with("/slow/") {
             std::thread::sleep(Duration::from_secs(5));
         }
@@ -97,7 +103,6 @@ fn serve_conn(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>) -> std::io
             w.flush()?;
             return Ok(()); // dies mid-body
         }
-        let file = root.join(path.trim_start_matches('/'));
         let body = if path.contains("..") {
             None
         } else {
@@ -126,13 +131,32 @@ fn serve_conn(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>) -> std::io
                 }
                 None => ("200 OK", &body[..], String::new()),
             };
+        // `short` objects are fresh for one second; `/delay/` ones arrive slowly: the
+        // header after 300 ms, half the body, then the rest 1.5 s later.
+        let cc = if path.contains("short") {
+            "Cache-Control: max-age=1\r\n"
+        } else {
+            ""
+        };
+        let delay = path.contains("/delay/");
+        if delay {
+            std::thread::sleep(Duration::from_millis(300));
+        }
         write!(
             w,
-            "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n{range_hdr}\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n{cc}{range_hdr}\r\n",
             slice.len()
         )?;
         if method != "HEAD" {
-            w.write_all(slice)?;
+            if delay {
+                let (a, b) = slice.split_at(slice.len() / 2);
+                w.write_all(a)?;
+                w.flush()?;
+                std::thread::sleep(Duration::from_millis(1500));
+                w.write_all(b)?;
+            } else {
+                w.write_all(slice)?;
+            }
         }
         w.flush()?;
     }

@@ -1,0 +1,252 @@
+//! The in-memory segment cache behind Pingora's cache phase.
+//!
+//! [`SegmentStore`] is a `pingora_cache::Storage` over moka holding `Bytes`: bounded by
+//! bytes (a weigher over body + header), a hit hands out `Bytes` slices of the stored body
+//! (no copy in our code), and an object still arriving from the origin can be streamed by
+//! the viewers who waited on the cache lock (`support_streaming_partial_write`): each
+//! chunk is shared as the `Bytes` the origin read produced. An object whose origin fetch
+//! fails half-way is never stored, and its waiting readers get an error, not a short body.
+//!
+//! [`Policy`] decides freshness per kind: segments, init segments and keys long; live
+//! playlists about half a target duration; VOD playlists longer; an origin's
+//! `Cache-Control` (`s-maxage`, `max-age`, `no-store`, `private`, `no-cache`) wins.
+
+mod store;
+
+pub use store::SegmentStore;
+
+use crate::edge::route::Kind;
+use pingora_cache::cache_control::CacheControl;
+use pingora_cache::{CacheMeta, RespCacheable};
+use pingora_http::ResponseHeader;
+use std::time::{Duration, SystemTime};
+
+/// Freshness settings (`cache.*` in the config).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub max_bytes: u64,
+    /// Segments, init segments, keys, anything that is not a playlist.
+    pub segment_ttl: Duration,
+    /// Playlists with `#EXT-X-ENDLIST` or `#EXT-X-PLAYLIST-TYPE:VOD`.
+    pub vod_playlist_ttl: Duration,
+    /// Live playlists without a target duration; otherwise half of it.
+    pub live_playlist_ttl: Duration,
+    /// How long past its freshness an object may be served when the origin fails.
+    pub stale_if_error: Duration,
+    /// Objects larger than this are passed through, not cached.
+    pub max_object_bytes: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_bytes: 256 << 20,
+            segment_ttl: Duration::from_secs(600),
+            vod_playlist_ttl: Duration::from_secs(30),
+            live_playlist_ttl: Duration::from_secs(1),
+            stale_if_error: Duration::from_secs(60),
+            max_object_bytes: 64 << 20,
+        }
+    }
+}
+
+fn secs(d: Duration) -> u32 {
+    d.as_secs().min(u32::MAX as u64) as u32
+}
+
+/// The origin's own freshness (`s-maxage`, else `max-age`), or `Err` when it forbids a
+/// shared cache.
+fn origin_ttl(resp: &ResponseHeader) -> Result<Option<Duration>, &'static str> {
+    let Some(cc) = CacheControl::from_resp_headers(resp) else {
+        return Ok(None);
+    };
+    if cc.no_store() || cc.private() || cc.no_cache() {
+        return Err("origin Cache-Control forbids caching");
+    }
+    let age = cc.s_maxage().ok().flatten().or(cc.max_age().ok().flatten());
+    match age {
+        Some(0) => Err("origin Cache-Control max-age=0"),
+        Some(s) => Ok(Some(Duration::from_secs(s.into()))),
+        None => Ok(None),
+    }
+}
+
+impl Policy {
+    /// Whether and how long an origin response is kept. Only complete `200`s are cached:
+    /// errors, redirects and partial answers go to the viewer as they are.
+    pub fn cacheable(&self, kind: Kind, resp: &ResponseHeader) -> Result<CacheMeta, &'static str> {
+        if resp.status != http::StatusCode::OK {
+            return Err("status is not 200");
+        }
+        if let Some(len) = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > self.max_object_bytes {
+                return Err("object too large");
+            }
+        }
+        if resp.headers.contains_key(http::header::SET_COOKIE)
+            || resp
+                .headers
+                .get(http::header::VARY)
+                .is_some_and(|v| v.as_bytes() == b"*")
+        {
+            return Err("origin response is per client");
+        }
+        let ttl = match origin_ttl(resp)? {
+            Some(t) => t,
+            None if kind == Kind::Playlist => self.live_playlist_ttl, // refined in `settle`
+            None => self.segment_ttl,
+        };
+        let now = SystemTime::now();
+        Ok(CacheMeta::new(
+            now + ttl,
+            now,
+            0,
+            secs(self.stale_if_error),
+            resp.clone(),
+        ))
+    }
+
+    /// As [`Policy::cacheable`], in the form Pingora's `response_cache_filter` wants.
+    pub fn resp_cacheable(&self, kind: Kind, resp: &ResponseHeader) -> RespCacheable {
+        match self.cacheable(kind, resp) {
+            Ok(meta) => RespCacheable::Cacheable(meta),
+            Err(why) => RespCacheable::Uncacheable(pingora_cache::NoCacheReason::Custom(why)),
+        }
+    }
+
+    /// Once a playlist's body is complete, its freshness when the origin did not give one:
+    /// a VOD playlist does not change, a live one changes about every target duration.
+    pub fn playlist_ttl(&self, body: &[u8]) -> Duration {
+        let has = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
+        if has(b"#EXT-X-ENDLIST") || has(b"#EXT-X-PLAYLIST-TYPE:VOD") {
+            return self.vod_playlist_ttl;
+        }
+        target_duration(body)
+            .map(|t| (t / 2).max(Duration::from_millis(500)))
+            .unwrap_or(self.live_playlist_ttl)
+    }
+
+    /// Adjust a just-completed object's freshness (see [`Policy::playlist_ttl`]).
+    pub(crate) fn settle(&self, meta: &mut CacheMeta, body: &[u8]) {
+        let header = meta.response_header();
+        let is_playlist = header
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| crate::edge::route::is_playlist_type(v.as_bytes()))
+            || body.starts_with(b"#EXTM3U")
+            || body.starts_with(b"\xEF\xBB\xBF#EXTM3U");
+        if !is_playlist || matches!(origin_ttl(header), Ok(Some(_))) {
+            return;
+        }
+        let ttl = self.playlist_ttl(body);
+        let sie = meta.stale_if_error_sec();
+        meta.update_freshness(meta.created() + ttl, 0, sie);
+    }
+}
+
+/// `#EXT-X-TARGETDURATION:N` (seconds; the spec says integer, some origins write a
+/// decimal).
+fn target_duration(body: &[u8]) -> Option<Duration> {
+    const TAG: &[u8] = b"#EXT-X-TARGETDURATION:";
+    let at = memchr::memmem::find(body, TAG)? + TAG.len();
+    let rest = &body[at..];
+    let end = rest
+        .iter()
+        .position(|b| !(b.is_ascii_digit() || *b == b'.'))
+        .unwrap_or(rest.len());
+    let v: f64 = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    (v.is_finite() && v > 0.0 && v < 86_400.0).then(|| Duration::from_secs_f64(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn ttl(p: &Policy, kind: Kind, r: &ResponseHeader) -> Option<u64> {
+        p.cacheable(kind, r).ok().map(|m| {
+            m.fresh_until()
+                .duration_since(m.created())
+                .unwrap()
+                .as_secs()
+        })
+    }
+
+    #[test]
+    fn freshness_by_kind_and_origin_cache_control() {
+        let p = Policy::default();
+        assert_eq!(ttl(&p, Kind::Segment, &resp(200, &[])), Some(600));
+        assert_eq!(ttl(&p, Kind::Playlist, &resp(200, &[])), Some(1));
+        let cc = |v| resp(200, &[("Cache-Control", v)]);
+        assert_eq!(ttl(&p, Kind::Segment, &cc("max-age=30")), Some(30));
+        assert_eq!(
+            ttl(&p, Kind::Segment, &cc("max-age=30, s-maxage=7")),
+            Some(7)
+        );
+        for no in ["no-store", "private", "no-cache", "max-age=0"] {
+            assert_eq!(ttl(&p, Kind::Segment, &cc(no)), None, "{no}");
+        }
+        for status in [206, 301, 404, 500, 503] {
+            assert_eq!(ttl(&p, Kind::Segment, &resp(status, &[])), None, "{status}");
+        }
+        assert_eq!(
+            ttl(&p, Kind::Segment, &resp(200, &[("Set-Cookie", "a=b")])),
+            None
+        );
+        let big = resp(200, &[("Content-Length", "99999999999")]);
+        assert_eq!(ttl(&p, Kind::Segment, &big), None);
+    }
+
+    #[test]
+    fn playlist_freshness_follows_its_body() {
+        let p = Policy::default();
+        let live = b"#EXTM3U\n#EXT-X-TARGETDURATION:6\n#EXTINF:6,\na.ts\n";
+        assert_eq!(p.playlist_ttl(live), Duration::from_secs(3));
+        let vod = b"#EXTM3U\n#EXT-X-TARGETDURATION:6\n#EXTINF:6,\na.ts\n#EXT-X-ENDLIST\n";
+        assert_eq!(p.playlist_ttl(vod), p.vod_playlist_ttl);
+        assert_eq!(p.playlist_ttl(b"#EXTM3U\n"), p.live_playlist_ttl);
+        assert_eq!(
+            p.playlist_ttl(b"#EXT-X-TARGETDURATION:1\n"),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            p.playlist_ttl(b"#EXT-X-TARGETDURATION:-5\n"),
+            p.live_playlist_ttl
+        );
+
+        let mut m = p.cacheable(Kind::Playlist, &resp(200, &[])).unwrap();
+        p.settle(&mut m, vod);
+        let secs = m
+            .fresh_until()
+            .duration_since(m.created())
+            .unwrap()
+            .as_secs();
+        assert_eq!(secs, 30);
+        // The origin's max-age is kept.
+        let mut m = p
+            .cacheable(
+                Kind::Playlist,
+                &resp(200, &[("Cache-Control", "max-age=2")]),
+            )
+            .unwrap();
+        p.settle(&mut m, vod);
+        let secs = m
+            .fresh_until()
+            .duration_since(m.created())
+            .unwrap()
+            .as_secs();
+        assert_eq!(secs, 2);
+    }
+}

@@ -1,0 +1,422 @@
+//! [`SegmentStore`]: the `Storage` implementation.
+
+use super::Policy;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use pingora_cache::key::{CacheHashKey, HashBinary};
+use pingora_cache::storage::{HandleHit, HandleMiss, MissFinishType};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::{
+    CacheKey, CacheMeta, HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage,
+};
+use pingora_error::{Error, ErrorType, Result};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+type BinaryMeta = (Vec<u8>, Vec<u8>);
+
+/// A complete object.
+struct Entry {
+    meta: BinaryMeta,
+    body: Bytes,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Progress {
+    /// This many chunks are readable; more may come.
+    Writing(usize),
+    /// All chunks are in.
+    Done(usize),
+    /// The origin fetch failed: readers must fail too, not end early.
+    Failed,
+}
+
+/// An object still arriving from the origin.
+struct Partial {
+    id: u64,
+    meta: BinaryMeta,
+    chunks: RwLock<Vec<Bytes>>,
+    progress: watch::Sender<Progress>,
+}
+
+/// The segment cache. Create once and leak (`Storage` methods take `&'static self`).
+pub struct SegmentStore {
+    done: moka::sync::Cache<HashBinary, Arc<Entry>>,
+    partial: Mutex<HashMap<HashBinary, Arc<Partial>>>,
+    next_id: AtomicU64,
+    policy: Policy,
+}
+
+fn key_of(key: &CacheKey) -> HashBinary {
+    key.combined_bin()
+}
+
+impl SegmentStore {
+    pub fn new(policy: Policy) -> SegmentStore {
+        let done = moka::sync::Cache::builder()
+            .max_capacity(policy.max_bytes)
+            .weigher(|k: &HashBinary, e: &Arc<Entry>| {
+                let w = k.len() + e.meta.0.len() + e.meta.1.len() + e.body.len() + 64;
+                w.min(u32::MAX as usize) as u32
+            })
+            .build();
+        SegmentStore {
+            done,
+            partial: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            policy,
+        }
+    }
+
+    /// A leaked store for Pingora's `&'static` cache API (one per server).
+    pub fn leak(policy: Policy) -> &'static SegmentStore {
+        Box::leak(Box::new(SegmentStore::new(policy)))
+    }
+
+    /// Bytes and objects held (complete objects; in-flight ones are bounded by the number
+    /// of concurrent misses).
+    pub fn usage(&self) -> (u64, u64) {
+        self.done.run_pending_tasks();
+        (self.done.weighted_size(), self.done.entry_count())
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn complete_hit(entry: &Entry) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+        let len = entry.body.len();
+        let hit = CompleteHit {
+            body: entry.body.clone(),
+            start: 0,
+            end: len,
+            done: false,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    fn partial_hit(p: &Arc<Partial>) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let meta = CacheMeta::deserialize(&p.meta.0, &p.meta.1)?;
+        let hit = PartialHit {
+            object: p.clone(),
+            progress: p.progress.subscribe(),
+            next: 0,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+}
+
+/// A hit on a complete object: `Bytes` slices of the stored body.
+struct CompleteHit {
+    body: Bytes,
+    start: usize,
+    end: usize,
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for CompleteHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done || self.start >= self.end {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        if start >= len {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("seek start {start} beyond object of {len} bytes"),
+            );
+        }
+        self.start = start;
+        self.end = end.map_or(len, |e| e.min(len));
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// A hit on an object still arriving: each chunk as the origin read produced it.
+struct PartialHit {
+    object: Arc<Partial>,
+    progress: watch::Receiver<Progress>,
+    next: usize,
+}
+
+#[async_trait]
+impl HandleHit for PartialHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            let state = *self.progress.borrow_and_update();
+            let available = match state {
+                Progress::Failed => {
+                    return Error::e_explain(
+                        ErrorType::ReadError,
+                        "origin fetch of a shared object failed",
+                    )
+                }
+                Progress::Writing(n) | Progress::Done(n) => n,
+            };
+            if self.next < available {
+                let chunk = self.object.chunks.read()[self.next].clone();
+                self.next += 1;
+                return Ok(Some(chunk));
+            }
+            if matches!(state, Progress::Done(_)) {
+                return Ok(None);
+            }
+            if self.progress.changed().await.is_err() {
+                // The writer is gone without saying Done: treat as a failure.
+                return Error::e_explain(ErrorType::ReadError, "shared object writer gone");
+            }
+        }
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn should_count_access(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+struct SegmentMiss {
+    store: &'static SegmentStore,
+    key: HashBinary,
+    object: Arc<Partial>,
+    tag: [u8; 8],
+    bytes: usize,
+    finished: bool,
+}
+
+#[async_trait]
+impl HandleMiss for SegmentMiss {
+    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        self.bytes += data.len();
+        if self.bytes as u64 > self.store.policy.max_object_bytes {
+            return Error::e_explain(ErrorType::InternalError, "object too large to cache");
+        }
+        let n = {
+            let mut chunks = self.object.chunks.write();
+            if !data.is_empty() {
+                chunks.push(data);
+            }
+            chunks.len()
+        };
+        self.object.progress.send_replace(if eof {
+            Progress::Done(n)
+        } else {
+            Progress::Writing(n)
+        });
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let body = {
+            let chunks = self.object.chunks.read();
+            match chunks.len() {
+                0 => Bytes::new(),
+                1 => chunks[0].clone(),
+                _ => {
+                    // One copy per miss, so every hit is a single slice.
+                    let mut b = BytesMut::with_capacity(self.bytes);
+                    for c in chunks.iter() {
+                        b.extend_from_slice(c);
+                    }
+                    b.freeze()
+                }
+            }
+        };
+        let mut meta = CacheMeta::deserialize(&self.object.meta.0, &self.object.meta.1)?;
+        self.store.policy.settle(&mut meta, &body);
+        let meta = meta.serialize()?;
+        let size = body.len();
+        self.store
+            .done
+            .insert(self.key, Arc::new(Entry { meta, body }));
+        self.finished = true;
+        let n = self.object.chunks.read().len();
+        self.object.progress.send_replace(Progress::Done(n));
+        self.remove_partial();
+        Ok(MissFinishType::Created(size))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(&self.tag)
+    }
+}
+
+impl SegmentMiss {
+    fn remove_partial(&self) {
+        let mut partial = self.store.partial.lock();
+        if partial
+            .get(&self.key)
+            .is_some_and(|p| p.id == self.object.id)
+        {
+            partial.remove(&self.key);
+        }
+    }
+}
+
+impl Drop for SegmentMiss {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The origin died mid-body (or the object was refused): nothing is stored and
+            // the viewers streaming it get an error instead of a silently short segment.
+            self.object.progress.send_replace(Progress::Failed);
+            self.remove_partial();
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for SegmentStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let k = key_of(key);
+        // An object being refetched is served from its fresh bytes as they arrive.
+        let partial = self.partial.lock().get(&k).cloned();
+        if let Some(p) = partial {
+            return Self::partial_hit(&p);
+        }
+        match self.done.get(&k) {
+            Some(e) => Self::complete_hit(&e),
+            None => Ok(None),
+        }
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        streaming_write_tag: Option<&[u8]>,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let k = key_of(key);
+        let id = streaming_write_tag
+            .and_then(|t| <[u8; 8]>::try_from(t).ok())
+            .map(u64::from_be_bytes);
+        let partial = self.partial.lock().get(&k).cloned();
+        match (partial, id) {
+            (Some(p), Some(id)) if p.id == id => Self::partial_hit(&p),
+            _ => self.lookup(key, trace).await,
+        }
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let k = key_of(key);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (progress, _) = watch::channel(Progress::Writing(0));
+        let object = Arc::new(Partial {
+            id,
+            meta: meta.serialize()?,
+            chunks: RwLock::new(Vec::new()),
+            progress,
+        });
+        self.partial.lock().insert(k, object.clone());
+        Ok(Box::new(SegmentMiss {
+            store: self,
+            key: k,
+            object,
+            tag: id.to_be_bytes(),
+            bytes: 0,
+            finished: false,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let k = target.key().combined_bin();
+        let was_partial = self.partial.lock().remove(&k).is_some();
+        let was_done = self.done.remove(&k).is_some();
+        Ok(if was_partial || was_done {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let k = key_of(key);
+        let Some(old) = self.done.get(&k) else {
+            return Ok(false);
+        };
+        let entry = Entry {
+            meta: meta.serialize()?,
+            body: old.body.clone(),
+        };
+        self.done.insert(k, Arc::new(entry));
+        Ok(true)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}

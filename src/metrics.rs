@@ -1,0 +1,199 @@
+//! Every Prometheus metric of hlsgate, defined here and nowhere else, and the `/metrics`
+//! service on `metrics.listen`. Names are prefixed `hlsgate_`.
+
+use crate::cache::SegmentStore;
+use async_trait::async_trait;
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Edge requests by route kind (playlist, segment, key, other) and status.
+    pub requests: IntCounterVec,
+    /// Refused requests by reason (missing_token, bad_token, expired, wrong_client, ...).
+    pub denials: IntCounterVec,
+    /// Cache lookups by result (hit, miss, stale, pass).
+    pub cache_lookups: IntCounterVec,
+    /// Body bytes sent to viewers from the cache (hits and stale hits).
+    pub cache_served_bytes: IntCounter,
+    pub cache_held_bytes: IntGauge,
+    pub cache_objects: IntGauge,
+    /// Requests sent to origins, by route kind.
+    pub origin_fetches: IntCounterVec,
+    /// Origin failures (refused, timed out, died mid-body, 5xx), by route kind.
+    pub origin_errors: IntCounterVec,
+    /// Time from asking the origin to its response header.
+    pub origin_seconds: Histogram,
+    pub playlist_rewrites: IntCounter,
+    /// Time spent rewriting one playlist (sum over its chunks).
+    pub rewrite_seconds: Histogram,
+    /// Distinct viewer sessions seen in the last minute.
+    pub active_sessions: IntGauge,
+    sessions: moka::sync::Cache<[u8; 16], ()>,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    Metrics {
+        requests: counter_vec(
+            &r,
+            "hlsgate_requests_total",
+            "Edge requests by route kind and HTTP status.",
+            &["kind", "status"],
+        ),
+        denials: counter_vec(
+            &r,
+            "hlsgate_auth_denials_total",
+            "Requests refused by the edge's checks, by reason.",
+            &["reason"],
+        ),
+        cache_lookups: counter_vec(
+            &r,
+            "hlsgate_cache_requests_total",
+            "Cacheable requests by cache result (hit, miss, stale, pass).",
+            &["result"],
+        ),
+        cache_served_bytes: counter(
+            &r,
+            "hlsgate_cache_served_bytes_total",
+            "Body bytes sent to viewers from the segment cache.",
+        ),
+        cache_held_bytes: gauge(
+            &r,
+            "hlsgate_cache_held_bytes",
+            "Bytes held by the segment cache (bodies, headers, keys).",
+        ),
+        cache_objects: gauge(
+            &r,
+            "hlsgate_cache_objects",
+            "Objects held by the segment cache.",
+        ),
+        origin_fetches: counter_vec(
+            &r,
+            "hlsgate_origin_fetches_total",
+            "Requests sent to origins, by route kind.",
+            &["kind"],
+        ),
+        origin_errors: counter_vec(
+            &r,
+            "hlsgate_origin_errors_total",
+            "Origin failures (refused, timed out, broken body, 5xx), by route kind.",
+            &["kind"],
+        ),
+        origin_seconds: histogram(
+            &r,
+            "hlsgate_origin_response_seconds",
+            "Time from asking an origin to its response header.",
+            vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ],
+        ),
+        playlist_rewrites: counter(
+            &r,
+            "hlsgate_playlist_rewrites_total",
+            "Playlists rewritten for a viewer.",
+        ),
+        rewrite_seconds: histogram(
+            &r,
+            "hlsgate_playlist_rewrite_seconds",
+            "Time spent rewriting one playlist.",
+            vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                0.05,
+            ],
+        ),
+        active_sessions: gauge(
+            &r,
+            "hlsgate_active_sessions",
+            "Distinct viewer sessions seen in the last minute.",
+        ),
+        sessions: moka::sync::Cache::builder()
+            .max_capacity(1_000_000)
+            .time_to_live(Duration::from_secs(60))
+            .build(),
+        registry: r,
+    }
+});
+
+impl Metrics {
+    /// A viewer session was seen (a valid token).
+    pub fn saw_session(&self, session: [u8; 16]) {
+        self.sessions.insert(session, ());
+    }
+
+    /// The text exposition, with the gauges that are computed brought up to date.
+    pub fn render(&self, store: Option<&SegmentStore>) -> Vec<u8> {
+        self.sessions.run_pending_tasks();
+        self.active_sessions.set(self.sessions.entry_count() as i64);
+        if let Some(store) = store {
+            let (bytes, objects) = store.usage();
+            self.cache_held_bytes.set(bytes as i64);
+            self.cache_objects.set(objects as i64);
+        }
+        let mut out = Vec::with_capacity(8192);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding to a Vec cannot fail");
+        out
+    }
+}
+
+/// `GET /metrics` on `metrics.listen`.
+pub struct MetricsApp {
+    pub store: Option<&'static SegmentStore>,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path();
+        let (status, ctype, body) = if path == "/metrics" {
+            (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                METRICS.render(self.store),
+            )
+        } else {
+            (404, "text/plain", b"not found\n".to_vec())
+        };
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, ctype)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .expect("valid response")
+    }
+}
