@@ -1,0 +1,61 @@
+# Sourced by the bench scripts: builds hlsgate, makes the HLS data, starts the origin
+# nginx, nginx secure_link + proxy_cache + sub_filter, and hlsgate (bench/hlsgate.yaml or
+# $HLSGATE_CONFIG), all on loopback, and stops them on exit.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/need.sh
+need_build
+need nginx nginx-extras
+need wrk wrk
+need curl curl
+need openssl openssl
+
+BENCH=$PWD/bench
+RUN=$(mktemp -d /tmp/hlsgate-bench.XXXXXX)
+chmod 755 "$RUN" # nginx workers run as nobody when started by root
+mkdir -p "$RUN/tmp" "$RUN/cache" "$RUN/data/vod" "$RUN/data/live"
+HLSGATE_CONFIG=${HLSGATE_CONFIG:-bench/hlsgate.yaml}
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for c in origin secure-link; do
+        [ -f "$RUN/$c.pid" ] && nginx -c "$RUN/$c.conf" -s stop 2>/dev/null || true
+    done
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+# --- data: a 5,000-segment VOD playlist, a live playlist, one 1 MiB segment -----------
+{
+    printf '#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n'
+    for i in $(seq 0 4999); do printf '#EXTINF:2.000000,\nindex%d.ts\n' "$i"; done
+    printf '#EXT-X-ENDLIST\n'
+} > "$RUN/data/vod/index.m3u8"
+{
+    printf '#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1200\n'
+    for i in $(seq 1200 1205); do printf '#EXTINF:2.000000,\nlive%d.ts\n' "$i"; done
+} > "$RUN/data/live/index.m3u8"
+head -c 1048576 /dev/urandom > "$RUN/data/vod/seg.ts"
+
+# --- servers ------------------------------------------------------------------------
+echo ">> building hlsgate (release)" >&2
+cargo build --release --quiet
+for c in origin secure-link; do
+    sed -e "s#@RUN@#$RUN#g" -e "s#@DATA@#$RUN/data#g" -e "s#@BENCH@#$BENCH#g" \
+        "bench/nginx/$c.conf.in" > "$RUN/$c.conf"
+    nginx -c "$RUN/$c.conf" -e "$RUN/$c-error.log"
+done
+RUST_LOG=warn target/release/hlsgate edge -c "$HLSGATE_CONFIG" >"$RUN/hlsgate.log" 2>&1 &
+HLSGATE_PID=$!
+PIDS+=("$HLSGATE_PID")
+for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18080/healthz && break; sleep 0.1; done
+
+# --- signed URLs --------------------------------------------------------------------
+EXPIRES=$(( $(date +%s) + 3600 ))
+MD5=$(printf '%s' "$EXPIRES 127.0.0.1 bench-secret" | openssl md5 -binary | openssl base64 | tr +/ -_ | tr -d =)
+nginx_url() { echo "http://127.0.0.1:18082/$1?md5=$MD5&expires=$EXPIRES"; }
+hlsgate_url() { # stream object
+    local u
+    u=$(target/release/hlsgate token -c "$HLSGATE_CONFIG" --stream "$1" --ip 127.0.0.1 --ttl 3600)
+    echo "${u%/*}/$2"
+}
