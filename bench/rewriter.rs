@@ -32,24 +32,37 @@ fn bench(c: &mut Criterion) {
     let input = vod_playlist(5000);
     let mut g = c.benchmark_group("rewriter");
     g.throughput(Throughput::Bytes(input.len() as u64));
-    g.bench_function("vod_5000_segments_64KiB_chunks", |b| {
-        let mut out = Vec::with_capacity(input.len() * 5);
-        b.iter(|| {
-            let mut rw = Rewriter::new(EdgeUris::new(
-                origin.clone(),
-                prefix.clone(),
-                "/vod/movie/index.m3u8",
-                keyring.clone(),
-                "movie",
-            ));
-            out.clear();
-            for chunk in input.chunks(64 * 1024) {
-                rw.feed(chunk, &mut out).unwrap();
-            }
-            rw.finish(&mut out).unwrap();
-            criterion::black_box(out.len())
-        })
-    });
+    // `keep`: the usual case, the viewer's token not renewed, so relative URIs stay as
+    // they are (they resolve against the playlist's own URL). Otherwise every URI gets the
+    // full `/api/hls/{token}/{stream}/` prefix: the worst case, after a renewal.
+    for (name, keep) in [
+        ("vod_5000_segments_64KiB_chunks", false),
+        ("vod_5000_segments_64KiB_chunks_relative_kept", true),
+    ] {
+        g.bench_function(name, |b| {
+            let mut out = Vec::with_capacity(input.len() * 5);
+            b.iter(|| {
+                let uris = EdgeUris::new(
+                    origin.clone(),
+                    prefix.clone(),
+                    "/vod/movie/index.m3u8",
+                    keyring.clone(),
+                    "movie",
+                );
+                let mut rw = Rewriter::new(if keep {
+                    uris.keep_plain_relative()
+                } else {
+                    uris
+                });
+                out.clear();
+                for chunk in input.chunks(64 * 1024) {
+                    rw.feed(chunk, &mut out).unwrap();
+                }
+                rw.finish(&mut out).unwrap();
+                criterion::black_box(out.len())
+            })
+        });
+    }
     g.finish();
 }
 

@@ -142,7 +142,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         sessions: moka::sync::Cache::builder()
             .max_capacity(1_000_000)
-            .time_to_live(Duration::from_secs(60))
+            .time_to_idle(Duration::from_secs(60))
             .build(),
         registry: r,
     }
@@ -151,7 +151,10 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 impl Metrics {
     /// A viewer session was seen (a valid token).
     pub fn saw_session(&self, session: [u8; 16]) {
-        self.sessions.insert(session, ());
+        // A read refreshes the idle timer; only a new session pays for an insert.
+        if self.sessions.get(&session).is_none() {
+            self.sessions.insert(session, ());
+        }
     }
 
     /// The text exposition, with the gauges that are computed brought up to date.

@@ -37,13 +37,13 @@ fn harness() -> &'static Harness {
         std::fs::write(
             root.join("c/index.m3u8"),
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:7\n\
-             #EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\nseg8.ts\n",
+             #EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\n/c/seg8.ts\n",
         )
         .unwrap();
         // No newline after the last URI: its rewriting must not wait for one.
         std::fs::write(
             root.join("c/m.m3u8"),
-            "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nseg9.ts",
+            "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\n/c/seg9.ts",
         )
         .unwrap();
         for (name, seed) in [
@@ -239,12 +239,17 @@ fn playlists_are_cached_once_and_rewritten_per_viewer() {
     assert_eq!((ra.status, rb.status), (200, 200));
     assert_eq!(rb.header("X-Cache"), Some("HIT"));
     let (ta, tb) = (ra.text(), rb.text());
+    // Relative URIs resolve against each viewer's own URL; others carry their token.
     assert!(
-        ta.contains(&format!("/api/hls/{}/c/seg7.ts", token(&a))),
+        ta.contains("\nseg7.ts\n") && tb.contains("\nseg7.ts\n"),
         "{ta}"
     );
     assert!(
-        tb.contains(&format!("/api/hls/{}/c/seg7.ts", token(&b))),
+        ta.contains(&format!("\n/api/hls/{}/c/seg8.ts\n", token(&a))),
+        "{ta}"
+    );
+    assert!(
+        tb.contains(&format!("\n/api/hls/{}/c/seg8.ts\n", token(&b))),
         "{tb}"
     );
     assert!(!ta.contains(&token(&b)) && !tb.contains(&token(&a)));

@@ -45,6 +45,10 @@ pub struct Ctx {
     /// end-of-stream flag, so the length is how the rewriter knows it has the last line.
     playlist_len: Option<u64>,
     playlist_fed: u64,
+    /// The viewer's token was renewed: the playlist must carry the new one everywhere.
+    token_renewed: bool,
+    /// The request came through a `~o/` signed path (relative URIs would not resolve).
+    signed_target: bool,
 }
 
 pub struct EdgeProxy {
@@ -135,6 +139,7 @@ impl EdgeProxy {
         let origin_path = match target {
             Target::InBase(rel) => format!("{}{rel}", stream.origin.space().base),
             Target::Signed { sig, path } => {
+                ctx.signed_target = true;
                 if matches!(stream.origin, Origin::File { .. })
                     || !st.keyring.verify_path(stream_id, path, sig)
                 {
@@ -153,6 +158,7 @@ impl EdgeProxy {
         };
         METRICS.saw_session(verified.session);
         ctx.token = st.keyring.renew_for(tok, &verified, &viewer, st.ttl);
+        ctx.token_renewed = ctx.token != tok;
         ctx.upstream_uri = match &query {
             Some(q) => format!("{origin_path}?{q}"),
             None => origin_path.clone(),
@@ -187,13 +193,20 @@ impl EdgeProxy {
     fn rewriter(&self, ctx: &Ctx) -> Rewriter<EdgeUris> {
         let stream = ctx.stream.as_ref().expect("set before rewriting");
         let prefix = format!("/api/hls/{}/{}/", ctx.token, stream.id).into_bytes();
-        Rewriter::new(EdgeUris::new(
+        let uris = EdgeUris::new(
             stream.origin.space().clone(),
             prefix,
             &ctx.origin_path,
             self.state.keyring.clone(),
             &stream.id,
-        ))
+        );
+        // The seed's way: relative URIs keep working with no rewriting, since the token is
+        // in the path. Only a renewed token must be written into them.
+        Rewriter::new(if ctx.token_renewed || ctx.signed_target {
+            uris
+        } else {
+            uris.keep_plain_relative()
+        })
     }
 }
 
@@ -216,6 +229,8 @@ impl ProxyHttp for EdgeProxy {
             rewrite_time: Duration::ZERO,
             playlist_len: None,
             playlist_fed: 0,
+            token_renewed: false,
+            signed_target: false,
         }
     }
 

@@ -158,6 +158,12 @@ impl<M: UriMap> Rewriter<M> {
                 _ => None,
             };
             if let (Some((nl, true)), Some(prefix)) = (scanned, &self.fast) {
+                if prefix.is_empty() {
+                    // Kept as it is: the line joins the current run.
+                    plain += 1;
+                    start = nl + 1;
+                    continue;
+                }
                 extend2(out, &rest[run..start], prefix);
                 run = start;
                 plain += 1;
@@ -436,11 +442,13 @@ last.ts";
 
     /// A map with a plain prefix, and the same map without it: the fast path taken for
     /// plain URI lines must give what the general path gives, at every split point.
-    struct Prefixed(bool);
+    /// Plain relative URIs get `.1` put before them (empty: kept as they are), others are
+    /// bracketed; `.0` says whether the map offers the fast path.
+    struct Prefixed(bool, &'static [u8]);
     impl UriMap for Prefixed {
         fn map(&mut self, uri: &[u8], out: &mut Vec<u8>) {
             if is_plain_relative(uri) {
-                out.extend_from_slice(b"P/");
+                out.extend_from_slice(self.1);
                 out.extend_from_slice(uri);
             } else {
                 out.extend_from_slice(b"<");
@@ -449,7 +457,7 @@ last.ts";
             }
         }
         fn plain_prefix(&self) -> Option<&[u8]> {
-            self.0.then_some(b"P/")
+            self.0.then_some(self.1)
         }
     }
 
@@ -460,8 +468,8 @@ last.ts";
             sub/../x.ts\nhttp://h/x.ts\nx:y\n/abs.ts\n.hidden\n\rodd\nlongname/.x/abcdefgh\n\
             abcdefg/.h\nabcdefgh:\n#EXTINF:1,\nq.ts\nlast-no-newline.ts";
         let input = [tricky.as_bytes(), LL_HLS.as_bytes()].concat();
-        let run = |fast: bool, parts: &[&[u8]]| {
-            let mut r = Rewriter::new(Prefixed(fast));
+        let run = |fast: bool, prefix: &'static [u8], parts: &[&[u8]]| {
+            let mut r = Rewriter::new(Prefixed(fast, prefix));
             let mut out = Vec::new();
             for p in parts {
                 r.feed(p, &mut out).unwrap();
@@ -469,15 +477,22 @@ last.ts";
             r.finish(&mut out).unwrap();
             (out, r.uris())
         };
-        let general = run(false, &[&input]);
-        assert!(String::from_utf8_lossy(&general.0).contains("P/b.ts \r\nP/c.ts\r\n"));
-        assert!(String::from_utf8_lossy(&general.0).contains("\n<sub/./x.ts>\n"));
-        for i in 0..=input.len() {
-            assert_eq!(
-                run(true, &[&input[..i], &input[i..]]),
-                general,
-                "split at {i}"
-            );
+        // With a prefix, and with none (relative URIs kept, the edge's usual case).
+        for (prefix, want) in [
+            (&b"P/"[..], "P/b.ts \r\nP/c.ts\r\n"),
+            (b"", "\nb.ts \r\nc.ts\r\n"),
+        ] {
+            let general = run(false, prefix, &[&input]);
+            assert!(String::from_utf8_lossy(&general.0).contains(want));
+            assert!(String::from_utf8_lossy(&general.0).contains("\n<sub/./x.ts>\n"));
+            assert!(String::from_utf8_lossy(&general.0).contains("\n</abs.ts>\n"));
+            for i in 0..=input.len() {
+                assert_eq!(
+                    run(true, prefix, &[&input[..i], &input[i..]]),
+                    general,
+                    "split at {i}"
+                );
+            }
         }
     }
 

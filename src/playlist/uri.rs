@@ -37,6 +37,9 @@ pub struct EdgeUris {
     dir: Vec<u8>,
     /// Signs out-of-base paths (`None`: leave them alone).
     signer: Option<(Arc<Keyring>, String)>,
+    /// Plain relative URIs stay as they are: the viewer resolves them against the
+    /// playlist's own edge URL, which already carries the right token.
+    keep_plain: bool,
 }
 
 impl EdgeUris {
@@ -63,7 +66,17 @@ impl EdgeUris {
             fast,
             dir,
             signer,
+            keep_plain: false,
         }
+    }
+
+    /// Leave plain relative URIs (`seg12.ts`, `v0/index.m3u8`) unchanged. Right when the
+    /// playlist was requested as `{prefix}{folder below base}/...` with the token that
+    /// `prefix` holds (not renewed): the player resolves them to exactly what the
+    /// rewrite would write. Ignored for a playlist outside the base.
+    pub fn keep_plain_relative(mut self) -> Self {
+        self.keep_plain = self.fast.is_some();
+        self
     }
 
     /// The absolute origin path (and the query/fragment that follows it) that `uri`
@@ -260,6 +273,9 @@ pub(crate) fn normalize(path: &[u8]) -> Option<Vec<u8>> {
 
 impl UriMap for EdgeUris {
     fn plain_prefix(&self) -> Option<&[u8]> {
+        if self.keep_plain {
+            return Some(b"");
+        }
         self.fast.as_deref()
     }
 
@@ -267,7 +283,9 @@ impl UriMap for EdgeUris {
         // The common case: a plain relative name (`seg12.ts`, `v0/index.m3u8?x=1`).
         if let Some(fast) = &self.fast {
             if is_plain_relative(uri) {
-                out.extend_from_slice(fast);
+                if !self.keep_plain {
+                    out.extend_from_slice(fast);
+                }
                 out.extend_from_slice(uri);
                 return;
             }
