@@ -40,6 +40,11 @@ fn harness() -> &'static Harness {
              #EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\n/c/seg8.ts\n",
         )
         .unwrap();
+        std::fs::write(
+            root.join("c/rel.m3u8"),
+            "#EXTM3U\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:4.0,\nseg1.ts\n#EXTINF:4.0,\nseg2.ts\n#EXT-X-ENDLIST\n",
+        )
+        .unwrap();
         // No newline after the last URI: its rewriting must not wait for one.
         std::fs::write(
             root.join("c/m.m3u8"),
@@ -262,6 +267,27 @@ fn playlists_are_cached_once_and_rewritten_per_viewer() {
     assert_eq!(h.origin.hits("GET /c/index.m3u8 ") - before, 2);
     // The viewer's token never reaches the origin.
     assert!(h.origin.requests().iter().all(|l| !l.contains(&token(&a))));
+}
+
+/// A cached playlist whose URIs are all relative comes out byte for byte for viewers
+/// whose token was not renewed: after the first, they get the cached bytes untouched.
+#[test]
+fn playlists_that_need_no_rewrite_are_sent_as_cached() {
+    let h = harness();
+    let origin = std::fs::read(h.root.join("c/rel.m3u8")).unwrap();
+    let first = fetch(h, &path_for(h, "c", "r1", "rel.m3u8"), "r1", &[]);
+    assert_eq!((first.status, first.header("X-Cache")), (200, Some("MISS")));
+    assert!(first.body == origin);
+    assert_eq!(first.header("Content-Length"), None); // went through the rewriter
+    for ua in ["r2", "r3"] {
+        let r = fetch(h, &path_for(h, "c", ua, "rel.m3u8"), ua, &[]);
+        assert_eq!((r.status, r.header("X-Cache")), (200, Some("HIT")));
+        assert!(r.body == origin);
+        let len = origin.len().to_string();
+        assert_eq!(r.header("Content-Length"), Some(len.as_str()));
+        assert!(r.header("X-New-Token").is_some());
+    }
+    assert_eq!(h.origin.hits("GET /c/rel.m3u8 "), 1);
 }
 
 #[test]

@@ -31,7 +31,15 @@ pub struct EdgeState {
     /// The segment cache and its fill lock (leaked: Pingora's cache API wants `'static`).
     pub store: &'static SegmentStore,
     pub cache_lock: &'static CacheKeyLockImpl,
+    /// Cached playlists (object identity + stream) that a viewer whose token is not
+    /// renewed receives byte for byte: their next viewers skip the rewriter and get the
+    /// cached `Bytes` as they are.
+    pub verbatim: moka::sync::Cache<VerbatimKey, ()>,
 }
+
+/// A cached object's identity (key and when it was stored) and the stream it is seen
+/// through (out-of-folder URIs depend on the stream's base).
+pub type VerbatimKey = ([u8; 16], u128, String);
 
 impl EdgeState {
     pub fn new(cfg: Arc<Config>, keyring: Arc<Keyring>) -> EdgeState {
@@ -51,6 +59,10 @@ impl EdgeState {
             ttl,
             store,
             cache_lock,
+            verbatim: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::playlist::{EdgeUris, Rewriter};
 use crate::token::{self, Viewer};
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_cache::key::CacheHashKey;
 use pingora_cache::{CacheKey, CachePhase, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -49,6 +50,8 @@ pub struct Ctx {
     token_renewed: bool,
     /// The request came through a `~o/` signed path (relative URIs would not resolve).
     signed_target: bool,
+    /// The cached playlist this rewrite may prove verbatim (see `EdgeState::verbatim`).
+    verbatim_key: Option<super::VerbatimKey>,
 }
 
 pub struct EdgeProxy {
@@ -231,6 +234,7 @@ impl ProxyHttp for EdgeProxy {
             playlist_fed: 0,
             token_renewed: false,
             signed_target: false,
+            verbatim_key: None,
         }
     }
 
@@ -427,6 +431,35 @@ impl ProxyHttp for EdgeProxy {
         {
             return Err(bad_gateway("origin sent a compressed playlist"));
         }
+        let keep_relative = !ctx.token_renewed && !ctx.signed_target;
+        let verbatim_key = match (
+            keep_relative,
+            session.cache.maybe_cache_key(),
+            session.cache.maybe_cache_meta(),
+            ctx.stream.as_ref(),
+        ) {
+            (true, Some(key), Some(meta), Some(stream)) => Some((
+                key.combined_bin(),
+                meta.created()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+                stream.id.clone(),
+            )),
+            _ => None,
+        };
+        if ctx.from_cache
+            && verbatim_key
+                .as_ref()
+                .is_some_and(|k| self.state.verbatim.contains_key(k))
+        {
+            // Another viewer's rewrite of this very object changed nothing: send the
+            // cached bytes as they are (no scan, no copy; Content-Length stays).
+            resp.remove_header(&http::header::ACCEPT_RANGES);
+            resp.insert_header("Cache-Control", "private, no-cache")?;
+            METRICS.playlist_rewrites.inc();
+            return Ok(());
+        }
+        ctx.verbatim_key = verbatim_key;
         // The body changes length: headers leave before it is rewritten.
         ctx.playlist_len = resp
             .headers
@@ -476,6 +509,11 @@ impl ProxyHttp for EdgeProxy {
         *body = (!out.is_empty()).then(|| Bytes::from(out));
         ctx.rewrite_time += started.elapsed();
         if end_of_stream {
+            if let Some(key) = ctx.verbatim_key.take() {
+                if !rw.changed() {
+                    self.state.verbatim.insert(key, ());
+                }
+            }
             ctx.rewriter = None; // done: later calls (an empty end-of-stream) pass through
             METRICS.playlist_rewrites.inc();
             METRICS

@@ -76,6 +76,8 @@ pub struct Rewriter<M> {
     /// Bytes fed and written so far, for [`Rewriter::output_hint`].
     bytes_in: u64,
     bytes_out: u64,
+    /// Some URI came out different from how it went in.
+    changed: bool,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -90,7 +92,15 @@ impl<M: UriMap> Rewriter<M> {
             uris: 0,
             bytes_in: 0,
             bytes_out: 0,
+            changed: false,
         }
+    }
+
+    /// Whether the output so far differs from the input. `false` at the end means the
+    /// playlist went through byte for byte (the edge then remembers that for the cached
+    /// object and skips the rewriter for the next viewers).
+    pub fn changed(&self) -> bool {
+        self.changed
     }
 
     /// How many URIs were handed to the map so far.
@@ -164,6 +174,7 @@ impl<M: UriMap> Rewriter<M> {
                     start = nl + 1;
                     continue;
                 }
+                self.changed = true;
                 extend2(out, &rest[run..start], prefix);
                 run = start;
                 plain += 1;
@@ -188,6 +199,7 @@ impl<M: UriMap> Rewriter<M> {
                 Some(b'#') => !needs_tag_rewrite(body),
                 Some(_) => match &self.fast {
                     Some(prefix) if is_plain_relative(body) => {
+                        self.changed |= !prefix.is_empty();
                         extend2(out, &rest[run..start], prefix);
                         run = start;
                         plain += 1;
@@ -224,6 +236,12 @@ impl<M: UriMap> Rewriter<M> {
         }
         self.partial.extend_from_slice(rest);
         Ok(())
+    }
+
+    fn map_uri(&mut self, uri: &[u8], out: &mut Vec<u8>) {
+        let before = out.len();
+        self.map.map(uri, out);
+        self.changed |= out[before..] != *uri;
     }
 
     /// One line, terminator included when present.
@@ -268,7 +286,7 @@ impl<M: UriMap> Rewriter<M> {
                 }
                 out.extend_from_slice(&body[..start]);
                 self.uris += 1;
-                self.map.map(&body[start..stop], out);
+                self.map_uri(&body[start..stop], out);
                 out.extend_from_slice(&body[stop..]);
                 out.extend_from_slice(eol);
             }
@@ -298,7 +316,7 @@ impl<M: UriMap> Rewriter<M> {
                     if name == b"URI=" || name == b"SERVER-URI=" {
                         out.extend_from_slice(&body[copied..=i]);
                         self.uris += 1;
-                        self.map.map(&body[i + 1..close], out);
+                        self.map_uri(&body[i + 1..close], out);
                         copied = close;
                     }
                     i = close;
@@ -494,6 +512,29 @@ last.ts";
                 );
             }
         }
+    }
+
+    #[test]
+    fn changed_says_whether_any_byte_differs() {
+        let input = b"#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k.bin\"\n#EXTINF:2,\na.ts\n";
+        for (fast, prefix, want) in [
+            (true, &b""[..], false),
+            (false, b"", false),
+            (true, b"P/", true),
+            (false, b"P/", true),
+        ] {
+            let mut r = Rewriter::new(Prefixed(fast, prefix));
+            let mut out = Vec::new();
+            r.feed(input, &mut out).unwrap();
+            r.finish(&mut out).unwrap();
+            assert_eq!(r.changed(), want, "{fast} {prefix:?}");
+            assert_eq!(r.changed(), out != input);
+        }
+        // A URI the map rewrites (not plain relative) is a change whatever the prefix.
+        let mut r = Rewriter::new(Prefixed(true, b""));
+        let mut out = Vec::new();
+        r.feed(b"#EXTM3U\n/abs.ts\n", &mut out).unwrap();
+        assert!(r.changed());
     }
 
     #[test]
