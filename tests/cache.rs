@@ -63,36 +63,20 @@ fn harness() -> &'static Harness {
         }
         let origin = Origin::start(root.clone());
         let o = origin.port;
-        let port = free_port();
-        let metrics_port = free_port();
-        let config = dir.join("hlsgate.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"edge:
-  listen: "127.0.0.1:{port}"
-  origin_connect_timeout: "1s"
-  origin_read_timeout: "3s"
-  grace_period: "0s"
-admin:
-  public_edge_url: "http://127.0.0.1:{port}"
-metrics:
-  listen: "127.0.0.1:{metrics_port}"
-tokens:
-  secret_file: "{dir}/secret.key"
-cache:
+        let (config, ports) = write_config(
+            &dir,
+            "3s",
+            &format!(
+                r#"cache:
   max_bytes: "64MiB"
   stale_if_error: "60s"
-origins:
-  allow: ["127.0.0.1"]
 streams:
   c: {{ url: "http://127.0.0.1:{o}/c/index.m3u8" }}
   die: {{ url: "http://127.0.0.1:{o}/die/index.m3u8" }}
-"#,
-                dir = dir.display(),
+"#
             ),
-        )
-        .unwrap();
+        );
+        let (port, metrics_port) = (ports.edge, ports.metrics);
         let edge = Hlsgate::start("edge", &config, port);
         Harness {
             origin,

@@ -27,28 +27,12 @@ fn harness() -> &'static Harness {
         let origin = Origin::start(root.clone());
         make_streams(&root, origin.port);
         let o = origin.port;
-        let port = free_port();
         let closed = free_port();
-        let mport = free_port();
-        let config = dir.join("hlsgate.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"edge:
-  listen: "127.0.0.1:{port}"
-  origin_connect_timeout: "1s"
-  origin_read_timeout: "2s"
-  grace_period: "0s"
-admin:
-  public_edge_url: "http://127.0.0.1:{port}"
-metrics:
-  listen: "127.0.0.1:{mport}"
-tokens:
-  secret_file: "{dir}/secret.key"
-  ttl: "30s"
-origins:
-  allow: ["127.0.0.1"]
-streams:
+        let (config, ports) = write_config(
+            &dir,
+            "2s",
+            &format!(
+                r#"streams:
   ts: {{ url: "http://127.0.0.1:{o}/ts/index.m3u8" }}
   fmp4: {{ url: "http://127.0.0.1:{o}/fmp4/index.m3u8" }}
   aes: {{ url: "http://127.0.0.1:{o}/aes/index.m3u8" }}
@@ -61,11 +45,10 @@ streams:
   die: {{ url: "http://127.0.0.1:{o}/die/index.m3u8" }}
   slow: {{ url: "http://127.0.0.1:{o}/slow/index.m3u8" }}
 "#,
-                dir = dir.display(),
                 root = root.display(),
             ),
-        )
-        .unwrap();
+        );
+        let port = ports.edge;
         let edge = Hlsgate::start("edge", &config, port);
         Harness {
             origin,

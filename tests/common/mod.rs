@@ -246,6 +246,48 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Ports of a test edge: its listener and its metrics listener.
+pub struct EdgePorts {
+    pub edge: u16,
+    pub metrics: u16,
+}
+
+/// Write `dir/hlsgate.yaml` for an edge on free loopback ports with short origin timeouts,
+/// its key in `dir`, 30 s tokens, loopback origins allowed; `extra` is more YAML (it must hold
+/// `streams:`), `read_timeout` the origin read timeout.
+pub fn write_config(dir: &Path, read_timeout: &str, extra: &str) -> (PathBuf, EdgePorts) {
+    let ports = EdgePorts {
+        edge: free_port(),
+        metrics: free_port(),
+    };
+    let config = dir.join("hlsgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"edge:
+  listen: "127.0.0.1:{port}"
+  origin_connect_timeout: "1s"
+  origin_read_timeout: "{read_timeout}"
+  grace_period: "0s"
+admin:
+  public_edge_url: "http://127.0.0.1:{port}"
+metrics:
+  listen: "127.0.0.1:{mport}"
+tokens:
+  secret_file: "{dir}/secret.key"
+  ttl: "30s"
+origins:
+  allow: ["127.0.0.1"]
+{extra}"#,
+            port = ports.edge,
+            mport = ports.metrics,
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    (config, ports)
+}
+
 /// A running `hlsgate` process. It is started through a shell that kills it when this
 /// test process's end closes its stdin, and `timeout` bounds it in any case.
 pub struct Hlsgate {
