@@ -16,6 +16,7 @@ struct Harness {
     edge: Hlsgate,
     root: PathBuf,
     dir: PathBuf,
+    metrics_port: u16,
 }
 
 fn harness() -> &'static Harness {
@@ -55,6 +56,7 @@ fn harness() -> &'static Harness {
             edge,
             root,
             dir,
+            metrics_port: ports.metrics,
         }
     })
 }
@@ -464,4 +466,31 @@ fn file_origins_serve_ranges_and_head() {
         &get(h.edge.port, &missing, &[("User-Agent", UA)]).unwrap(),
         404,
     );
+}
+
+/// Playlists rewritten from a file origin count in the metrics like those from HTTP ones.
+#[test]
+fn file_origin_rewrites_are_counted() {
+    let h = harness();
+    let scrape = || get(h.metrics_port, "/metrics", &[]).unwrap().text();
+    let count = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    };
+    let before = scrape();
+    let url = bound_url(h, "file_ts");
+    let r = get(h.edge.port, &path_of(&url), &[("User-Agent", UA)]).unwrap();
+    assert_eq!(r.status, 200);
+    let after = scrape();
+    for name in [
+        "hlsgate_playlist_rewrites_total ",
+        "hlsgate_playlist_rewrite_seconds_count ",
+        "hlsgate_requests_total{kind=\"playlist\",status=\"200\"} ",
+    ] {
+        assert!(
+            count(&after, name) > count(&before, name),
+            "{name} did not move"
+        );
+    }
 }

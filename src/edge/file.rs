@@ -4,6 +4,7 @@
 
 use super::respond;
 use super::route::Kind;
+use crate::metrics::METRICS;
 use crate::playlist::{EdgeUris, Rewriter};
 use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
@@ -57,17 +58,23 @@ pub async fn serve(
             return Ok(Served { status: 200 });
         }
         let mut buf = vec![0u8; CHUNK];
+        let mut spent = std::time::Duration::ZERO;
         loop {
             let n = file.read(&mut buf).await.map_err(io_err)?;
-            let mut out = Vec::with_capacity(n + n / 2);
+            let started = std::time::Instant::now();
+            let mut out = Vec::with_capacity(rw.output_hint(n));
             if n == 0 {
                 rw.finish(&mut out).map_err(rewrite_err)?;
+                spent += started.elapsed();
+                METRICS.playlist_rewrites.inc();
+                METRICS.rewrite_seconds.observe(spent.as_secs_f64());
                 session
                     .write_response_body(Some(Bytes::from(out)), true)
                     .await?;
                 return Ok(Served { status: 200 });
             }
             rw.feed(&buf[..n], &mut out).map_err(rewrite_err)?;
+            spent += started.elapsed();
             if !out.is_empty() {
                 session
                     .write_response_body(Some(Bytes::from(out)), false)
