@@ -155,6 +155,8 @@ struct FileEdge {
     origin_read_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     grace_period: Duration,
+    #[serde(deserialize_with = "duration")]
+    idle_timeout: Duration,
 }
 
 impl Default for FileEdge {
@@ -166,6 +168,7 @@ impl Default for FileEdge {
             origin_connect_timeout: Duration::from_secs(3),
             origin_read_timeout: Duration::from_secs(15),
             grace_period: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -279,6 +282,8 @@ pub struct Edge {
     pub origin_connect_timeout: Duration,
     pub origin_read_timeout: Duration,
     pub grace_period: Duration,
+    /// Longest a viewer's keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -391,6 +396,7 @@ impl Config {
         for (key, d) in [
             ("edge.origin_connect_timeout", f.edge.origin_connect_timeout),
             ("edge.origin_read_timeout", f.edge.origin_read_timeout),
+            ("edge.idle_timeout", f.edge.idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(err(key, "must be more than 0s".into()));
@@ -496,6 +502,7 @@ impl Config {
                 origin_connect_timeout: f.edge.origin_connect_timeout,
                 origin_read_timeout: f.edge.origin_read_timeout,
                 grace_period: f.edge.grace_period,
+                idle_timeout: f.edge.idle_timeout,
             },
             admin: Admin {
                 listen: f.admin.listen,

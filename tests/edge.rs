@@ -494,3 +494,30 @@ fn file_origin_rewrites_are_counted() {
         );
     }
 }
+
+/// An idle keep-alive connection is closed after `edge.idle_timeout` (2 s here); one in
+/// use keeps working.
+#[test]
+fn idle_keepalive_connections_are_closed() {
+    use std::io::{Read, Write};
+    let h = harness();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", h.edge.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut buf = [0u8; 1024];
+    for _ in 0..2 {
+        s.write_all(req).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("ok\n"), "{text}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let idle = std::time::Instant::now();
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the edge sent more bytes on an idle connection");
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000) && waited < Duration::from_secs(6),
+        "closed after {waited:?}, want about 2 s"
+    );
+}

@@ -66,6 +66,12 @@ impl EdgeProxy {
     /// Authorise and route one request. `Ok(true)`: a response was written.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let st = &self.state;
+        // Pingora keeps an idle HTTP/1 keep-alive connection open forever unless told
+        // otherwise: bound it, so idle sockets cannot pile up.
+        let idle = st.cfg.edge.idle_timeout.as_secs().max(1);
+        if session.get_keepalive().is_some_and(|k| k == 0 || k > idle) {
+            session.set_keepalive(Some(idle));
+        }
         let req = session.req_header();
         let path = req.uri.path().to_owned();
         let query = req.uri.query().map(str::to_owned);

@@ -253,7 +253,7 @@ pub struct EdgePorts {
 }
 
 /// Write `dir/hlsgate.yaml` for an edge on free loopback ports with short origin timeouts,
-/// its key in `dir`, 30 s tokens, loopback origins allowed; `extra` is more YAML (it must hold
+/// 2 s keep-alive idle timeout, its key in `dir`, 30 s tokens, loopback origins allowed; `extra` is more YAML (it must hold
 /// `streams:`), `read_timeout` the origin read timeout.
 pub fn write_config(dir: &Path, read_timeout: &str, extra: &str) -> (PathBuf, EdgePorts) {
     let ports = EdgePorts {
@@ -269,6 +269,7 @@ pub fn write_config(dir: &Path, read_timeout: &str, extra: &str) -> (PathBuf, Ed
   origin_connect_timeout: "1s"
   origin_read_timeout: "{read_timeout}"
   grace_period: "0s"
+  idle_timeout: "2s"
 admin:
   public_edge_url: "http://127.0.0.1:{port}"
 metrics:
