@@ -509,7 +509,10 @@ fn idle_keepalive_connections_are_closed() {
         s.write_all(req).unwrap();
         let n = s.read(&mut buf).unwrap();
         let text = String::from_utf8_lossy(&buf[..n]);
-        assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("ok\n"), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("ok\n"),
+            "{text}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     let idle = std::time::Instant::now();
