@@ -126,7 +126,12 @@ impl Policy {
         if has(b"#EXT-X-ENDLIST") || has(b"#EXT-X-PLAYLIST-TYPE:VOD") {
             return self.vod_playlist_ttl;
         }
-        target_duration(body)
+        // LL-HLS: parts appear every PART-TARGET, so a live low-latency playlist is only
+        // fresh for half of that.
+        if let Some(part) = decimal_after(body, b"PART-TARGET=") {
+            return (part / 2).max(Duration::from_millis(100));
+        }
+        decimal_after(body, b"#EXT-X-TARGETDURATION:")
             .map(|t| (t / 2).max(Duration::from_millis(500)))
             .unwrap_or(self.live_playlist_ttl)
     }
@@ -149,11 +154,10 @@ impl Policy {
     }
 }
 
-/// `#EXT-X-TARGETDURATION:N` (seconds; the spec says integer, some origins write a
-/// decimal).
-fn target_duration(body: &[u8]) -> Option<Duration> {
-    const TAG: &[u8] = b"#EXT-X-TARGETDURATION:";
-    let at = memchr::memmem::find(body, TAG)? + TAG.len();
+/// The decimal number of seconds after the first `tag` (`#EXT-X-TARGETDURATION:6`,
+/// `PART-TARGET=0.334`).
+fn decimal_after(body: &[u8], tag: &[u8]) -> Option<Duration> {
+    let at = memchr::memmem::find(body, tag)? + tag.len();
     let rest = &body[at..];
     let end = rest
         .iter()
@@ -225,6 +229,10 @@ mod tests {
             p.playlist_ttl(b"#EXT-X-TARGETDURATION:-5\n"),
             p.live_playlist_ttl
         );
+        let ll = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-PART-INF:PART-TARGET=1.002\n";
+        assert_eq!(p.playlist_ttl(ll), Duration::from_millis(501));
+        let ll = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-PART-INF:PART-TARGET=0.1\n";
+        assert_eq!(p.playlist_ttl(ll), Duration::from_millis(100));
 
         let mut m = p.cacheable(Kind::Playlist, &resp(200, &[])).unwrap();
         p.settle(&mut m, vod);
