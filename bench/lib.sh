@@ -39,7 +39,7 @@ head -c 1048576 /dev/urandom > "$RUN/data/vod/seg.ts"
 
 # --- servers ------------------------------------------------------------------------
 echo ">> building hlsgate (release)" >&2
-cargo build --release --quiet
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet
 for c in origin secure-link; do
     sed -e "s#@RUN@#$RUN#g" -e "s#@DATA@#$RUN/data#g" -e "s#@BENCH@#$BENCH#g" \
         "bench/nginx/$c.conf.in" > "$RUN/$c.conf"

@@ -11,18 +11,64 @@ use pingora_cache::{
     CacheKey, CacheMeta, HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage,
 };
 use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::sync::watch;
 
 type BinaryMeta = (Vec<u8>, Vec<u8>);
 
 /// A complete object.
 struct Entry {
-    meta: BinaryMeta,
+    meta: Fields,
     body: Bytes,
+}
+
+/// What a hit needs of an object's `CacheMeta`, kept decoded: Pingora's serialized form
+/// compresses the header (zstd), and decoding it on every hit costs more than cloning it.
+struct Fields {
+    fresh_until: SystemTime,
+    /// When the object was stored (its identity for `EdgeState::verbatim`; Age counts from
+    /// it).
+    created: SystemTime,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    header: ResponseHeader,
+    /// Bytes the header takes, for the weigher.
+    weight: usize,
+}
+
+impl Fields {
+    fn of(meta: &CacheMeta) -> Fields {
+        let header = meta.response_header_copy();
+        let weight = 128
+            + header
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 16)
+                .sum::<usize>();
+        Fields {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            stale_while_revalidate: meta.stale_while_revalidate_sec(),
+            stale_if_error: meta.stale_if_error_sec(),
+            header,
+            weight,
+        }
+    }
+
+    fn meta(&self) -> CacheMeta {
+        CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+            self.header.clone(),
+        )
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -60,7 +106,7 @@ impl SegmentStore {
         let done = moka::sync::Cache::builder()
             .max_capacity(policy.max_bytes)
             .weigher(|k: &HashBinary, e: &Arc<Entry>| {
-                let w = k.len() + e.meta.0.len() + e.meta.1.len() + e.body.len() + 64;
+                let w = k.len() + e.meta.weight + e.body.len() + 64;
                 w.min(u32::MAX as usize) as u32
             })
             .build();
@@ -89,7 +135,7 @@ impl SegmentStore {
     }
 
     fn complete_hit(entry: &Entry) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+        let meta = entry.meta.meta();
         let len = entry.body.len();
         let hit = CompleteHit {
             body: entry.body.clone(),
@@ -276,7 +322,7 @@ impl HandleMiss for SegmentMiss {
         };
         let mut meta = CacheMeta::deserialize(&self.object.meta.0, &self.object.meta.1)?;
         self.store.policy.settle(&mut meta, &body);
-        let meta = meta.serialize()?;
+        let meta = Fields::of(&meta);
         let size = body.len();
         self.store
             .done
@@ -408,7 +454,7 @@ impl Storage for SegmentStore {
             return Ok(false);
         };
         let entry = Entry {
-            meta: meta.serialize()?,
+            meta: Fields::of(meta),
             body: old.body.clone(),
         };
         self.done.insert(k, Arc::new(entry));
