@@ -16,7 +16,7 @@ pub struct Metrics {
     pub registry: Registry,
     /// Edge requests by route kind (playlist, segment, key, other) and status.
     pub requests: IntCounterVec,
-    /// Refused requests by reason (missing_token, bad_token, expired, wrong_client, ...).
+    /// Refused requests by reason (malformed, forged, expired, wrong_viewer, route, ...).
     pub denials: IntCounterVec,
     /// Cache lookups by result (hit, miss, stale, pass).
     pub cache_lookups: IntCounterVec,
@@ -155,6 +155,12 @@ impl Metrics {
         if self.sessions.get(&session).is_none() {
             self.sessions.insert(session, ());
         }
+    }
+
+    /// A playlist was rewritten for a viewer, taking `spent` in the rewriter.
+    pub fn rewrote(&self, spent: Duration) {
+        self.playlist_rewrites.inc();
+        self.rewrite_seconds.observe(spent.as_secs_f64());
     }
 
     /// The text exposition, with the gauges that are computed brought up to date.

@@ -179,13 +179,15 @@ mod tests {
         r
     }
 
+    fn fresh_secs(m: &CacheMeta) -> u64 {
+        m.fresh_until()
+            .duration_since(m.created())
+            .unwrap()
+            .as_secs()
+    }
+
     fn ttl(p: &Policy, kind: Kind, r: &ResponseHeader) -> Option<u64> {
-        p.cacheable(kind, r).ok().map(|m| {
-            m.fresh_until()
-                .duration_since(m.created())
-                .unwrap()
-                .as_secs()
-        })
+        p.cacheable(kind, r).ok().map(|m| fresh_secs(&m))
     }
 
     #[test]
@@ -236,12 +238,7 @@ mod tests {
 
         let mut m = p.cacheable(Kind::Playlist, &resp(200, &[])).unwrap();
         p.settle(&mut m, vod);
-        let secs = m
-            .fresh_until()
-            .duration_since(m.created())
-            .unwrap()
-            .as_secs();
-        assert_eq!(secs, 30);
+        assert_eq!(fresh_secs(&m), 30);
         // The origin's max-age is kept.
         let mut m = p
             .cacheable(
@@ -250,11 +247,6 @@ mod tests {
             )
             .unwrap();
         p.settle(&mut m, vod);
-        let secs = m
-            .fresh_until()
-            .duration_since(m.created())
-            .unwrap()
-            .as_secs();
-        assert_eq!(secs, 2);
+        assert_eq!(fresh_secs(&m), 2);
     }
 }

@@ -65,9 +65,7 @@ pub async fn serve(
             let mut out = Vec::with_capacity(rw.output_hint(n));
             if n == 0 {
                 rw.finish(&mut out).map_err(rewrite_err)?;
-                spent += started.elapsed();
-                METRICS.playlist_rewrites.inc();
-                METRICS.rewrite_seconds.observe(spent.as_secs_f64());
+                METRICS.rewrote(spent + started.elapsed());
                 session
                     .write_response_body(Some(Bytes::from(out)), true)
                     .await?;

@@ -411,13 +411,7 @@ impl ProxyHttp for EdgeProxy {
         ctx.status = resp.status.as_u16();
         resp.insert_header(respond::NEW_TOKEN, ctx.token.as_str())?;
         respond::cors(resp)?;
-        let cache_state = match session.cache.phase() {
-            CachePhase::Hit => Some("HIT"),
-            CachePhase::Stale | CachePhase::StaleUpdating => Some("STALE"),
-            CachePhase::Miss | CachePhase::Expired => Some("MISS"),
-            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Some("REVALIDATED"),
-            _ => None,
-        };
+        let cache_state = cache_state(session.cache.phase()).map(|(header, _)| header);
         ctx.from_cache = matches!(cache_state, Some("HIT" | "STALE" | "REVALIDATED"));
         if let Some(state) = cache_state {
             resp.insert_header("X-Cache", state)?;
@@ -521,10 +515,7 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
             ctx.rewriter = None; // done: later calls (an empty end-of-stream) pass through
-            METRICS.playlist_rewrites.inc();
-            METRICS
-                .rewrite_seconds
-                .observe(ctx.rewrite_time.as_secs_f64());
+            METRICS.rewrote(ctx.rewrite_time);
         }
         Ok(None)
     }
@@ -570,16 +561,15 @@ impl ProxyHttp for EdgeProxy {
         if let Some(reason) = ctx.deny {
             METRICS.denials.with_label_values(&[reason]).inc();
         }
-        if matches!(status, 502 | 504) && ctx.deny.is_none() {
+        // Failures of our fetch (refused, timed out, body cut short); a 5xx the origin
+        // answered itself was counted in `upstream_response_filter`.
+        if e.is_some_and(|e| *e.esource() == ErrorSource::Upstream || matches!(status, 502 | 504))
+            && ctx.deny.is_none()
+        {
             METRICS.origin_errors.with_label_values(&[kind]).inc();
         }
         if session.cache.enabled() || ctx.from_cache {
-            let result = match session.cache.phase() {
-                CachePhase::Hit | CachePhase::Revalidated => "hit",
-                CachePhase::Stale | CachePhase::StaleUpdating => "stale",
-                CachePhase::Miss | CachePhase::Expired => "miss",
-                _ => "pass",
-            };
+            let result = cache_state(session.cache.phase()).map_or("pass", |(_, label)| label);
             METRICS.cache_lookups.with_label_values(&[result]).inc();
         }
         tracing::debug!(
@@ -602,6 +592,19 @@ impl ProxyHttp for EdgeProxy {
             redact(req.uri.path()),
             ctx.stream.as_ref().map_or("-", |s| s.id.as_str())
         )
+    }
+}
+
+/// How a response relates to the cache: its `X-Cache` header value and its
+/// `hlsgate_cache_requests_total` label. `None`: the cache was not involved.
+fn cache_state(phase: CachePhase) -> Option<(&'static str, &'static str)> {
+    match phase {
+        CachePhase::Hit => Some(("HIT", "hit")),
+        CachePhase::Revalidated => Some(("REVALIDATED", "hit")),
+        CachePhase::RevalidatedNoCache(_) => Some(("REVALIDATED", "pass")),
+        CachePhase::Stale | CachePhase::StaleUpdating => Some(("STALE", "stale")),
+        CachePhase::Miss | CachePhase::Expired => Some(("MISS", "miss")),
+        _ => None,
     }
 }
 
