@@ -17,6 +17,7 @@ fn bench(c: &mut Criterion) {
             ip: Some(("203.0.113.9".parse().unwrap(), 32)),
             ua: Some(ua.into()),
         },
+        stored_session: true,
     };
     let token = k.issue(&grant);
     let viewer = Viewer {

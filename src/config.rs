@@ -179,6 +179,13 @@ struct FileAdmin {
     #[serde(deserialize_with = "socket_addr")]
     listen: SocketAddr,
     public_edge_url: String,
+    max_sessions_per_user: u32,
+    login_attempts_per_ip: u32,
+    login_attempts_per_user: u32,
+    #[serde(deserialize_with = "nets")]
+    trusted_proxies: Vec<IpNet>,
+    #[serde(deserialize_with = "nets")]
+    trusted_backends: Vec<IpNet>,
 }
 
 impl Default for FileAdmin {
@@ -186,6 +193,11 @@ impl Default for FileAdmin {
         FileAdmin {
             listen: ([127, 0, 0, 1], 8081).into(),
             public_edge_url: "http://127.0.0.1:8080".into(),
+            max_sessions_per_user: 10,
+            login_attempts_per_ip: 20,
+            login_attempts_per_user: 10,
+            trusted_proxies: Vec::new(),
+            trusted_backends: Vec::new(),
         }
     }
 }
@@ -209,12 +221,15 @@ impl Default for FileMetrics {
 #[serde(deny_unknown_fields, default)]
 struct FileStore {
     url: String,
+    #[serde(deserialize_with = "duration")]
+    cache_ttl: Duration,
 }
 
 impl Default for FileStore {
     fn default() -> Self {
         FileStore {
             url: "sqlite://data/hlsgate.db".into(),
+            cache_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -265,6 +280,8 @@ pub struct Config {
     pub admin: Admin,
     pub metrics_listen: SocketAddr,
     pub store_url: String,
+    /// How long an edge trusts what it read from the store about a stream or a session.
+    pub store_cache_ttl: Duration,
     pub tokens: Tokens,
     pub origins: OriginPolicy,
     pub cache: crate::cache::Policy,
@@ -291,6 +308,17 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Without a trailing `/`.
     pub public_edge_url: String,
+    /// Oldest sessions beyond this many per user are ended at login; 0: no cap.
+    pub max_sessions_per_user: u32,
+    /// Login (and register) attempts a minute from one client IP; 0: no limit.
+    pub login_attempts_per_ip: u32,
+    /// Login attempts a minute for one username; 0: no limit.
+    pub login_attempts_per_user: u32,
+    /// Peers whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Peers that may name the viewer a playback URL is for (X-Viewer-IP,
+    /// X-Viewer-User-Agent).
+    pub trusted_backends: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -339,6 +367,8 @@ pub struct Stream {
     pub origin: Origin,
     /// Path of the playlist below the origin base (the part after the last `/`).
     pub playlist: String,
+    /// The user a stream from the store belongs to (`None`: a static stream).
+    pub owner: Option<i64>,
 }
 
 /// Stream ids appear in URLs and tokens: `[A-Za-z0-9_-]{1,64}`.
@@ -409,10 +439,22 @@ impl Config {
                 format!("{public:?} is not an http:// or https:// URL"),
             ));
         }
-        if !(f.store.url.starts_with("sqlite://") || f.store.url.starts_with("postgres://")) {
+        if !(f.store.url.starts_with("sqlite://")
+            || f.store.url.starts_with("postgres://")
+            || f.store.url.starts_with("postgresql://"))
+        {
             return Err(err(
                 "store.url",
                 "must start with sqlite:// or postgres://".into(),
+            ));
+        }
+        if f.store.url == "sqlite://" {
+            return Err(err("store.url", "sqlite:// needs a file path".into()));
+        }
+        if f.store.cache_ttl > Duration::from_secs(60) {
+            return Err(err(
+                "store.cache_ttl",
+                "must be at most 60s (ended sessions must stop playing soon)".into(),
             ));
         }
         let t = &f.tokens;
@@ -481,6 +523,12 @@ impl Config {
                     "stream ids are 1-64 of A-Z a-z 0-9 _ -".into(),
                 ));
             }
+            if id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err(
+                    &format!("streams.{id}"),
+                    "numeric ids belong to streams in the store; give this one a name".into(),
+                ));
+            }
             let (origin, playlist) = Origin::from_playlist_url(&s.url).map_err(|p| err(&key, p))?;
             origin.check_allowed(&origins).map_err(|p| err(&key, p))?;
             streams.insert(
@@ -489,6 +537,7 @@ impl Config {
                     id,
                     origin,
                     playlist,
+                    owner: None,
                 },
             );
         }
@@ -507,9 +556,15 @@ impl Config {
             admin: Admin {
                 listen: f.admin.listen,
                 public_edge_url: public,
+                max_sessions_per_user: f.admin.max_sessions_per_user,
+                login_attempts_per_ip: f.admin.login_attempts_per_ip,
+                login_attempts_per_user: f.admin.login_attempts_per_user,
+                trusted_proxies: f.admin.trusted_proxies,
+                trusted_backends: f.admin.trusted_backends,
             },
             metrics_listen: f.metrics.listen,
             store_url: f.store.url,
+            store_cache_ttl: f.store.cache_ttl,
             tokens: Tokens {
                 secret_file: f.tokens.secret_file,
                 ttl: f.tokens.ttl,

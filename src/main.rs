@@ -1,10 +1,12 @@
-//! The `hlsgate` command: `serve`, `edge`, `check-config`, `token`.
+//! The `hlsgate` command: `serve`, `edge`, `admin`, `check-config`, `token`.
 //! Every start-up error is one line on stderr and a non-zero exit, never a panic.
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
+use hlsgate::admin::{self, AdminState};
 use hlsgate::config::Config;
 use hlsgate::edge::{self, EdgeState};
+use hlsgate::store::{self, Directory};
 use hlsgate::token::{self, Binding, Grant, Keyring};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -20,13 +22,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Edge (+ admin and metrics as they arrive) in one process: the single-node default.
+    /// Edge, admin and metrics in one process: the single-node default.
     Serve {
         #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
         config: PathBuf,
     },
-    /// The edge alone (a CDN node).
+    /// The edge alone (a CDN node; several share one store).
     Edge {
+        #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
+        config: PathBuf,
+    },
+    /// The admin sidecar alone.
+    Admin {
         #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
         config: PathBuf,
     },
@@ -96,7 +103,9 @@ fn main() -> ExitCode {
             ua,
             ttl,
         } => report(print_token(&config, &stream, ip, ua, ttl)),
-        Command::Serve { config } | Command::Edge { config } => report(run_edge(&config)),
+        Command::Serve { config } => report(run(&config, Role::Serve)),
+        Command::Edge { config } => report(run(&config, Role::Edge)),
+        Command::Admin { config } => report(run(&config, Role::Admin)),
     }
 }
 
@@ -146,6 +155,7 @@ fn print_token(
             ip: ip.map(|ip| (ip, cfg.tokens.prefix_for(ip))),
             ua,
         },
+        stored_session: false,
     };
     println!(
         "{}/api/hls/{}/{}/{}",
@@ -157,24 +167,110 @@ fn print_token(
     Ok(())
 }
 
-fn run_edge(path: &Path) -> anyhow::Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Serve,
+    Edge,
+    Admin,
+}
+
+fn run(path: &Path, role: Role) -> anyhow::Result<()> {
     let (cfg, keyring) = load(path)?;
     init_logging();
     // Pingora cannot report a busy port as an error; find out first.
-    for (key, addr) in [
-        ("edge.listen", cfg.edge.listen),
-        ("metrics.listen", cfg.metrics_listen),
-    ] {
-        std::net::TcpListener::bind(addr)
-            .with_context(|| format!("{}: {key}: cannot listen on {addr}", path.display()))?;
+    let mut ports = Vec::new();
+    if role != Role::Admin {
+        ports.push(("edge.listen", cfg.edge.listen));
+        ports.push(("metrics.listen", cfg.metrics_listen));
     }
+    if role != Role::Edge {
+        ports.push(("admin.listen", cfg.admin.listen));
+    }
+    let mut bound = Vec::new();
+    for (key, addr) in ports {
+        let l = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("{}: {key}: cannot listen on {addr}", path.display()))?;
+        bound.push((key, l));
+    }
+    let admin_listener = bound
+        .iter()
+        .position(|(k, _)| *k == "admin.listen")
+        .map(|i| bound.swap_remove(i).1);
+    drop(bound); // Pingora binds the edge and metrics ports itself.
+
+    // The store and the admin run on their own runtime; Pingora's runtimes only await it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("hlsgate-store")
+        .enable_all()
+        .build()
+        .context("cannot start the store runtime")?;
+    let store = rt
+        .block_on(store::open(&cfg.store_url))
+        .map_err(|e| anyhow!("{}: store.url: {e}", path.display()))?;
+    tracing::info!(backend = store.backend(), url = %store::redact_url(&cfg.store_url), "store open");
+    let directory = Arc::new(Directory::new(
+        store,
+        rt.handle().clone(),
+        cfg.store_cache_ttl,
+    ));
+    let cfg = Arc::new(cfg);
+    let keyring = Arc::new(keyring);
+
+    if let Some(listener) = admin_listener {
+        listener.set_nonblocking(true)?;
+        let state = Arc::new(AdminState::new(
+            cfg.clone(),
+            keyring.clone(),
+            directory.clone(),
+        ));
+        let listener = {
+            let _guard = rt.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        tracing::info!(listen = %cfg.admin.listen, "admin API listening");
+        let serve = admin::serve(state, listener);
+        if role == Role::Admin {
+            return rt.block_on(async {
+                tokio::select! {
+                    r = serve => r.context("admin server"),
+                    _ = shutdown_signal() => {
+                        tracing::info!("admin stopping");
+                        Ok(())
+                    }
+                }
+            });
+        }
+        rt.spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin server stopped");
+            }
+        });
+    }
+
     for s in cfg.streams.values() {
         tracing::info!(stream = %s.id, origin = %s.origin, playlist = %s.playlist, "static stream");
     }
     tracing::info!(listen = %cfg.edge.listen, "edge listening");
     tracing::info!(listen = %cfg.metrics_listen, "metrics at /metrics");
-    let state = Arc::new(EdgeState::new(Arc::new(cfg), Arc::new(keyring)));
+    let state = Arc::new(EdgeState::new(cfg, keyring, Some(directory)));
+    // `rt` stays alive: run_forever never returns.
     edge::server(state).run_forever()
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 fn init_logging() {

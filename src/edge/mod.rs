@@ -14,7 +14,8 @@ pub mod route;
 use crate::cache::SegmentStore;
 use crate::config::{Config, Stream};
 use crate::metrics::MetricsApp;
-use crate::token::Keyring;
+use crate::store::Directory;
+use crate::token::{Keyring, TokenError, Verified};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
@@ -25,7 +26,10 @@ use std::sync::Arc;
 pub struct EdgeState {
     pub cfg: Arc<Config>,
     pub keyring: Arc<Keyring>,
+    /// Static streams from the config.
     pub streams: HashMap<String, Arc<Stream>>,
+    /// Streams and sessions in the store (numeric stream ids).
+    pub directory: Option<Arc<Directory>>,
     /// `tokens.ttl` in seconds.
     pub ttl: u32,
     /// The segment cache and its fill lock (leaked: Pingora's cache API wants `'static`).
@@ -42,7 +46,11 @@ pub struct EdgeState {
 pub type VerbatimKey = ([u8; 16], u128, String);
 
 impl EdgeState {
-    pub fn new(cfg: Arc<Config>, keyring: Arc<Keyring>) -> EdgeState {
+    pub fn new(
+        cfg: Arc<Config>,
+        keyring: Arc<Keyring>,
+        directory: Option<Arc<Directory>>,
+    ) -> EdgeState {
         let streams = cfg
             .streams
             .iter()
@@ -56,6 +64,7 @@ impl EdgeState {
             cfg,
             keyring,
             streams,
+            directory,
             ttl,
             store,
             cache_lock,
@@ -63,6 +72,47 @@ impl EdgeState {
                 .max_capacity(100_000)
                 .time_to_idle(std::time::Duration::from_secs(600))
                 .build(),
+        }
+    }
+}
+
+/// Why a verified token still opens nothing: `(status, metric reason, message)`.
+pub type Refusal = (u16, &'static str, &'static str);
+
+impl EdgeState {
+    /// The stream a verified token asks for, once its session (if it names a stored one)
+    /// is known to be live and to belong to the stream's owner.
+    pub async fn lookup(&self, id: &str, v: &Verified) -> Result<Arc<Stream>, Refusal> {
+        const DOWN: Refusal = (503, "store_unavailable", "store unavailable");
+        let ended = TokenError::SessionEnded;
+        let session = match (v.stored_session(), &self.directory) {
+            (false, _) => None,
+            // A token naming a stored session is only honoured where sessions can be checked.
+            (true, None) => return Err((403, ended.reason(), "session has ended")),
+            (true, Some(d)) => match d.session(v.session).await {
+                Ok(Some(s)) => Some(s),
+                Ok(None) => return Err((403, ended.reason(), "session has ended")),
+                Err(_) => return Err(DOWN),
+            },
+        };
+        let stream = if let Some(s) = self.streams.get(id) {
+            s.clone()
+        } else {
+            let found = match (&self.directory, id.parse::<i64>()) {
+                (Some(d), Ok(n)) if id.bytes().all(|b| b.is_ascii_digit()) => {
+                    d.stream(n).await.map_err(|_| DOWN)?
+                }
+                _ => None,
+            };
+            found.ok_or((404, "unknown_stream", "unknown stream"))?
+        };
+        match (stream.owner, session) {
+            (Some(owner), Some(s)) if owner != s.user_id => Err((
+                403,
+                TokenError::WrongStream.reason(),
+                "token is for another stream",
+            )),
+            _ => Ok(stream),
         }
     }
 }

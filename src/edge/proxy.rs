@@ -140,10 +140,12 @@ impl EdgeProxy {
                     .await
             }
         };
-        let Some(stream) = st.streams.get(stream_id).cloned() else {
-            return self
-                .deny(session, ctx, 404, "unknown_stream", "unknown stream")
-                .await;
+        let token = st.keyring.renew_for(tok, &verified, &viewer, st.ttl);
+        let stream = match st.lookup(stream_id, &verified).await {
+            Ok(s) => s,
+            Err((status, reason, message)) => {
+                return self.deny(session, ctx, status, reason, message).await
+            }
         };
         let origin_path = match target {
             Target::InBase(rel) => format!("{}{rel}", stream.origin.space().base),
@@ -166,8 +168,8 @@ impl EdgeProxy {
             }
         };
         METRICS.saw_session(verified.session);
-        ctx.token = st.keyring.renew_for(tok, &verified, &viewer, st.ttl);
-        ctx.token_renewed = ctx.token != tok;
+        ctx.token_renewed = token != tok;
+        ctx.token = token;
         ctx.upstream_uri = match &query {
             Some(q) => format!("{origin_path}?{q}"),
             None => origin_path.clone(),

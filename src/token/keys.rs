@@ -157,6 +157,19 @@ impl Keyring {
         self.active
     }
 
+    /// A 32-byte secret for another purpose (`label`), derived from each key: the admin's
+    /// JWT keys, so one key file holds every secret. `(kid, secret)`, the active key first.
+    pub fn derive(&self, label: &str) -> Vec<(u8, [u8; 32])> {
+        let mut out: Vec<(u8, [u8; 32])> = (0..=255u8)
+            .filter_map(|kid| {
+                let key = self.key(kid)?;
+                Some((kid, key.mac(&[b"derive\0", label.as_bytes()])))
+            })
+            .collect();
+        out.sort_by_key(|(kid, _)| *kid != self.active);
+        out
+    }
+
     pub(crate) fn key(&self, kid: u8) -> Option<&Key> {
         self.keys[kid as usize].as_ref()
     }

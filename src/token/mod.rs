@@ -8,7 +8,8 @@
 //! 2..18   session id (random, 16 bytes)
 //! 18..22  exp, u32 big-endian unix seconds: the short expiry
 //! 22..26  session_exp, u32 unix seconds: a bound token is renewed until then
-//! 26      flags: bit 0 = bound to a client IP prefix, bit 1 = bound to a User-Agent
+//! 26      flags: bit 0 = bound to a client IP prefix, bit 1 = bound to a User-Agent,
+//!         bit 2 = the session is a stored login session (the edge checks it is still live)
 //! 27      IP prefix length in bits (IPv4 0..=32, IPv6 0..=128)
 //! 28..36  IP tag: keyed SipHash of the masked client IP (zero when unbound)
 //! 36..44  UA tag: keyed SipHash of the User-Agent (zero when unbound)
@@ -42,6 +43,7 @@ pub const MAX_TOKEN_CHARS: usize = (MAX_TOKEN_BYTES * 4).div_ceil(3);
 
 const FLAG_IP: u8 = 1;
 const FLAG_UA: u8 = 2;
+const FLAG_SESSION: u8 = 4;
 
 /// Who a token is bound to. `None` means "any".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,6 +62,9 @@ pub struct Grant {
     pub exp: u32,
     pub session_exp: u32,
     pub binding: Binding,
+    /// `session` names a login session in the store (issued by the admin): the edge refuses
+    /// the token (403) once that session has ended. Tokens from `hlsgate token` have none.
+    pub stored_session: bool,
 }
 
 /// The viewer presenting a token, as the edge sees them.
@@ -86,6 +91,13 @@ pub struct Verified {
     prefix: u8,
 }
 
+impl Verified {
+    /// Whether the token's session is a stored login session that must still be live.
+    pub fn stored_session(&self) -> bool {
+        self.flags & FLAG_SESSION != 0
+    }
+}
+
 /// Why a token was refused. `status()` maps each to the SPEC's HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -99,6 +111,8 @@ pub enum TokenError {
     WrongStream,
     #[error("token is bound to another client")]
     WrongViewer,
+    #[error("session has ended")]
+    SessionEnded,
 }
 
 impl TokenError {
@@ -106,7 +120,7 @@ impl TokenError {
     pub fn status(self) -> u16 {
         match self {
             TokenError::Malformed | TokenError::Forged | TokenError::Expired => 401,
-            TokenError::WrongStream | TokenError::WrongViewer => 403,
+            TokenError::WrongStream | TokenError::WrongViewer | TokenError::SessionEnded => 403,
         }
     }
 
@@ -118,6 +132,7 @@ impl TokenError {
             TokenError::Expired => "expired",
             TokenError::WrongStream => "wrong_stream",
             TokenError::WrongViewer => "wrong_viewer",
+            TokenError::SessionEnded => "session_ended",
         }
     }
 }
@@ -163,7 +178,7 @@ impl Keyring {
         buf[2..18].copy_from_slice(&g.session);
         buf[18..22].copy_from_slice(&g.exp.to_be_bytes());
         buf[22..26].copy_from_slice(&g.session_exp.to_be_bytes());
-        let mut flags = 0;
+        let mut flags = if g.stored_session { FLAG_SESSION } else { 0 };
         if let Some((ip, prefix)) = g.binding.ip {
             flags |= FLAG_IP;
             let input = tag_input(ip, prefix);
@@ -277,6 +292,7 @@ impl Keyring {
                 .min(v.session_exp.max(viewer.now)),
             session_exp: v.session_exp,
             binding,
+            stored_session: v.stored_session(),
         })
     }
 
@@ -346,6 +362,7 @@ mod tests {
             } else {
                 Binding::default()
             },
+            stored_session: false,
         }
     }
 
@@ -368,6 +385,42 @@ mod tests {
         let v = k.verify(&t, &viewer(900)).unwrap();
         assert_eq!(v.session, [7; 16]);
         assert!(!v.expired_renewable);
+    }
+
+    #[test]
+    fn stored_session_flag_is_signed_and_survives_renewal() {
+        let k = ring();
+        let mut g = grant(true);
+        g.stored_session = true;
+        let t = k.issue(&g);
+        let v = k.verify(&t, &viewer(1_500)).unwrap();
+        assert!(v.stored_session() && v.expired_renewable);
+        let renewed = k.renew_for(&t, &v, &viewer(1_500), 300);
+        assert_ne!(renewed, t);
+        assert!(k.verify(&renewed, &viewer(1_600)).unwrap().stored_session());
+        let plain = k.issue(&grant(true));
+        assert!(!k.verify(&plain, &viewer(900)).unwrap().stored_session());
+        // Clearing the flag (byte 26) breaks the signature.
+        let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        raw[26] &= !FLAG_SESSION;
+        let stripped = URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(k.verify(&stripped, &viewer(900)), Err(TokenError::Forged));
+    }
+
+    #[test]
+    fn derived_secrets_differ_per_label_and_lead_with_the_active_key() {
+        let k = Keyring::from_text(
+            "2 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n\
+             1 LywrKikoJyYlJCMiISAfHh0cGxoZGBcWFRQTEhEQDw4NDAsKCQgHBgUEAwIBAAA\n",
+        )
+        .unwrap();
+        let a = k.derive("admin jwt");
+        assert_eq!(
+            a.iter().map(|(kid, _)| *kid).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+        assert_ne!(a[0].1, a[1].1);
+        assert_ne!(a[0].1, k.derive("other")[0].1);
     }
 
     #[test]

@@ -1,0 +1,562 @@
+//! The admin routes. Every route that names a stream or a session looks it up with the
+//! caller's user id (the store's queries carry `user_id = $N`), so another user's rows are
+//! simply not found: 404, never a hint that they exist.
+
+use super::auth::{self, Claims};
+use super::{AdminState, ApiError};
+use crate::edge::client::client_ip;
+use crate::origin::Origin;
+use crate::store::{self, now_ms, session_bytes, session_hex, Session, StreamRecord};
+use crate::token::{self, Binding, Grant};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+type St = State<Arc<AdminState>>;
+type ApiResult = Result<Response, ApiError>;
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/register", post(register))
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .route("/api/streams", get(list_streams).post(create_stream))
+        .route(
+            "/api/streams/{id}",
+            get(read_stream).put(update_stream).delete(delete_stream),
+        )
+        .route("/api/update-stream", post(seed_update_stream))
+        .route("/api/stream", get(playback_url))
+        .route("/api/sessions", get(list_sessions))
+        .route("/api/sessions/{id}", delete(revoke_session))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+// ---- request plumbing ---------------------------------------------------------------------
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// Parse a JSON body; any problem is a 400 naming it (the seed's "Cannot parse JSON").
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("Cannot parse JSON: {e}")))
+}
+
+/// The client as the admin sees it: TCP peer, or X-Forwarded-For from a trusted proxy.
+fn client(st: &AdminState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let xff = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes());
+    client_ip(peer.ip(), xff, &st.cfg.admin.trusted_proxies).to_canonical()
+}
+
+fn user_agent(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn too_many(seconds: u64) -> ApiError {
+    ApiError {
+        retry_after: Some(seconds),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many attempts; retry later",
+        )
+    }
+}
+
+/// Run CPU-heavy work (argon2) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+}
+
+/// The logged-in caller: a valid JWT naming a live session of its user.
+struct Caller {
+    user_id: i64,
+    session: Session,
+}
+
+async fn caller(st: &AdminState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+    let jwt = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("missing bearer token"))?;
+    let claims = st
+        .jwt
+        .verify(jwt)
+        .ok_or_else(|| unauthorized("invalid or expired token"))?;
+    let user_id: i64 = claims
+        .sub
+        .parse()
+        .map_err(|_| unauthorized("invalid or expired token"))?;
+    match st.store.session(&claims.session_id, now_ms()).await? {
+        Some(s) if s.user_id == user_id => Ok(Caller {
+            user_id,
+            session: s,
+        }),
+        _ => Err(unauthorized("session has ended")),
+    }
+}
+
+// ---- users and sessions -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// Usernames: 3-64 of `A-Z a-z 0-9 . _ @ -`. Passwords: at least 8 characters, at most
+/// 1024 bytes, not the username.
+fn check_new_user(c: &Credentials) -> Result<(), ApiError> {
+    let u = &c.username;
+    if u.len() < 3
+        || u.len() > 64
+        || !u
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+    {
+        return Err(bad(
+            "username must be 3-64 characters of A-Z a-z 0-9 . _ @ -",
+        ));
+    }
+    let p = &c.password;
+    if p.chars().count() < 8 {
+        return Err(bad("password must be at least 8 characters"));
+    }
+    if p.len() > 1024 {
+        return Err(bad("password must be at most 1024 bytes"));
+    }
+    if p.eq_ignore_ascii_case(u) {
+        return Err(bad("password must not be the username"));
+    }
+    Ok(())
+}
+
+async fn register(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let ip = client(&st, peer, &headers);
+    // Hashing is deliberately expensive: unauthenticated callers share the login budget.
+    st.per_ip.attempt(&format!("ip {ip}")).map_err(too_many)?;
+    let c: Credentials = parse(&body)?;
+    check_new_user(&c)?;
+    let password = c.password;
+    let hash = blocking(move || auth::hash_password(&password)).await?;
+    match st.store.create_user(&c.username, &hash, now_ms()).await {
+        Ok(user) => {
+            tracing::info!(user = user.id, "user registered");
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({"message": "User created successfully", "id": user.id})),
+            )
+                .into_response())
+        }
+        Err(store::StoreError::Conflict) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "username already taken",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn login(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let ip = client(&st, peer, &headers);
+    st.per_ip.attempt(&format!("ip {ip}")).map_err(too_many)?;
+    let c: Credentials = parse(&body)?;
+    st.per_user
+        .attempt(&format!("user {}", c.username))
+        .map_err(too_many)?;
+    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "Invalid credentials");
+    if c.username.len() > 64 || c.password.len() > 1024 {
+        return Err(invalid());
+    }
+    let user = st.store.user_by_name(&c.username).await?;
+    // The same argon2 work whether or not the user exists.
+    let phc = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(|| st.dummy_hash.clone());
+    let password = c.password;
+    let ok = blocking(move || auth::verify_password(&password, &phc)).await?;
+    let Some(user) = user.filter(|_| ok) else {
+        tracing::info!(client = %ip, "login refused");
+        return Err(invalid());
+    };
+
+    let now = now_ms();
+    let ttl_ms = st.cfg.tokens.session_ttl.as_millis() as i64;
+    let session = Session {
+        id: session_hex(&token::new_session_id()),
+        user_id: user.id,
+        created_at: now,
+        expires_at: now + ttl_ms,
+        ip: ip.to_string(),
+        user_agent: user_agent(&headers).chars().take(512).collect(),
+    };
+    let evicted = st
+        .store
+        .create_session(&session, st.cfg.admin.max_sessions_per_user)
+        .await?;
+    for id in &evicted {
+        if let Some(b) = session_bytes(id) {
+            st.directory.forget_session(b).await;
+        }
+    }
+    let jwt = st.jwt.issue(&Claims {
+        sub: user.id.to_string(),
+        username: user.username.clone(),
+        session_id: session.id.clone(),
+        iat: (now / 1000) as u64,
+        exp: (session.expires_at / 1000) as u64,
+    });
+    tracing::info!(user = user.id, evicted = evicted.len(), "login");
+    Ok(Json(json!({
+        "token": jwt,
+        "sessionID": session.id,
+        "expiresAt": session.expires_at / 1000,
+    }))
+    .into_response())
+}
+
+async fn logout(State(st): St, headers: HeaderMap) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    end_session(&st, c.user_id, &c.session.id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn end_session(st: &AdminState, user_id: i64, id: &str) -> Result<bool, ApiError> {
+    let found = st.store.delete_session(user_id, id).await?;
+    if let Some(b) = session_bytes(id) {
+        st.directory.forget_session(b).await;
+    }
+    Ok(found)
+}
+
+async fn list_sessions(State(st): St, headers: HeaderMap) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let list: Vec<Value> = st
+        .store
+        .sessions(c.user_id, now_ms())
+        .await?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "createdAt": s.created_at / 1000,
+                "expiresAt": s.expires_at / 1000,
+                "ip": s.ip,
+                "userAgent": s.user_agent,
+                "current": s.id == c.session.id,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": list })).into_response())
+}
+
+async fn revoke_session(State(st): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    if session_bytes(&id).is_none() || !end_session(&st, c.user_id, &id).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "Session not found"));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- streams ------------------------------------------------------------------------------
+
+/// The stream as JSON: `id` and `url` (SPEC), and the seed's GORM fields for its clients.
+fn stream_json(s: &StreamRecord) -> Value {
+    json!({
+        "id": s.id,
+        "url": s.url(),
+        "baseUrl": s.base_url,
+        "endpoint": s.endpoint,
+        "createdAt": s.created_at / 1000,
+        "updatedAt": s.updated_at / 1000,
+        "ID": s.id,
+        "BaseURL": s.base_url,
+        "EndPoint": s.endpoint,
+        "UserID": s.user_id,
+    })
+}
+
+/// Check a user-supplied playlist URL and split it as the seed does: `(base, endpoint)`.
+/// http(s) only; hosts resolving to internal addresses need `origins.allow`.
+async fn check_origin_url(st: &AdminState, url: &str) -> Result<(String, String), ApiError> {
+    let url = url.trim();
+    if url.len() > 2048 {
+        return Err(bad("URL is longer than 2048 bytes"));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(bad("stream URLs must be http:// or https://"));
+    }
+    let (origin, _) = Origin::from_playlist_url(url).map_err(|e| bad(format!("bad URL: {e}")))?;
+    let policy = st.cfg.origins.clone();
+    blocking(move || origin.check_allowed(&policy))
+        .await?
+        .map_err(bad)?;
+    let i = url.rfind('/').expect("checked by from_playlist_url");
+    Ok((url[..i].to_owned(), url[i + 1..].to_owned()))
+}
+
+async fn list_streams(State(st): St, headers: HeaderMap) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let list: Vec<Value> = st
+        .store
+        .streams(c.user_id)
+        .await?
+        .iter()
+        .map(stream_json)
+        .collect();
+    Ok(Json(json!({ "streams": list })).into_response())
+}
+
+#[derive(Deserialize)]
+struct UrlBody {
+    url: String,
+}
+
+async fn create_stream(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let b: UrlBody = parse(&body)?;
+    let (base, endpoint) = check_origin_url(&st, &b.url).await?;
+    let s = st
+        .store
+        .create_stream(c.user_id, &base, &endpoint, now_ms())
+        .await?;
+    Ok((StatusCode::CREATED, Json(stream_json(&s))).into_response())
+}
+
+fn stream_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Stream not found")
+}
+
+fn path_id(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| bad("stream ids are positive integers"))
+}
+
+async fn read_stream(State(st): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let s = st
+        .store
+        .user_stream(c.user_id, path_id(&id)?)
+        .await?
+        .ok_or_else(stream_not_found)?;
+    Ok(Json(stream_json(&s)).into_response())
+}
+
+async fn update_stream(
+    State(st): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let id = path_id(&id)?;
+    let b: UrlBody = parse(&body)?;
+    let (base, endpoint) = check_origin_url(&st, &b.url).await?;
+    let s = st
+        .store
+        .update_stream(c.user_id, id, &base, &endpoint, now_ms())
+        .await?
+        .ok_or_else(stream_not_found)?;
+    st.directory.forget_stream(id).await;
+    Ok(Json(stream_json(&s)).into_response())
+}
+
+async fn delete_stream(State(st): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let id = path_id(&id)?;
+    if !st.store.delete_stream(c.user_id, id).await? {
+        return Err(stream_not_found());
+    }
+    st.directory.forget_stream(id).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The seed's `streamID`: a number, or a string of digits. Absent or 0: a new stream.
+fn stream_id_value(v: &Option<Value>) -> Result<i64, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| bad("streamID must be a non-negative integer")),
+        Some(Value::String(s)) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| bad("streamID must be a non-negative integer")),
+        Some(_) => Err(bad("streamID must be a non-negative integer")),
+    }
+}
+
+#[derive(Deserialize)]
+struct SeedUpdate {
+    #[serde(rename = "streamID")]
+    stream_id: Option<Value>,
+    #[serde(rename = "newUrl")]
+    new_url: String,
+}
+
+/// `POST /api/update-stream`: update the caller's stream, or (as the seed does) create a
+/// new one for the caller when the id is not theirs or unknown. Another user's stream is
+/// never touched.
+async fn seed_update_stream(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let b: SeedUpdate = parse(&body)?;
+    let id = stream_id_value(&b.stream_id)?;
+    let (base, endpoint) = check_origin_url(&st, &b.new_url).await?;
+    let now = now_ms();
+    let updated = if id > 0 {
+        st.store
+            .update_stream(c.user_id, id, &base, &endpoint, now)
+            .await?
+    } else {
+        None
+    };
+    let (s, created) = match updated {
+        Some(s) => {
+            st.directory.forget_stream(s.id).await;
+            (s, false)
+        }
+        None => (
+            st.store
+                .create_stream(c.user_id, &base, &endpoint, now)
+                .await?,
+            true,
+        ),
+    };
+    Ok(Json(json!({
+        "message": "Stream URL updated successfully",
+        "streamID": s.id,
+        "created": created,
+        "stream": stream_json(&s),
+    }))
+    .into_response())
+}
+
+/// `GET /api/stream?streamID=N`: a playback URL for one of the caller's streams, its
+/// token bound to the caller's session, IP and User-Agent (or, from a trusted backend,
+/// the viewer's given in `X-Viewer-IP` / `X-Viewer-User-Agent`).
+async fn playback_url(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let id = q
+        .get("streamID")
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| bad("streamID must be a positive integer"))?;
+    let s = st
+        .store
+        .user_stream(c.user_id, id)
+        .await?
+        .ok_or_else(stream_not_found)?;
+
+    let mut ip = client(&st, peer, &headers);
+    let mut ua = user_agent(&headers);
+    let given_ip = headers.get("x-viewer-ip");
+    let given_ua = headers.get("x-viewer-user-agent");
+    if given_ip.is_some() || given_ua.is_some() {
+        let trusted = st
+            .cfg
+            .admin
+            .trusted_backends
+            .iter()
+            .any(|n| n.contains(&peer.ip().to_canonical()));
+        if !trusted {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "X-Viewer-IP / X-Viewer-User-Agent are only accepted from admin.trusted_backends",
+            ));
+        }
+        if let Some(v) = given_ip {
+            ip = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<IpAddr>().ok())
+                .ok_or_else(|| bad("X-Viewer-IP is not an IP address"))?;
+        }
+        if let Some(v) = given_ua {
+            ua = v
+                .to_str()
+                .map_err(|_| bad("X-Viewer-User-Agent is not text"))?
+                .to_owned();
+        }
+    }
+
+    let now = token::unix_now();
+    let session_exp = (c.session.expires_at / 1000).clamp(0, u32::MAX as i64) as u32;
+    let exp = now
+        .saturating_add(st.cfg.tokens.ttl.as_secs() as u32)
+        .min(session_exp);
+    let grant = Grant {
+        stream: s.id.to_string(),
+        session: session_bytes(&c.session.id).expect("stored session ids are hex"),
+        exp,
+        session_exp,
+        binding: Binding {
+            ip: Some((ip, st.cfg.tokens.prefix_for(ip))),
+            ua: Some(ua),
+        },
+        stored_session: true,
+    };
+    let tok = st.keyring.issue(&grant);
+    let url = format!(
+        "{}/api/hls/{tok}/{}/{}",
+        st.cfg.admin.public_edge_url, s.id, s.endpoint
+    );
+    Ok(
+        Json(json!({ "url": url, "expiresAt": exp, "sessionExpiresAt": session_exp }))
+            .into_response(),
+    )
+}

@@ -1,0 +1,110 @@
+//! The admin sidecar: users, login sessions, their streams and playback URLs over HTTP
+//! (axum). The seed's routes (`/api/register`, `/api/login`, `/api/streams`,
+//! `/api/update-stream`, `/api/stream`, `/api/logout`) work unchanged; REST routes for
+//! streams and sessions sit beside them; `/api/openapi.json` describes them all.
+//!
+//! ```text
+//! curl -s -XPOST localhost:8081/api/register -d '{"username":"alice","password":"correct horse"}'
+//! JWT=$(curl -s -XPOST localhost:8081/api/login -d '{"username":"alice","password":"correct horse"}' | jq -r .token)
+//! curl -s -H "Authorization: Bearer $JWT" -XPOST localhost:8081/api/update-stream \
+//!      -d '{"streamID":1,"newUrl":"http://127.0.0.1:8000/live/index.m3u8"}'
+//! curl -s -H "Authorization: Bearer $JWT" 'localhost:8081/api/stream?streamID=1'
+//! ```
+
+pub mod api;
+pub mod auth;
+
+use crate::config::Config;
+use crate::store::{Directory, Store};
+use crate::token::Keyring;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What every admin request shares.
+pub struct AdminState {
+    pub cfg: Arc<Config>,
+    pub keyring: Arc<Keyring>,
+    pub store: Arc<dyn Store>,
+    /// The edge's cache of the store: told at once when a session ends or a stream
+    /// changes (in `hlsgate serve` the edge shares it).
+    pub directory: Arc<Directory>,
+    pub jwt: auth::JwtKeys,
+    pub per_ip: auth::RateLimiter,
+    pub per_user: auth::RateLimiter,
+    /// A hash checked when the user does not exist, so that answer takes as long as a
+    /// wrong password.
+    pub dummy_hash: String,
+}
+
+impl AdminState {
+    pub fn new(cfg: Arc<Config>, keyring: Arc<Keyring>, directory: Arc<Directory>) -> AdminState {
+        let mut pw = [0u8; 24];
+        getrandom::getrandom(&mut pw).expect("OS random source");
+        AdminState {
+            jwt: auth::JwtKeys::new(&keyring),
+            per_ip: auth::RateLimiter::new(cfg.admin.login_attempts_per_ip),
+            per_user: auth::RateLimiter::new(cfg.admin.login_attempts_per_user),
+            dummy_hash: auth::hash_password(&format!("{pw:?}")),
+            store: directory.store().clone(),
+            directory,
+            cfg,
+            keyring,
+        }
+    }
+}
+
+/// An error answer: `{"error": message}` with its status (and `Retry-After` for 429).
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        tracing::error!(error = %e, "store");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", HeaderValue::from_static("no-store"));
+        if let Some(s) = self.retry_after {
+            headers.insert("retry-after", HeaderValue::from(s));
+        }
+        (
+            self.status,
+            headers,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// Serve the admin API on `listener` until the future is dropped.
+pub async fn serve(
+    state: Arc<AdminState>,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    let app = api::router(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}

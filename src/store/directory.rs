@@ -1,0 +1,120 @@
+//! The edge's view of the store: streams and sessions behind a moka cache.
+//!
+//! Entries (found or not found) live `store.cache_ttl` (default 2 s), so a separate
+//! `hlsgate edge` sees an ended session or a changed stream within that time while the
+//! store sees at most one query per stream and session per period, however many viewers
+//! ask (concurrent misses for one key share one query). In `hlsgate serve` the admin calls
+//! [`Directory::forget_session`] / [`Directory::forget_stream`] on every change, so there
+//! the change is seen at once.
+//!
+//! Store queries run on the store's own Tokio runtime (`rt`): its connection pools belong
+//! to that runtime, and Pingora's worker runtimes only await the result.
+
+use super::{session_hex, Store, StoreError, StreamRecord};
+use crate::config::Stream;
+use crate::origin::Origin;
+use moka::future::Cache;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::Handle;
+
+/// A live session as the edge needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveSession {
+    pub user_id: i64,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
+pub struct Directory {
+    store: Arc<dyn Store>,
+    rt: Handle,
+    streams: Cache<i64, Option<Arc<Stream>>>,
+    sessions: Cache<[u8; 16], Option<LiveSession>>,
+}
+
+impl Directory {
+    pub fn new(store: Arc<dyn Store>, rt: Handle, ttl: Duration) -> Directory {
+        Directory {
+            store,
+            rt,
+            streams: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            sessions: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Run a store query on the store's runtime.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.rt
+            .spawn(f)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// A stream of the store by its numeric id.
+    pub async fn stream(&self, id: i64) -> Result<Option<Arc<Stream>>, Arc<StoreError>> {
+        self.streams
+            .try_get_with(id, async {
+                let store = self.store.clone();
+                let rec = self.run(async move { store.stream(id).await }).await?;
+                Ok(rec.and_then(|r| to_stream(&r).map(Arc::new)))
+            })
+            .await
+    }
+
+    /// The session if it is live now.
+    pub async fn session(&self, id: [u8; 16]) -> Result<Option<LiveSession>, Arc<StoreError>> {
+        let found = self
+            .sessions
+            .try_get_with(id, async {
+                let store = self.store.clone();
+                let hex = session_hex(&id);
+                let now = super::now_ms();
+                let s = self
+                    .run(async move { store.session(&hex, now).await })
+                    .await?;
+                Ok(s.map(|s| LiveSession {
+                    user_id: s.user_id,
+                    expires_at: s.expires_at,
+                }))
+            })
+            .await?;
+        Ok(found.filter(|s| s.expires_at > super::now_ms()))
+    }
+
+    pub async fn forget_session(&self, id: [u8; 16]) {
+        self.sessions.invalidate(&id).await;
+    }
+
+    pub async fn forget_stream(&self, id: i64) {
+        self.streams.invalidate(&id).await;
+    }
+}
+
+/// The edge's stream for a stored record; `None` (not found) if its URL no longer parses.
+pub fn to_stream(r: &StreamRecord) -> Option<Stream> {
+    let (origin, playlist) = Origin::from_playlist_url(&r.url()).ok()?;
+    if matches!(origin, Origin::File { .. }) {
+        return None; // only http(s) origins are accepted from users
+    }
+    Some(Stream {
+        id: r.id.to_string(),
+        origin,
+        playlist,
+        owner: Some(r.user_id),
+    })
+}

@@ -1,0 +1,202 @@
+//! The store: users, their login sessions and their streams, behind one [`Store`] trait
+//! with two implementations over the same SQL: embedded SQLite (the single-node default,
+//! `sqlite://data/hlsgate.db`) and PostgreSQL (`postgres://…`, shared by several edges).
+//!
+//! Schema changes are numbered files in `migrations/{sqlite,postgres}/`, applied in order
+//! at start-up and recorded in `hlsgate_migrations`; every statement is idempotent, so
+//! several processes starting at once on one store are safe.
+//!
+//! [`Directory`] is the edge's view: streams and sessions behind a short-lived moka cache,
+//! so the store is asked at most once per `store.cache_ttl` per stream or session.
+
+mod directory;
+mod sql;
+
+pub use directory::Directory;
+
+use async_trait::async_trait;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
+/// A login session. Times are unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// 32 lowercase hex digits (the 16 random bytes playback tokens carry).
+    pub id: String,
+    pub user_id: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// Where the login came from (shown when listing sessions).
+    pub ip: String,
+    pub user_agent: String,
+}
+
+/// A user's stream: the playlist URL split at its last `/`, as the seed splits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRecord {
+    pub id: i64,
+    pub user_id: i64,
+    /// Origin folder, without a trailing `/`.
+    pub base_url: String,
+    /// Playlist name below `base_url`.
+    pub endpoint: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl StreamRecord {
+    /// The playlist URL the user gave.
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.base_url, self.endpoint)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key is taken (a username).
+    #[error("already exists")]
+    Conflict,
+    /// The store failed or cannot be reached. The text names no secret.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Every read and write hlsgate makes. Methods taking a `user_id` only ever see or touch
+/// that user's rows: ownership is enforced here, in the SQL, not left to callers.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// [`StoreError::Conflict`] when the name is taken.
+    async fn create_user(&self, username: &str, password_hash: &str, now: i64) -> Result<User>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>>;
+
+    /// Store a new session. With `max_per_user > 0`, the user's oldest sessions beyond that
+    /// many are deleted; their ids are returned. Expired sessions of anyone are purged too.
+    async fn create_session(&self, s: &Session, max_per_user: u32) -> Result<Vec<String>>;
+    /// A session that has not expired at `now`.
+    async fn session(&self, id: &str, now: i64) -> Result<Option<Session>>;
+    /// The user's unexpired sessions, newest first.
+    async fn sessions(&self, user_id: i64, now: i64) -> Result<Vec<Session>>;
+    /// End one of the user's sessions; false when the user has no such session.
+    async fn delete_session(&self, user_id: i64, id: &str) -> Result<bool>;
+
+    async fn create_stream(
+        &self,
+        user_id: i64,
+        base_url: &str,
+        endpoint: &str,
+        now: i64,
+    ) -> Result<StreamRecord>;
+    /// Change one of the user's streams; `None` when the user has no stream `id`.
+    async fn update_stream(
+        &self,
+        user_id: i64,
+        id: i64,
+        base_url: &str,
+        endpoint: &str,
+        now: i64,
+    ) -> Result<Option<StreamRecord>>;
+    /// Any user's stream, for the edge (which checks the owner against the session).
+    async fn stream(&self, id: i64) -> Result<Option<StreamRecord>>;
+    /// One of the user's streams.
+    async fn user_stream(&self, user_id: i64, id: i64) -> Result<Option<StreamRecord>>;
+    /// The user's streams, by id.
+    async fn streams(&self, user_id: i64) -> Result<Vec<StreamRecord>>;
+    /// Delete one of the user's streams; false when the user has no stream `id`.
+    async fn delete_stream(&self, user_id: i64, id: i64) -> Result<bool>;
+}
+
+/// Connect to `url` (`sqlite://PATH` or `postgres://…`) and apply pending migrations.
+/// SQLite files (and their folder) are created, the file mode 0600: it holds password hashes.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(sql::SqliteStore::open(path).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(sql::PgStore::open(url).await?))
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "{}: unsupported store URL (sqlite://PATH or postgres://…)",
+            redact_url(url)
+        )))
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Session ids as stored: lowercase hex of the 16 bytes tokens carry.
+pub fn session_hex(id: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(32);
+    for b in id {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// The 16 bytes of a stored session id; `None` unless exactly 32 hex digits.
+pub fn session_bytes(hex: &str) -> Option<[u8; 16]> {
+    let h = hex.as_bytes();
+    if h.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in h.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("postgres://hlsgate:s3cret@db.example:5432/hlsgate"),
+            "postgres://hlsgate:***@db.example:5432/hlsgate"
+        );
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn session_ids_round_trip_as_hex() {
+        let id = [0xab; 16];
+        assert_eq!(session_bytes(&session_hex(&id)), Some(id));
+        assert_eq!(session_bytes("ab"), None);
+        assert_eq!(session_bytes(&"zz".repeat(16)), None);
+    }
+}

@@ -1,0 +1,430 @@
+//! The two SQL stores. Both run the same statements (`$N` parameters work in SQLite and
+//! PostgreSQL alike); they differ in how they connect, their migrations' DDL, and how
+//! migrations are serialised between processes.
+
+use super::{Result, Session, Store, StoreError, StreamRecord, User};
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Numbered migrations per backend, applied in order.
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS hlsgate_migrations \
+     (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn write_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
+        _ => unavailable(e),
+    }
+}
+
+type UserRow = (i64, String, String, i64);
+type SessionRow = (String, i64, i64, i64, String, String);
+type StreamRow = (i64, i64, String, String, i64, i64);
+
+fn user((id, username, password_hash, created_at): UserRow) -> User {
+    User {
+        id,
+        username,
+        password_hash,
+        created_at,
+    }
+}
+
+fn session((id, user_id, created_at, expires_at, ip, user_agent): SessionRow) -> Session {
+    Session {
+        id,
+        user_id,
+        created_at,
+        expires_at,
+        ip,
+        user_agent,
+    }
+}
+
+fn stream((id, user_id, base_url, endpoint, created_at, updated_at): StreamRow) -> StreamRecord {
+    StreamRecord {
+        id,
+        user_id,
+        base_url,
+        endpoint,
+        created_at,
+        updated_at,
+    }
+}
+
+const USER_COLS: &str = "id, username, password_hash, created_at";
+const SESSION_COLS: &str = "id, user_id, created_at, expires_at, ip, user_agent";
+const STREAM_COLS: &str = "id, user_id, base_url, endpoint, created_at, updated_at";
+
+/// The `Store` methods, written once for both pools.
+macro_rules! sql_store {
+    ($store:ident, $backend:literal) => {
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn create_user(&self, username: &str, hash: &str, now: i64) -> Result<User> {
+                let q = format!(
+                    "INSERT INTO users (username, password_hash, created_at) \
+                     VALUES ($1, $2, $3) RETURNING {USER_COLS}"
+                );
+                sqlx::query_as::<_, UserRow>(&q)
+                    .bind(username)
+                    .bind(hash)
+                    .bind(now)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map(user)
+                    .map_err(write_error)
+            }
+
+            async fn user_by_name(&self, username: &str) -> Result<Option<User>> {
+                let q = format!("SELECT {USER_COLS} FROM users WHERE username = $1");
+                sqlx::query_as::<_, UserRow>(&q)
+                    .bind(username)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map(|r| r.map(user))
+                    .map_err(unavailable)
+            }
+
+            async fn create_session(&self, s: &Session, max_per_user: u32) -> Result<Vec<String>> {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                // The write comes first so SQLite takes its write lock at once.
+                sqlx::query(
+                    "INSERT INTO sessions (id, user_id, created_at, expires_at, ip, user_agent) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&s.id)
+                .bind(s.user_id)
+                .bind(s.created_at)
+                .bind(s.expires_at)
+                .bind(&s.ip)
+                .bind(&s.user_agent)
+                .execute(&mut *tx)
+                .await
+                .map_err(write_error)?;
+                sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+                    .bind(s.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                let mut evicted = Vec::new();
+                if max_per_user > 0 {
+                    let ids: Vec<(String,)> = sqlx::query_as(
+                        "SELECT id FROM sessions WHERE user_id = $1 \
+                         ORDER BY created_at DESC, id DESC",
+                    )
+                    .bind(s.user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                    for (id,) in ids.into_iter().skip(max_per_user as usize) {
+                        sqlx::query("DELETE FROM sessions WHERE id = $1")
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(unavailable)?;
+                        evicted.push(id);
+                    }
+                }
+                tx.commit().await.map_err(unavailable)?;
+                Ok(evicted)
+            }
+
+            async fn session(&self, id: &str, now: i64) -> Result<Option<Session>> {
+                let q = format!(
+                    "SELECT {SESSION_COLS} FROM sessions WHERE id = $1 AND expires_at > $2"
+                );
+                sqlx::query_as::<_, SessionRow>(&q)
+                    .bind(id)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map(|r| r.map(session))
+                    .map_err(unavailable)
+            }
+
+            async fn sessions(&self, user_id: i64, now: i64) -> Result<Vec<Session>> {
+                let q = format!(
+                    "SELECT {SESSION_COLS} FROM sessions WHERE user_id = $1 AND expires_at > $2 \
+                     ORDER BY created_at DESC, id DESC"
+                );
+                sqlx::query_as::<_, SessionRow>(&q)
+                    .bind(user_id)
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map(|v| v.into_iter().map(session).collect())
+                    .map_err(unavailable)
+            }
+
+            async fn delete_session(&self, user_id: i64, id: &str) -> Result<bool> {
+                sqlx::query("DELETE FROM sessions WHERE id = $1 AND user_id = $2")
+                    .bind(id)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map(|r| r.rows_affected() > 0)
+                    .map_err(unavailable)
+            }
+
+            async fn create_stream(
+                &self,
+                user_id: i64,
+                base_url: &str,
+                endpoint: &str,
+                now: i64,
+            ) -> Result<StreamRecord> {
+                let q = format!(
+                    "INSERT INTO streams (user_id, base_url, endpoint, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $4) RETURNING {STREAM_COLS}"
+                );
+                sqlx::query_as::<_, StreamRow>(&q)
+                    .bind(user_id)
+                    .bind(base_url)
+                    .bind(endpoint)
+                    .bind(now)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map(stream)
+                    .map_err(write_error)
+            }
+
+            async fn update_stream(
+                &self,
+                user_id: i64,
+                id: i64,
+                base_url: &str,
+                endpoint: &str,
+                now: i64,
+            ) -> Result<Option<StreamRecord>> {
+                let q = format!(
+                    "UPDATE streams SET base_url = $1, endpoint = $2, updated_at = $3 \
+                     WHERE id = $4 AND user_id = $5 RETURNING {STREAM_COLS}"
+                );
+                sqlx::query_as::<_, StreamRow>(&q)
+                    .bind(base_url)
+                    .bind(endpoint)
+                    .bind(now)
+                    .bind(id)
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map(|r| r.map(stream))
+                    .map_err(write_error)
+            }
+
+            async fn stream(&self, id: i64) -> Result<Option<StreamRecord>> {
+                let q = format!("SELECT {STREAM_COLS} FROM streams WHERE id = $1");
+                sqlx::query_as::<_, StreamRow>(&q)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map(|r| r.map(stream))
+                    .map_err(unavailable)
+            }
+
+            async fn user_stream(&self, user_id: i64, id: i64) -> Result<Option<StreamRecord>> {
+                let q =
+                    format!("SELECT {STREAM_COLS} FROM streams WHERE id = $1 AND user_id = $2");
+                sqlx::query_as::<_, StreamRow>(&q)
+                    .bind(id)
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map(|r| r.map(stream))
+                    .map_err(unavailable)
+            }
+
+            async fn streams(&self, user_id: i64) -> Result<Vec<StreamRecord>> {
+                let q = format!("SELECT {STREAM_COLS} FROM streams WHERE user_id = $1 ORDER BY id");
+                sqlx::query_as::<_, StreamRow>(&q)
+                    .bind(user_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map(|v| v.into_iter().map(stream).collect())
+                    .map_err(unavailable)
+            }
+
+            async fn delete_stream(&self, user_id: i64, id: i64) -> Result<bool> {
+                sqlx::query("DELETE FROM streams WHERE id = $1 AND user_id = $2")
+                    .bind(id)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map(|r| r.rows_affected() > 0)
+                    .map_err(unavailable)
+            }
+        }
+    };
+}
+
+/// Embedded SQLite: one file, WAL journal (readers never wait for the writer), every
+/// commit on disk before it returns to the caller's process (synchronous=NORMAL in WAL
+/// mode survives a killed process; FULL would add power-loss safety at a cost per write).
+pub struct SqliteStore {
+    pool: sqlx::SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &str) -> Result<SqliteStore> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("sqlite://{path}: {what}: {e}"))
+        };
+        if path.is_empty() {
+            return Err(StoreError::Unavailable(
+                "sqlite://: no file path (sqlite://data/hlsgate.db)".into(),
+            ));
+        }
+        let file = std::path::Path::new(path);
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail("cannot create its folder", &e))?;
+        }
+        create_private(file).map_err(|e| fail("cannot create the file", &e))?;
+        let opts = SqliteConnectOptions::new()
+            .filename(file)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(|e| fail("cannot open", &e))?;
+        let store = SqliteStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::query(CREATE_MIGRATIONS_TABLE)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        for (version, sql) in SQLITE_MIGRATIONS {
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
+            // The insert takes the write lock first: a second process waits, then skips.
+            let fresh = sqlx::query(
+                "INSERT INTO hlsgate_migrations (version, applied_at) VALUES ($1, $2) \
+                 ON CONFLICT (version) DO NOTHING",
+            )
+            .bind(version)
+            .bind(super::now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected()
+                > 0;
+            if fresh {
+                sqlx::raw_sql(sql)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| migration_error(*version, e))?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private(_path: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn migration_error(version: i64, e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("migration {version:04}: {e}"))
+}
+
+sql_store!(SqliteStore, "sqlite");
+
+/// PostgreSQL, shared by several edge nodes.
+pub struct PgStore {
+    pool: sqlx::PgPool,
+}
+
+impl PgStore {
+    pub async fn open(url: &str) -> Result<PgStore> {
+        let shown = super::redact_url(url);
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("{shown}: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{shown}: cannot connect: {e}")))?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // One migrating process at a time, across every node sharing the database.
+        sqlx::query("SELECT pg_advisory_xact_lock(7386274101)")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(CREATE_MIGRATIONS_TABLE)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        for (version, sql) in POSTGRES_MIGRATIONS {
+            let fresh = sqlx::query(
+                "INSERT INTO hlsgate_migrations (version, applied_at) VALUES ($1, $2) \
+                 ON CONFLICT (version) DO NOTHING",
+            )
+            .bind(version)
+            .bind(super::now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected()
+                > 0;
+            if fresh {
+                sqlx::raw_sql(sql)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| migration_error(*version, e))?;
+            }
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+sql_store!(PgStore, "postgres");
