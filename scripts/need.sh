@@ -41,3 +41,44 @@ need_lint() {
         rustup component add "$c" >&2
     done
 }
+
+# A PostgreSQL server on loopback for the store tests: installs the Debian package when
+# missing, starts its cluster, and creates the role and database the tests use
+# (postgres://hlsgate:hlsgate@127.0.0.1:5432/hlsgate; the role may create the throwaway
+# databases each test makes). Skipped when HLSGATE_TEST_POSTGRES names another server.
+need_postgres() {
+    [ -n "${HLSGATE_TEST_POSTGRES:-}" ] && return 0
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    command -v pg_lsclusters >/dev/null 2>&1 || need pg_lsclusters postgresql
+    local cluster
+    cluster=$(pg_lsclusters -h | awk 'NR==1 {print $1" "$2}')
+    if [ -z "$cluster" ]; then
+        local ver
+        ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+        echo ">> creating PostgreSQL cluster $ver/main" >&2
+        $sudo pg_createcluster "$ver" main >&2
+        cluster="$ver main"
+    fi
+    if ! pg_lsclusters -h | awk -v c="$cluster" '$1" "$2==c {print $4}' | grep -q online; then
+        echo ">> starting PostgreSQL cluster $cluster" >&2
+        # shellcheck disable=SC2086
+        $sudo pg_ctlcluster $cluster start >&2
+    fi
+    if [ "$(as_postgres "psql -qtA -c \"SELECT 1 FROM pg_roles WHERE rolname='hlsgate'\"")" != 1 ]; then
+        echo ">> creating PostgreSQL role hlsgate (tests)" >&2
+        as_postgres "psql -v ON_ERROR_STOP=1 -q -c \"CREATE ROLE hlsgate LOGIN CREATEDB PASSWORD 'hlsgate'\""
+    fi
+    if [ "$(as_postgres "psql -qtA -c \"SELECT 1 FROM pg_database WHERE datname='hlsgate'\"")" != 1 ]; then
+        as_postgres "createdb -O hlsgate hlsgate"
+    fi
+}
+
+# Run a shell command as the postgres system user.
+as_postgres() {
+    if [ "$(id -u)" -eq 0 ]; then
+        su postgres -c "$1"
+    else
+        sudo -u postgres sh -c "$1"
+    fi
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, as CI runs it: installs what the tests need when missing (Rust, a C
-# compiler, cmake, ffmpeg for the real HLS streams and client), then runs every test.
+# compiler, cmake, ffmpeg for the real HLS streams and client, PostgreSQL for the store
+# tests, started on loopback), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/need.sh
@@ -9,6 +10,7 @@ need_lint
 need ffmpeg ffmpeg
 need curl curl
 need promtool prometheus
+need_postgres
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets

@@ -246,21 +246,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Ports of a test edge: its listener and its metrics listener.
+/// Ports of a test hlsgate: edge, metrics and admin listeners.
 pub struct EdgePorts {
     pub edge: u16,
     pub metrics: u16,
+    pub admin: u16,
 }
 
 /// Write `dir/hlsgate.yaml` for an edge on free loopback ports with short origin timeouts,
 /// 2 s keep-alive idle timeout, its key in `dir`, 30 s tokens, loopback origins allowed; `extra` is more YAML (it must hold
 /// `streams:`), `read_timeout` the origin read timeout.
 pub fn write_config(dir: &Path, read_timeout: &str, extra: &str) -> (PathBuf, EdgePorts) {
+    let store = format!("sqlite://{}/hlsgate.db", dir.display());
+    write_config_with(dir, "hlsgate.yaml", read_timeout, &store, extra)
+}
+
+/// [`write_config`] into `dir/name`, with the store at `store_url`.
+pub fn write_config_with(
+    dir: &Path,
+    name: &str,
+    read_timeout: &str,
+    store_url: &str,
+    extra: &str,
+) -> (PathBuf, EdgePorts) {
     let ports = EdgePorts {
         edge: free_port(),
         metrics: free_port(),
+        admin: free_port(),
     };
-    let config = dir.join("hlsgate.yaml");
+    let config = dir.join(name);
     std::fs::write(
         &config,
         format!(
@@ -271,9 +285,12 @@ pub fn write_config(dir: &Path, read_timeout: &str, extra: &str) -> (PathBuf, Ed
   grace_period: "0s"
   idle_timeout: "2s"
 admin:
+  listen: "127.0.0.1:{aport}"
   public_edge_url: "http://127.0.0.1:{port}"
 metrics:
   listen: "127.0.0.1:{mport}"
+store:
+  url: "{store_url}"
 tokens:
   secret_file: "{dir}/secret.key"
   ttl: "30s"
@@ -282,6 +299,7 @@ origins:
 {extra}"#,
             port = ports.edge,
             mport = ports.metrics,
+            aport = ports.admin,
             dir = dir.display(),
         ),
     )
@@ -300,7 +318,7 @@ pub struct Hlsgate {
 impl Hlsgate {
     pub fn start(subcommand: &str, config: &Path, port: u16) -> Hlsgate {
         let script = format!(
-            "timeout 900 '{}' {subcommand} -c '{}' & pid=$!; read _; kill $pid",
+            "timeout 900 '{}' {subcommand} -c '{}' & pid=$!; read sig; kill -${{sig:-TERM}} $pid",
             bin(),
             config.display()
         );
@@ -346,6 +364,16 @@ impl Hlsgate {
     }
 }
 
+impl Hlsgate {
+    /// SIGKILL: no graceful anything, as a crash or the OOM killer would end it.
+    pub fn kill_hard(mut self) {
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = stdin.write_all(b"KILL\n");
+        }
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Hlsgate {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
@@ -387,6 +415,17 @@ pub fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Response> {
+    send(method, port, path, headers, None)
+}
+
+/// [`request`] with a body (sent with its Content-Length).
+pub fn send(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req =
@@ -400,8 +439,13 @@ pub fn request(
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body.unwrap_or_default());
+    s.write_all(&req)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let split = raw
@@ -456,4 +500,93 @@ fn dechunk(mut b: &[u8]) -> std::io::Result<Vec<u8>> {
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];
     }
+}
+
+// ---- stores ------------------------------------------------------------------------------
+
+/// The two store backends every store and admin test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests use (`.ci/run` starts one on loopback with this role).
+pub fn postgres_base() -> String {
+    std::env::var("HLSGATE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://hlsgate:hlsgate@127.0.0.1:5432/hlsgate".into())
+}
+
+/// A fresh, empty store for one test: a SQLite file in `dir`, or a new PostgreSQL database
+/// (dropped again when this is dropped).
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+}
+
+fn pg_admin(sql: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&postgres_base())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {} (see .ci/run): {e}", postgres_base()));
+        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+    });
+}
+
+impl TestDb {
+    pub fn new(backend: Backend, dir: &Path) -> TestDb {
+        match backend {
+            Backend::Sqlite => TestDb {
+                url: format!("sqlite://{}/store.db", dir.display()),
+                pg_name: None,
+            },
+            Backend::Postgres => {
+                let mut r = [0u8; 6];
+                getrandom::getrandom(&mut r).unwrap();
+                let name = format!(
+                    "hlsgate_t_{}",
+                    r.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                );
+                pg_admin(&format!("CREATE DATABASE {name}"));
+                let base = postgres_base();
+                let cut = base.rfind('/').unwrap();
+                TestDb {
+                    url: format!("{}/{name}", &base[..cut]),
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            pg_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+/// `both!(name)`: run `fn name(Backend)` as two tests, `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::common::Backend::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::common::Backend::Postgres)
+            })*
+        }
+    };
 }

@@ -1,0 +1,661 @@
+//! The admin sidecar, run for real as `hlsgate serve` (or `hlsgate admin` + `hlsgate edge`
+//! sharing one store) over a real SQLite file and a real PostgreSQL database: every test
+//! runs on both (`sqlite::*`, `postgres::*`). A loopback origin serves ffmpeg-made HLS and
+//! ffmpeg plays the URLs the admin hands out.
+
+mod common;
+
+use common::*;
+use hlsgate::token::{self, Binding, Grant, Keyring};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const PLAYER: &str = "hlsgate-test-player/1.0";
+
+/// One origin (with the ffmpeg streams) for the whole test binary.
+fn origin() -> &'static (Origin, PathBuf) {
+    static O: OnceLock<(Origin, PathBuf)> = OnceLock::new();
+    O.get_or_init(|| {
+        let root = tempfile::tempdir().unwrap().keep();
+        let origin = Origin::start(root.clone());
+        make_streams(&root, origin.port);
+        (origin, root)
+    })
+}
+
+fn ts_url() -> String {
+    format!("http://127.0.0.1:{}/ts/index.m3u8", origin().0.port)
+}
+
+/// A test's world: its folder, its store, and a config for `hlsgate serve`.
+struct World {
+    dir: tempfile::TempDir,
+    db: TestDb,
+    config: PathBuf,
+    ports: EdgePorts,
+}
+
+fn world(backend: Backend, extra: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(backend, dir.path());
+    let (config, ports) = write_config_with(dir.path(), "serve.yaml", "2s", &db.url, extra);
+    World {
+        dir,
+        db,
+        config,
+        ports,
+    }
+}
+
+impl World {
+    fn serve(&self) -> Hlsgate {
+        Hlsgate::start("serve", &self.config, self.ports.edge)
+    }
+}
+
+/// A JSON API call: `(status, body as JSON or Null, raw response)`.
+fn api(
+    port: u16,
+    method: &str,
+    path: &str,
+    jwt: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Value, Response) {
+    let auth = jwt.map(|j| format!("Bearer {j}"));
+    let mut h: Vec<(&str, &str)> = headers.to_vec();
+    if let Some(a) = &auth {
+        h.push(("Authorization", a));
+    }
+    if body.is_some() {
+        h.push(("Content-Type", "application/json"));
+    }
+    let r = send(method, port, path, &h, body.map(str::as_bytes)).unwrap();
+    let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    (r.status, v, r)
+}
+
+/// Register (if needed) and log in; the JWT.
+fn login(port: u16, user: &str, password: &str) -> String {
+    let creds = json!({"username": user, "password": password}).to_string();
+    let (s, v, _) = api(port, "POST", "/api/register", None, Some(&creds), &[]);
+    assert!(s == 201 || s == 409, "register {s} {v}");
+    let (s, v, _) = api(port, "POST", "/api/login", None, Some(&creds), &[]);
+    assert_eq!(s, 200, "login: {v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn add_stream(port: u16, jwt: &str, url: &str) -> i64 {
+    let (s, v, _) = api(
+        port,
+        "POST",
+        "/api/streams",
+        Some(jwt),
+        Some(&json!({ "url": url }).to_string()),
+        &[],
+    );
+    assert_eq!(s, 201, "{v}");
+    v["id"].as_i64().unwrap()
+}
+
+/// `GET /api/stream?streamID=N` as the player (its User-Agent): the playback URL's path.
+fn playback_path(port: u16, jwt: &str, id: i64) -> String {
+    let (s, v, _) = api(
+        port,
+        "GET",
+        &format!("/api/stream?streamID={id}"),
+        Some(jwt),
+        None,
+        &[("User-Agent", PLAYER)],
+    );
+    assert_eq!(s, 200, "{v}");
+    path_of(v["url"].as_str().unwrap())
+}
+
+fn play_status(edge: u16, path: &str) -> u16 {
+    get(edge, path, &[("User-Agent", PLAYER)]).unwrap().status
+}
+
+fn error_of(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error in {v}"))
+}
+
+/// The seed's Postman flow with its exact request bodies, then ffmpeg plays the URL.
+fn seed_flow_plays_through_the_edge(backend: Backend) {
+    let w = world(backend, "");
+    let _h = w.serve();
+    let a = w.ports.admin;
+    let body = r#"{
+       "username": "testuser",
+       "password": "securepassword"
+     }"#;
+    let (s, v, _) = api(a, "POST", "/api/register", None, Some(body), &[]);
+    assert_eq!((s, v["message"].is_string()), (201, true), "{v}");
+    let (s, v, _) = api(a, "POST", "/api/login", None, Some(body), &[]);
+    assert_eq!(s, 200, "{v}");
+    let jwt = v["token"].as_str().unwrap().to_owned();
+    assert_eq!(jwt.split('.').count(), 3, "a JWT");
+
+    let (s, v, _) = api(a, "GET", "/api/streams", Some(&jwt), None, &[]);
+    assert_eq!((s, v["streams"].as_array().unwrap().len()), (200, 0), "{v}");
+    let update = format!("{{\n  \"streamID\": 1,\n  \"newUrl\": \"{}\"\n}}", ts_url());
+    let (s, v, _) = api(
+        a,
+        "POST",
+        "/api/update-stream",
+        Some(&jwt),
+        Some(&update),
+        &[],
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["message"], "Stream URL updated successfully");
+    let id = v["streamID"].as_i64().unwrap();
+    let (s, v, _) = api(a, "GET", "/api/streams", Some(&jwt), None, &[]);
+    assert_eq!(s, 200);
+    let list = v["streams"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["url"], ts_url());
+    assert_eq!(list[0]["ID"], id, "the seed's GORM field names too");
+
+    let (s, v, _) = api(
+        a,
+        "GET",
+        &format!("/api/stream?streamID={id}"),
+        Some(&jwt),
+        None,
+        &[("User-Agent", PLAYER)],
+    );
+    assert_eq!(s, 200, "{v}");
+    let url = v["url"].as_str().unwrap();
+    let edge_base = format!("http://127.0.0.1:{}/api/hls/", w.ports.edge);
+    assert!(url.starts_with(&edge_base), "{url}");
+    assert!(url.ends_with(&format!("/{id}/index.m3u8")), "{url}");
+    let (ok, err) = ffmpeg_play(url, PLAYER);
+    assert!(ok, "ffmpeg could not play {url}: {err}");
+    // Bound to the User-Agent the admin saw.
+    let r = get(
+        w.ports.edge,
+        &path_of(url),
+        &[("User-Agent", "another-player")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = get(w.ports.edge, &path_of(url), &[("User-Agent", PLAYER)]).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.header("X-New-Token").is_some());
+}
+
+/// Bob can neither list, read, change, delete nor play Alice's stream, nor end her
+/// session; each attempt is answered 403/404 and changes nothing.
+fn users_cannot_touch_each_others_streams(backend: Backend) {
+    let w = world(backend, "");
+    let _h = w.serve();
+    let (a, e) = (w.ports.admin, w.ports.edge);
+    let alice = login(a, "alice", "alice-password");
+    let bob = login(a, "bob", "bob-password");
+    let x = add_stream(a, &alice, &ts_url());
+    let alice_path = playback_path(a, &alice, x);
+
+    let (s, v, _) = api(a, "GET", "/api/streams", Some(&bob), None, &[]);
+    assert_eq!((s, v["streams"].as_array().unwrap().len()), (200, 0), "{v}");
+    let item = format!("/api/streams/{x}");
+    let (s, v, _) = api(a, "GET", &item, Some(&bob), None, &[]);
+    assert_eq!((s, error_of(&v)), (404, "Stream not found"));
+    let evil = json!({"url": "http://127.0.0.1:9/evil/index.m3u8"}).to_string();
+    let (s, _, _) = api(a, "PUT", &item, Some(&bob), Some(&evil), &[]);
+    assert_eq!(s, 404);
+    let (s, _, _) = api(a, "DELETE", &item, Some(&bob), None, &[]);
+    assert_eq!(s, 404);
+    let (s, v, _) = api(
+        a,
+        "GET",
+        &format!("/api/stream?streamID={x}"),
+        Some(&bob),
+        None,
+        &[],
+    );
+    assert_eq!((s, error_of(&v)), (404, "Stream not found"));
+    // The seed route with Alice's id makes Bob a new stream and leaves hers alone.
+    let seed = json!({"streamID": x, "newUrl": "http://127.0.0.1:9/evil/index.m3u8"}).to_string();
+    let (s, v, _) = api(
+        a,
+        "POST",
+        "/api/update-stream",
+        Some(&bob),
+        Some(&seed),
+        &[],
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["created"], true);
+    let bobs = v["streamID"].as_i64().unwrap();
+    assert_ne!(bobs, x);
+    let (_, v, _) = api(a, "GET", &item, Some(&alice), None, &[]);
+    assert_eq!(v["url"], ts_url(), "Alice's stream is unchanged");
+    // Bob's token for his own stream does not open Alice's.
+    let bob_path = playback_path(a, &bob, bobs);
+    let token = bob_path.split('/').nth(3).unwrap();
+    let r = get(
+        e,
+        &format!("/api/hls/{token}/{x}/index.m3u8"),
+        &[("User-Agent", PLAYER)],
+    )
+    .unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Even a validly signed token for Alice's stream naming Bob's session (as if the
+    // admin had issued one) is refused: the stream's owner is not the session's user.
+    let (_, v, _) = api(a, "GET", "/api/sessions", Some(&bob), None, &[]);
+    let bob_sid = v["sessions"][0]["id"].as_str().unwrap();
+    let keyring = Keyring::load_or_create(&w.dir.path().join("secret.key")).unwrap();
+    let now = token::unix_now();
+    let crafted = keyring.issue(&Grant {
+        stream: x.to_string(),
+        session: hlsgate::store::session_bytes(bob_sid).unwrap(),
+        exp: now + 60,
+        session_exp: now + 600,
+        binding: Binding::default(),
+        stored_session: true,
+    });
+    let r = get(e, &format!("/api/hls/{crafted}/{x}/index.m3u8"), &[]).unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Bob cannot end Alice's session.
+    let (_, v, _) = api(a, "GET", "/api/sessions", Some(&alice), None, &[]);
+    let sid = v["sessions"][0]["id"].as_str().unwrap().to_owned();
+    let (s, _, _) = api(
+        a,
+        "DELETE",
+        &format!("/api/sessions/{sid}"),
+        Some(&bob),
+        None,
+        &[],
+    );
+    assert_eq!(s, 404);
+    assert_eq!(play_status(e, &alice_path), 200, "Alice still plays");
+    let (s, _, _) = api(a, "GET", "/api/streams", Some(&alice), None, &[]);
+    assert_eq!(s, 200, "Alice is still logged in");
+}
+
+/// In `serve`, ending a session stops its playback URLs at once: logout, revoking one
+/// session from another, and the per-user session cap evicting the oldest.
+fn ended_sessions_stop_playback_at_once_in_serve(backend: Backend) {
+    let w = world(backend, "");
+    // The cap comes from the config.
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace("admin:\n", "admin:\n  max_sessions_per_user: 2\n");
+    std::fs::write(&w.config, text).unwrap();
+    let _h = w.serve();
+    let (a, e) = (w.ports.admin, w.ports.edge);
+    let jwt = login(a, "carol", "carol-password");
+    let id = add_stream(a, &jwt, &ts_url());
+    let path = playback_path(a, &jwt, id);
+    assert_eq!(play_status(e, &path), 200);
+    let (s, _, _) = api(a, "POST", "/api/logout", Some(&jwt), None, &[]);
+    assert_eq!(s, 204);
+    let r = get(e, &path, &[("User-Agent", PLAYER)]).unwrap();
+    assert_eq!(
+        (r.status, r.text().contains("session has ended")),
+        (403, true),
+        "{}",
+        r.text()
+    );
+    let (s, v, _) = api(a, "GET", "/api/streams", Some(&jwt), None, &[]);
+    assert_eq!((s, error_of(&v)), (401, "session has ended"));
+
+    // Revoke one session from another.
+    let one = login(a, "carol", "carol-password");
+    let two = login(a, "carol", "carol-password");
+    let one_path = playback_path(a, &one, id);
+    let (_, v, _) = api(a, "GET", "/api/sessions", Some(&two), None, &[]);
+    let sessions = v["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{v}");
+    let other = sessions.iter().find(|s| s["current"] == false).unwrap();
+    let (s, _, _) = api(
+        a,
+        "DELETE",
+        &format!("/api/sessions/{}", other["id"].as_str().unwrap()),
+        Some(&two),
+        None,
+        &[],
+    );
+    assert_eq!(s, 204);
+    assert_eq!(play_status(e, &one_path), 403);
+    let (s, _, _) = api(a, "GET", "/api/streams", Some(&one), None, &[]);
+    assert_eq!(s, 401);
+
+    // Cap of 2: a third and fourth login end the oldest.
+    let two_path = playback_path(a, &two, id);
+    let _three = login(a, "carol", "carol-password");
+    assert_eq!(play_status(e, &two_path), 200, "2 sessions: within the cap");
+    let four = login(a, "carol", "carol-password");
+    assert_eq!(play_status(e, &two_path), 403, "the oldest was evicted");
+    let (_, v, _) = api(a, "GET", "/api/sessions", Some(&four), None, &[]);
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 2, "{v}");
+}
+
+/// `hlsgate admin` and a separate `hlsgate edge` sharing the store: the edge sees a
+/// logout within 5 s (its cache lives `store.cache_ttl`, 2 s by default), and a deleted
+/// stream the same way.
+fn a_separate_edge_sees_logout_within_5s(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(backend, dir.path());
+    let (admin_cfg, ap) = write_config_with(dir.path(), "admin.yaml", "2s", &db.url, "");
+    let (edge_cfg, ep) = write_config_with(dir.path(), "edge.yaml", "2s", &db.url, "");
+    let _admin = Hlsgate::start("admin", &admin_cfg, ap.admin);
+    let _edge = Hlsgate::start("edge", &edge_cfg, ep.edge);
+    let (a, e) = (ap.admin, ep.edge);
+    // The edge process has no admin API.
+    assert!(get(ep.admin, "/healthz", &[]).is_err());
+
+    let jwt = login(a, "dave", "dave-password");
+    let id = add_stream(a, &jwt, &ts_url());
+    let path = playback_path(a, &jwt, id);
+    let (ok, err) = ffmpeg_play(&format!("http://127.0.0.1:{e}{path}"), PLAYER);
+    assert!(ok, "{err}");
+    let (s, _, _) = api(a, "POST", "/api/logout", Some(&jwt), None, &[]);
+    assert_eq!(s, 204);
+    let ended = Instant::now();
+    let mut status = 200;
+    while ended.elapsed() < Duration::from_secs(10) && status == 200 {
+        status = play_status(e, &path);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = ended.elapsed();
+    assert_eq!(status, 403, "still playing {took:?} after logout");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    eprintln!("separate edge refused the ended session after {took:?}");
+
+    // A deleted stream disappears from the edge too.
+    let jwt = login(a, "dave", "dave-password");
+    let path = playback_path(a, &jwt, id);
+    assert_eq!(play_status(e, &path), 200);
+    let (s, _, _) = api(
+        a,
+        "DELETE",
+        &format!("/api/streams/{id}"),
+        Some(&jwt),
+        None,
+        &[],
+    );
+    assert_eq!(s, 204);
+    let deleted = Instant::now();
+    while deleted.elapsed() < Duration::from_secs(10) && status != 404 {
+        status = play_status(e, &path);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status, 404);
+    assert!(deleted.elapsed() < Duration::from_secs(5));
+}
+
+/// SIGKILL and restart: every user, stream and session is still there, and the playback
+/// URL issued before the crash still plays.
+fn a_killed_serve_restarts_with_everything(backend: Backend) {
+    let w = world(backend, "");
+    let h = w.serve();
+    let a = w.ports.admin;
+    let jwt = login(a, "erin", "erin-password");
+    let id = add_stream(a, &jwt, &ts_url());
+    let path = playback_path(a, &jwt, id);
+    assert_eq!(play_status(w.ports.edge, &path), 200);
+    h.kill_hard();
+
+    let _h = w.serve();
+    let (s, v, _) = api(a, "GET", "/api/streams", Some(&jwt), None, &[]);
+    assert_eq!(s, 200, "the session survived: {v}");
+    assert_eq!(v["streams"][0]["id"], id);
+    assert_eq!(v["streams"][0]["url"], ts_url());
+    let (_, v, _) = api(a, "GET", "/api/sessions", Some(&jwt), None, &[]);
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 1);
+    let creds = json!({"username": "erin", "password": "erin-password"}).to_string();
+    let (s, _, _) = api(a, "POST", "/api/login", None, Some(&creds), &[]);
+    assert_eq!(s, 200, "the user survived");
+    assert_eq!(play_status(w.ports.edge, &path), 200, "old URL plays");
+    let _ = &w.db;
+}
+
+/// Bad input gets a clear 4xx and changes nothing.
+fn bad_input_is_refused_clearly(backend: Backend) {
+    let w = world(backend, "");
+    let _h = w.serve();
+    let a = w.ports.admin;
+    let reg = |body: &str| {
+        let (s, v, _) = api(a, "POST", "/api/register", None, Some(body), &[]);
+        (s, error_of(&v).to_owned())
+    };
+    assert_eq!(reg("{not json").0, 400);
+    assert!(reg("{not json").1.starts_with("Cannot parse JSON"));
+    assert_eq!(reg(r#"{"username":"x"}"#).0, 400);
+    assert_eq!(reg(r#"{"username":"ab","password":"long enough"}"#).0, 400);
+    assert_eq!(
+        reg(r#"{"username":"bad name","password":"long enough"}"#).0,
+        400
+    );
+    let (s, m) = reg(r#"{"username":"frank","password":"short"}"#);
+    assert_eq!(
+        (s, m.as_str()),
+        (400, "password must be at least 8 characters")
+    );
+    let jwt = login(a, "frank", "frank-password");
+    let (s, m) = reg(r#"{"username":"frank","password":"another password"}"#);
+    assert_eq!((s, m.as_str()), (409, "username already taken"));
+    let again = login(a, "frank", "frank-password");
+    assert!(!again.is_empty(), "the 409 did not change the password");
+
+    // Origins: http(s) only; internal addresses unless origins.allow names them.
+    for bad in [
+        "file:///etc/passwd",
+        "ftp://example.com/live/index.m3u8",
+        "http://169.254.169.254/latest/index.m3u8",
+        "http://10.0.0.1/live/index.m3u8",
+        "http://[::1]/live/index.m3u8",
+        "http://127.0.0.1/../index.m3u8",
+        "http://user:pw@example.com/live/index.m3u8",
+        "not a url",
+    ] {
+        let (s, v, _) = api(
+            a,
+            "POST",
+            "/api/update-stream",
+            Some(&jwt),
+            Some(&json!({"streamID": 1, "newUrl": bad}).to_string()),
+            &[],
+        );
+        assert_eq!(s, 400, "{bad}: {v}");
+        let (s, _, _) = api(
+            a,
+            "POST",
+            "/api/streams",
+            Some(&jwt),
+            Some(&json!({ "url": bad }).to_string()),
+            &[],
+        );
+        assert_eq!(s, 400, "{bad}");
+    }
+    let (_, v, _) = api(a, "GET", "/api/streams", Some(&jwt), None, &[]);
+    assert_eq!(
+        v["streams"].as_array().unwrap().len(),
+        0,
+        "nothing was stored"
+    );
+
+    // Authentication.
+    let (s, v, _) = api(a, "GET", "/api/streams", None, None, &[]);
+    assert_eq!((s, error_of(&v)), (401, "missing bearer token"));
+    let mut forged = jwt.clone().into_bytes();
+    let n = forged.len() - 3;
+    forged[n] = if forged[n] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let (s, v, _) = api(a, "GET", "/api/streams", Some(&forged), None, &[]);
+    assert_eq!((s, error_of(&v)), (401, "invalid or expired token"));
+    for q in ["", "?streamID=abc", "?streamID=-1", "?streamID=0"] {
+        let (s, _, _) = api(a, "GET", &format!("/api/stream{q}"), Some(&jwt), None, &[]);
+        assert_eq!(s, 400, "{q}");
+    }
+    let (s, _, _) = api(a, "GET", "/api/streams/abc", Some(&jwt), None, &[]);
+    assert_eq!(s, 400);
+    let (s, v, _) = api(a, "GET", "/api/nope", None, None, &[]);
+    assert_eq!((s, error_of(&v)), (404, "no such route"));
+
+    // Only a trusted backend may name the viewer.
+    let id = add_stream(a, &jwt, &ts_url());
+    let (s, _, _) = api(
+        a,
+        "GET",
+        &format!("/api/stream?streamID={id}"),
+        Some(&jwt),
+        None,
+        &[("X-Viewer-IP", "203.0.113.7")],
+    );
+    assert_eq!(s, 403);
+}
+
+/// A trusted backend asks for a URL on a viewer's behalf: the token is bound to the
+/// viewer it names, not to the backend.
+fn a_trusted_backend_names_the_viewer(backend: Backend) {
+    let w = world(backend, "");
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace("admin:\n", "admin:\n  trusted_backends: [\"127.0.0.1\"]\n");
+    std::fs::write(&w.config, text).unwrap();
+    let _h = w.serve();
+    let (a, e) = (w.ports.admin, w.ports.edge);
+    let jwt = login(a, "gina", "gina-password");
+    let id = add_stream(a, &jwt, &ts_url());
+    let (s, v, _) = api(
+        a,
+        "GET",
+        &format!("/api/stream?streamID={id}"),
+        Some(&jwt),
+        None,
+        &[
+            ("User-Agent", "backend/1.0"),
+            ("X-Viewer-IP", "127.0.0.1"),
+            ("X-Viewer-User-Agent", "viewer-tv/2.0"),
+        ],
+    );
+    assert_eq!(s, 200, "{v}");
+    let path = path_of(v["url"].as_str().unwrap());
+    assert_eq!(
+        get(e, &path, &[("User-Agent", "viewer-tv/2.0")])
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        get(e, &path, &[("User-Agent", "backend/1.0")])
+            .unwrap()
+            .status,
+        403
+    );
+    // Bound to another IP: the loopback viewer is refused.
+    let (_, v, _) = api(
+        a,
+        "GET",
+        &format!("/api/stream?streamID={id}"),
+        Some(&jwt),
+        None,
+        &[
+            ("X-Viewer-IP", "203.0.113.7"),
+            ("X-Viewer-User-Agent", "tv"),
+        ],
+    );
+    let path = path_of(v["url"].as_str().unwrap());
+    assert_eq!(get(e, &path, &[("User-Agent", "tv")]).unwrap().status, 403);
+}
+
+/// Login is rate-limited per username and per client IP (429 + Retry-After), and a
+/// failure looks and takes the same whether or not the user exists.
+fn login_is_rate_limited_and_failures_are_uniform(backend: Backend) {
+    let w = world(backend, "");
+    let text = std::fs::read_to_string(&w.config).unwrap().replace(
+        "admin:\n",
+        "admin:\n  login_attempts_per_user: 4\n  login_attempts_per_ip: 40\n",
+    );
+    std::fs::write(&w.config, text).unwrap();
+    let _h = w.serve();
+    let a = w.ports.admin;
+    login(a, "hank", "hank-password");
+    let attempt = |user: &str, pw: &str| {
+        let body = json!({"username": user, "password": pw}).to_string();
+        let t = Instant::now();
+        let (s, v, r) = api(a, "POST", "/api/login", None, Some(&body), &[]);
+        (s, v, r, t.elapsed())
+    };
+    // Failures: same status and body for a wrong password and an unknown user; timing
+    // compared on medians (argon2 runs in both cases).
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..3 {
+        let (s1, v1, _, t1) = attempt("hank", "wrong-password");
+        let (s2, v2, _, t2) = attempt(&format!("nobody{i}"), "wrong-password");
+        assert_eq!((s1, &v1), (401, &json!({"error": "Invalid credentials"})));
+        assert_eq!((s2, &v2), (s1, &v1));
+        known.push(t1);
+        unknown.push(t2);
+    }
+    known.sort();
+    unknown.sort();
+    let (k, u) = (known[1].as_secs_f64(), unknown[1].as_secs_f64());
+    eprintln!("failed login median: existing user {k:.4}s, unknown user {u:.4}s");
+    assert!(k / u < 3.0 && u / k < 3.0, "existing {k}s vs unknown {u}s");
+
+    // hank has had 1 + 3 attempts: the 5th is refused without checking the password.
+    let (s, v, r, _) = attempt("hank", "hank-password");
+    assert_eq!((s, error_of(&v)), (429, "too many attempts; retry later"));
+    let retry: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Other users are not affected by hank's limit...
+    login(a, "ivan", "ivan-password");
+    // ...until this IP's budget (40 a minute) runs out.
+    let mut last = 0;
+    for i in 0..40 {
+        last = attempt(&format!("spray{i}"), "wrong-password").0;
+        if last == 429 {
+            break;
+        }
+    }
+    assert_eq!(last, 429, "per-IP limit");
+}
+
+/// The OpenAPI document lists every route the API serves.
+fn openapi_lists_every_route(backend: Backend) {
+    let w = world(backend, "");
+    let _h = w.serve();
+    let (s, v, r) = api(w.ports.admin, "GET", "/api/openapi.json", None, None, &[]);
+    assert_eq!(s, 200);
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    assert!(v["openapi"].as_str().unwrap().starts_with("3."));
+    for (path, method) in [
+        ("/api/register", "post"),
+        ("/api/login", "post"),
+        ("/api/logout", "post"),
+        ("/api/streams", "get"),
+        ("/api/streams", "post"),
+        ("/api/streams/{id}", "get"),
+        ("/api/streams/{id}", "put"),
+        ("/api/streams/{id}", "delete"),
+        ("/api/update-stream", "post"),
+        ("/api/stream", "get"),
+        ("/api/sessions", "get"),
+        ("/api/sessions/{id}", "delete"),
+    ] {
+        assert!(v["paths"][path][method].is_object(), "{method} {path}");
+    }
+    let _ = w.dir.path();
+}
+
+crate::both!(
+    seed_flow_plays_through_the_edge,
+    users_cannot_touch_each_others_streams,
+    ended_sessions_stop_playback_at_once_in_serve,
+    a_separate_edge_sees_logout_within_5s,
+    a_killed_serve_restarts_with_everything,
+    bad_input_is_refused_clearly,
+    a_trusted_backend_names_the_viewer,
+    login_is_rate_limited_and_failures_are_uniform,
+    openapi_lists_every_route,
+);
