@@ -35,6 +35,9 @@ pub struct Metrics {
     pub rewrite_seconds: Histogram,
     /// Distinct viewer sessions seen in the last minute.
     pub active_sessions: IntGauge,
+    /// Queries the edge made to the store (what: session, stream; result: found,
+    /// not_found, error): at most one per key per `store.cache_ttl`, however many viewers.
+    pub store_queries: IntCounterVec,
     sessions: moka::sync::Cache<[u8; 16], ()>,
 }
 
@@ -78,6 +81,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "hlsgate_auth_denials_total",
             "Requests refused by the edge's checks, by reason.",
             &["reason"],
+        ),
+        store_queries: counter_vec(
+            &r,
+            "hlsgate_store_queries_total",
+            "Store queries made by the edge (cache misses), by what and result.",
+            &["what", "result"],
         ),
         cache_lookups: counter_vec(
             &r,

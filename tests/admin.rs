@@ -188,6 +188,33 @@ fn seed_flow_plays_through_the_edge(backend: Backend) {
     let r = get(w.ports.edge, &path_of(url), &[("User-Agent", PLAYER)]).unwrap();
     assert_eq!(r.status, 200);
     assert!(r.header("X-New-Token").is_some());
+
+    // The store is not on every request: 100 playlist requests cost at most one session
+    // and one stream query per `store.cache_ttl` (2 s).
+    let queries = |what: &str| {
+        let m = get(w.ports.metrics, "/metrics", &[]).unwrap().text();
+        sample(
+            &m,
+            &format!("hlsgate_store_queries_total{{result=\"found\",what=\"{what}\"}}"),
+        )
+    };
+    std::thread::sleep(Duration::from_millis(2100)); // what the edge knows has expired
+    let (sessions, streams) = (queries("session"), queries("stream"));
+    let t = Instant::now();
+    for _ in 0..100 {
+        assert_eq!(play_status(w.ports.edge, &path_of(url)), 200);
+    }
+    let periods = (t.elapsed().as_secs_f64() / 2.0).ceil() + 1.0;
+    let (ds, dt) = (queries("session") - sessions, queries("stream") - streams);
+    eprintln!(
+        "100 requests in {:?}: {ds} session and {dt} stream queries",
+        t.elapsed()
+    );
+    assert!(ds >= 1.0 && dt >= 1.0, "the first request asks the store");
+    assert!(
+        ds <= periods && dt <= periods,
+        "{ds} / {dt} queries > {periods}"
+    );
 }
 
 /// Bob can neither list, read, change, delete nor play Alice's stream, nor end her

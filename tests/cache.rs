@@ -319,14 +319,6 @@ fn scrape(h: &Harness) -> String {
     r.text()
 }
 
-/// The value of the first sample whose line starts with `prefix`.
-fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 #[test]
 fn metrics_move_with_traffic_and_pass_promtool() {
     let h = harness();

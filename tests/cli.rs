@@ -47,6 +47,18 @@ fn config_errors_exit_2_naming_file_and_key() {
             "streams:\n  x: { url: \"http://169.254.169.254/a.m3u8\" }\n",
             "streams.x.url: origin 169.254.169.254",
         ),
+        (
+            "streams:\n  \"42\": { url: \"file://conf/demo/index.m3u8\" }\n",
+            "streams.42: numeric ids belong to streams in the store",
+        ),
+        (
+            "store:\n  cache_ttl: \"5m\"\n",
+            "store.cache_ttl: must be at most 60s",
+        ),
+        (
+            "admin:\n  trusted_backends: [\"lan\"]\n",
+            "admin.trusted_backends",
+        ),
     ] {
         let f = write(dir.path(), "c.yaml", text);
         let (code, _, err) = run(&["check-config", "-c", &f]);
@@ -126,6 +138,56 @@ fn busy_port_and_bad_key_file_are_one_line_errors() {
         !err.contains("tooshort"),
         "key material must not be echoed: {err}"
     );
+}
+
+/// The admin port busy, and a store that cannot be reached: one line each, and the
+/// store's password is not in it.
+#[test]
+fn admin_port_and_store_failures_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let base = format!(
+        "edge:\n  listen: \"127.0.0.1:{}\"\nmetrics:\n  listen: \"127.0.0.1:{}\"\ntokens:\n  secret_file: \"{}/k\"\n",
+        free_port(),
+        free_port(),
+        dir.path().display()
+    );
+    let f = write(
+        dir.path(),
+        "a.yaml",
+        &format!("{base}admin:\n  listen: \"127.0.0.1:{port}\"\n"),
+    );
+    for cmd in ["serve", "admin"] {
+        let (code, _, err) = run(&[cmd, "-c", &f]);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("admin.listen") && err.contains(&port.to_string()),
+            "{cmd}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    // `edge` has no admin listener: the busy admin port does not matter to it... but its
+    // store does. Nothing listens on port 1.
+    let f = write(
+        dir.path(),
+        "s.yaml",
+        &format!(
+            "{base}admin:\n  listen: \"127.0.0.1:{}\"\nstore:\n  url: \"postgres://hlsgate:s3cret-pw@127.0.0.1:1/hlsgate\"\n",
+            free_port()
+        ),
+    );
+    for cmd in ["serve", "edge", "admin"] {
+        let (code, _, err) = run(&[cmd, "-c", &f]);
+        assert_ne!(code, 0, "{cmd}");
+        assert!(
+            err.contains("store.url") && err.contains("cannot connect"),
+            "{cmd}: {err}"
+        );
+        assert!(!err.contains("s3cret-pw"), "password leaked: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
 }
 
 #[test]

@@ -12,6 +12,7 @@
 
 use super::{session_hex, Store, StoreError, StreamRecord};
 use crate::config::Stream;
+use crate::metrics::METRICS;
 use crate::origin::Origin;
 use moka::future::Cache;
 use std::sync::Arc;
@@ -53,16 +54,31 @@ impl Directory {
         &self.store
     }
 
-    /// Run a store query on the store's runtime.
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Run a store query on the store's runtime, counted in `hlsgate_store_queries_total`.
+    async fn run<T, F>(&self, what: &str, f: F) -> Result<Option<T>, StoreError>
     where
         T: Send + 'static,
-        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+        F: std::future::Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
     {
-        self.rt
+        let r = self
+            .rt
             .spawn(f)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))
+            .and_then(|r| r);
+        let result = match &r {
+            Ok(Some(_)) => "found",
+            Ok(None) => "not_found",
+            Err(e) => {
+                tracing::warn!(error = %e, what, "store query failed");
+                "error"
+            }
+        };
+        METRICS
+            .store_queries
+            .with_label_values(&[what, result])
+            .inc();
+        r
     }
 
     /// A stream of the store by its numeric id.
@@ -70,7 +86,9 @@ impl Directory {
         self.streams
             .try_get_with(id, async {
                 let store = self.store.clone();
-                let rec = self.run(async move { store.stream(id).await }).await?;
+                let rec = self
+                    .run("stream", async move { store.stream(id).await })
+                    .await?;
                 Ok(rec.and_then(|r| to_stream(&r).map(Arc::new)))
             })
             .await
@@ -85,7 +103,7 @@ impl Directory {
                 let hex = session_hex(&id);
                 let now = super::now_ms();
                 let s = self
-                    .run(async move { store.session(&hex, now).await })
+                    .run("session", async move { store.session(&hex, now).await })
                     .await?;
                 Ok(s.map(|s| LiveSession {
                     user_id: s.user_id,

@@ -502,6 +502,14 @@ fn dechunk(mut b: &[u8]) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// The sum of the samples in Prometheus text whose line starts with `prefix`.
+pub fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 // ---- stores ------------------------------------------------------------------------------
 
 /// The two store backends every store and admin test runs against.
