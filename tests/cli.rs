@@ -232,7 +232,7 @@ fn token_prints_a_playback_url_and_refuses_unknown_streams() {
 #[test]
 fn systemd_unit_is_least_privilege_and_bench_config_checks() {
     let unit = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/hlsgate.service"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/hlsgate@.service"),
     )
     .unwrap();
     let lines: Vec<&str> = unit.lines().map(str::trim).collect();
@@ -248,11 +248,11 @@ fn systemd_unit_is_least_privilege_and_bench_config_checks() {
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "MemoryDenyWriteExecute=yes",
         "SystemCallFilter=@system-service",
-        "ExecStart=/usr/local/bin/hlsgate serve -c /etc/hlsgate/hlsgate.yaml",
+        "ExecStart=/usr/local/bin/hlsgate %i -c /etc/hlsgate/hlsgate.yaml",
     ] {
         assert!(
             lines.contains(&want),
-            "systemd/hlsgate.service lacks {want:?}"
+            "systemd/hlsgate@.service lacks {want:?}"
         );
     }
     assert!(
