@@ -38,18 +38,6 @@ check() { # name url scenario
 [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18082/vod/seg.ts)" = 403 ] \
     || { echo "!! nginx serves unsigned requests" >&2; exit 1; }
 
-run_wrk() { # url -> "req/s p99_ms"
-    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$1" | awk '
-        /Requests\/sec/ { rps = $2 }
-        /^ +99%/ { v = $2; ms = v + 0;
-                   if (v ~ /us$/) ms = v / 1000; else if (v ~ /ms$/) ms = v + 0;
-                   else if (v ~ /s$/) ms = v * 1000;
-                   p99 = ms }
-        /Non-2xx/ { bad = $4 }
-        END { if (bad) { print "ERR non-2xx " bad; exit 1 } printf "%s %.2f\n", rps, p99 }'
-}
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-
 RESULTS=$RUN/results.txt
 : >"$RESULTS"
 for sc in $SCENARIOS; do

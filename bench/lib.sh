@@ -45,7 +45,7 @@ for c in origin secure-link; do
         "bench/nginx/$c.conf.in" > "$RUN/$c.conf"
     nginx -c "$RUN/$c.conf" -e "$RUN/$c-error.log"
 done
-RUST_LOG=warn target/release/hlsgate edge -c "$HLSGATE_CONFIG" >"$RUN/hlsgate.log" 2>&1 &
+RUST_LOG=warn target/release/hlsgate "${HLSGATE_ROLE:-edge}" -c "$HLSGATE_CONFIG" >"$RUN/hlsgate.log" 2>&1 &
 HLSGATE_PID=$!
 PIDS+=("$HLSGATE_PID")
 for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18080/healthz && break; sleep 0.1; done
@@ -59,3 +59,18 @@ hlsgate_url() { # stream object
     u=$(target/release/hlsgate token -c "$HLSGATE_CONFIG" --stream "$1" --ip 127.0.0.1 --ttl 3600)
     echo "${u%/*}/$2"
 }
+
+# --- measuring ----------------------------------------------------------------------
+run_wrk() { # url [wrk args...] -> "req/s p99_ms"
+    local url=$1; shift
+    wrk -t1 -c"${CONNS:-32}" -d"${DURATION:-10s}" --latency "$@" "$url" | awk '
+        /Requests\/sec/ { rps = $2 }
+        /^ +99%/ { v = $2; ms = v + 0;
+                   if (v ~ /us$/) ms = v / 1000; else if (v ~ /ms$/) ms = v + 0;
+                   else if (v ~ /s$/) ms = v * 1000;
+                   p99 = ms }
+        /Non-2xx/ { bad = $4 }
+        END { if (bad) { print "ERR non-2xx " bad; exit 1 } printf "%s %.2f\n", rps, p99 }'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+

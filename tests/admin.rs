@@ -526,6 +526,8 @@ fn bad_input_is_refused_clearly(backend: Backend) {
     assert_eq!(s, 400);
     let (s, v, _) = api(a, "GET", "/api/nope", None, None, &[]);
     assert_eq!((s, error_of(&v)), (404, "no such route"));
+    let (s, v, _) = api(a, "GET", "/api/login", None, None, &[]);
+    assert_eq!((s, error_of(&v)), (405, "method not allowed"));
 
     // Only a trusted backend may name the viewer.
     let id = add_stream(a, &jwt, &ts_url());

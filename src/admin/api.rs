@@ -43,6 +43,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", delete(revoke_session))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
 }

@@ -83,6 +83,10 @@ impl Directory {
 
     /// A stream of the store by its numeric id.
     pub async fn stream(&self, id: i64) -> Result<Option<Arc<Stream>>, Arc<StoreError>> {
+        // The hit path alone first: cheaper than `try_get_with`'s loader bookkeeping.
+        if let Some(hit) = self.streams.get(&id).await {
+            return Ok(hit);
+        }
         self.streams
             .try_get_with(id, async {
                 let store = self.store.clone();
@@ -96,21 +100,25 @@ impl Directory {
 
     /// The session if it is live now.
     pub async fn session(&self, id: [u8; 16]) -> Result<Option<LiveSession>, Arc<StoreError>> {
-        let found = self
-            .sessions
-            .try_get_with(id, async {
-                let store = self.store.clone();
-                let hex = session_hex(&id);
-                let now = super::now_ms();
-                let s = self
-                    .run("session", async move { store.session(&hex, now).await })
-                    .await?;
-                Ok(s.map(|s| LiveSession {
-                    user_id: s.user_id,
-                    expires_at: s.expires_at,
-                }))
-            })
-            .await?;
+        let found = match self.sessions.get(&id).await {
+            Some(hit) => hit,
+            None => {
+                self.sessions
+                    .try_get_with(id, async {
+                        let store = self.store.clone();
+                        let hex = session_hex(&id);
+                        let now = super::now_ms();
+                        let s = self
+                            .run("session", async move { store.session(&hex, now).await })
+                            .await?;
+                        Ok(s.map(|s| LiveSession {
+                            user_id: s.user_id,
+                            expires_at: s.expires_at,
+                        }))
+                    })
+                    .await?
+            }
+        };
         Ok(found.filter(|s| s.expires_at > super::now_ms()))
     }
 
