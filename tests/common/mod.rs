@@ -308,7 +308,7 @@ origins:
 }
 
 /// A running `hlsgate` process. It is started through a shell that kills it when this
-/// test process's end closes its stdin, and `timeout` bounds it in any case.
+/// test process closes its stdin (at the end of the test, or when the test process dies).
 pub struct Hlsgate {
     pub port: u16,
     pub config: PathBuf,
@@ -318,7 +318,7 @@ pub struct Hlsgate {
 impl Hlsgate {
     pub fn start(subcommand: &str, config: &Path, port: u16) -> Hlsgate {
         let script = format!(
-            "timeout 900 '{}' {subcommand} -c '{}' & pid=$!; read sig; kill -${{sig:-TERM}} $pid",
+            "'{}' {subcommand} -c '{}' & pid=$!; read sig; kill -${{sig:-TERM}} $pid; wait $pid",
             bin(),
             config.display()
         );
@@ -371,6 +371,11 @@ impl Hlsgate {
             let _ = stdin.write_all(b"KILL\n");
         }
         let _ = self.child.wait();
+        assert!(
+            get(self.port, "/healthz", &[]).is_err(),
+            "hlsgate still answers on {} after SIGKILL",
+            self.port
+        );
     }
 }
 
