@@ -688,3 +688,38 @@ crate::both!(
     login_is_rate_limited_and_failures_are_uniform,
     openapi_lists_every_route,
 );
+
+/// The store goes away (its PostgreSQL database is dropped under a running `serve`):
+/// stored-session tokens fail closed with 503 once the edge's cache expires, the admin
+/// answers 503, and a static stream with a stateless token keeps playing.
+#[test]
+fn a_store_outage_fails_closed() {
+    let w = world(
+        Backend::Postgres,
+        &format!("streams:\n  static: {{ url: \"{}\" }}\n", ts_url()),
+    );
+    let h = w.serve();
+    let (a, e) = (w.ports.admin, w.ports.edge);
+    let jwt = login(a, "olga", "olga-password");
+    let id = add_stream(a, &jwt, &ts_url());
+    let path = playback_path(a, &jwt, id);
+    assert_eq!(play_status(e, &path), 200);
+    let stateless = path_of(&h.token_url(&["--stream", "static"]));
+    assert_eq!(play_status(e, &stateless), 200);
+
+    let name = w.db.url.rsplit('/').next().unwrap().to_owned();
+    drop_postgres_database(&name);
+    std::thread::sleep(Duration::from_millis(2200)); // the edge's cache expires
+    let r = get(e, &path, &[("User-Agent", PLAYER)]).unwrap();
+    assert_eq!(
+        (r.status, r.text()),
+        (503, r#"{"error":"store unavailable"}"#.into())
+    );
+    let (s, v, _) = api(a, "GET", "/api/streams", Some(&jwt), None, &[]);
+    assert_eq!((s, error_of(&v)), (503, "store unavailable"));
+    assert_eq!(
+        play_status(e, &stateless),
+        200,
+        "static streams do not need the store"
+    );
+}

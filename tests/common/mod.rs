@@ -551,6 +551,11 @@ fn pg_admin(sql: &str) {
     });
 }
 
+/// Drop a test database now, cutting its connections (a store outage).
+pub fn drop_postgres_database(name: &str) {
+    pg_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+}
+
 impl TestDb {
     pub fn new(backend: Backend, dir: &Path) -> TestDb {
         match backend {
@@ -580,7 +585,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(name) = &self.pg_name {
-            pg_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            drop_postgres_database(name);
         }
     }
 }
