@@ -563,3 +563,202 @@ async fn playback_url(
             .into_response(),
     )
 }
+
+/// The router without sockets (`oneshot`), so requests can come from any peer address:
+/// which peers are believed about the client (trusted proxies) and the viewer (trusted
+/// backends).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::Directory;
+    use crate::token::{Keyring, TokenError, Viewer};
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn state(dir: &std::path::Path) -> Arc<AdminState> {
+        let yaml = format!(
+            "admin:\n  trusted_proxies: [\"10.0.0.1\"]\n  trusted_backends: [\"10.0.0.2\"]\n  \
+             login_attempts_per_ip: 2\n  login_attempts_per_user: 0\n\
+             tokens:\n  secret_file: \"{d}/k\"\nstore:\n  url: \"sqlite://{d}/s.db\"\n\
+             origins:\n  allow: [\"127.0.0.1\"]\n",
+            d = dir.display()
+        );
+        let cfg = Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        let keyring = Keyring::load_or_create(&cfg.tokens.secret_file).unwrap();
+        let store = store::open(&cfg.store_url).await.unwrap();
+        let dir = Directory::new(
+            store,
+            tokio::runtime::Handle::current(),
+            cfg.store_cache_ttl,
+        );
+        Arc::new(AdminState::new(
+            Arc::new(cfg),
+            Arc::new(keyring),
+            Arc::new(dir),
+        ))
+    }
+
+    async fn call(
+        st: &Arc<AdminState>,
+        peer: &str,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut req = req.body(Body::from(body.to_owned())).unwrap();
+        let peer: SocketAddr = format!("{peer}:40000").parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let resp = router(st.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    const CREDS: &str = r#"{"username":"zoe","password":"zoe-password"}"#;
+
+    async fn jwt(st: &Arc<AdminState>, peer: &str, xff: &str) -> String {
+        let (s, v) = call(
+            st,
+            peer,
+            "POST",
+            "/api/login",
+            &[("x-forwarded-for", xff)],
+            CREDS,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path()).await;
+        let (s, _) = call(&st, "10.0.0.1", "POST", "/api/register", &[], CREDS).await;
+        assert_eq!(s, StatusCode::CREATED);
+        let via_proxy = jwt(&st, "10.0.0.1", "198.51.100.7").await;
+        let direct = jwt(&st, "192.0.2.9", "198.51.100.8").await;
+        let auth = format!("Bearer {direct}");
+        let (_, v) = call(
+            &st,
+            "192.0.2.9",
+            "GET",
+            "/api/sessions",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+        let mut ips: Vec<&str> = v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["ip"].as_str().unwrap())
+            .collect();
+        ips.sort();
+        assert_eq!(ips, vec!["192.0.2.9", "198.51.100.7"]);
+        // Each client IP behind the proxy has its own login budget (2 a minute here);
+        // the proxy's own address is not what is limited.
+        assert!(!via_proxy.is_empty());
+        let again = || {
+            call(
+                &st,
+                "10.0.0.1",
+                "POST",
+                "/api/login",
+                &[("x-forwarded-for", "198.51.100.7")],
+                CREDS,
+            )
+        };
+        assert_eq!(
+            again().await.0,
+            StatusCode::OK,
+            "198.51.100.7's second attempt"
+        );
+        assert_eq!(again().await.0, StatusCode::TOO_MANY_REQUESTS, "and third");
+        let (s, _) = call(
+            &st,
+            "10.0.0.1",
+            "POST",
+            "/api/login",
+            &[("x-forwarded-for", "198.51.100.9")],
+            CREDS,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "another client behind the same proxy");
+    }
+
+    #[tokio::test]
+    async fn only_trusted_backends_name_the_viewer_and_the_token_binds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path()).await;
+        call(&st, "10.0.0.2", "POST", "/api/register", &[], CREDS).await;
+        let auth = format!("Bearer {}", jwt(&st, "10.0.0.2", "").await);
+        let (s, v) = call(
+            &st,
+            "10.0.0.2",
+            "POST",
+            "/api/streams",
+            &[("authorization", &auth)],
+            r#"{"url":"http://127.0.0.1:9/live/index.m3u8"}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let uri = format!("/api/stream?streamID={}", v["id"]);
+        let viewer = [
+            ("authorization", auth.as_str()),
+            ("x-viewer-ip", "203.0.113.50"),
+            ("x-viewer-user-agent", "tv/1"),
+            ("user-agent", "backend/1"),
+        ];
+        let (s, v) = call(&st, "10.0.0.3", "GET", &uri, &viewer, "").await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        let (s, v) = call(&st, "10.0.0.2", "GET", &uri, &viewer, "").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let url = v["url"].as_str().unwrap();
+        let parts: Vec<&str> = url.split('/').collect();
+        let (tok, stream) = (parts[5], parts[6]);
+        let check = |ip: &str, ua: &str| {
+            st.keyring.verify(
+                tok,
+                &Viewer {
+                    stream,
+                    ip: ip.parse().unwrap(),
+                    ua,
+                    now: crate::token::unix_now(),
+                },
+            )
+        };
+        let ok = check("203.0.113.50", "tv/1").unwrap();
+        assert!(ok.stored_session());
+        assert_eq!(check("10.0.0.2", "tv/1"), Err(TokenError::WrongViewer));
+        assert_eq!(
+            check("203.0.113.50", "backend/1"),
+            Err(TokenError::WrongViewer)
+        );
+        let (s, _) = call(
+            &st,
+            "10.0.0.2",
+            "GET",
+            &uri,
+            &[
+                ("authorization", auth.as_str()),
+                ("x-viewer-ip", "not-an-ip"),
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+    }
+}
