@@ -92,13 +92,26 @@ fn too_many(seconds: u64) -> ApiError {
     }
 }
 
-/// Run CPU-heavy work (argon2) off the async workers.
+/// Run blocking work (DNS resolution) off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+}
+
+/// Run argon2 off the async workers, at most `hash_slots` at a time.
+async fn hashing<T: Send + 'static>(
+    st: &AdminState,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _slot = st
+        .hash_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
+    blocking(f).await
 }
 
 /// The logged-in caller: a valid JWT naming a live session of its user.
@@ -182,7 +195,7 @@ async fn register(
     let c: Credentials = parse(&body)?;
     check_new_user(&c)?;
     let password = c.password;
-    let hash = blocking(move || auth::hash_password(&password)).await?;
+    let hash = hashing(&st, move || auth::hash_password(&password)).await?;
     match st.store.create_user(&c.username, &hash, now_ms()).await {
         Ok(user) => {
             tracing::info!(user = user.id, "user registered");
@@ -223,7 +236,7 @@ async fn login(
         .map(|u| u.password_hash.clone())
         .unwrap_or_else(|| st.dummy_hash.clone());
     let password = c.password;
-    let ok = blocking(move || auth::verify_password(&password, &phc)).await?;
+    let ok = hashing(&st, move || auth::verify_password(&password, &phc)).await?;
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!(client = %ip, "login refused");
         return Err(invalid());
@@ -697,6 +710,34 @@ mod tests {
         )
         .await;
         assert_eq!(s, StatusCode::OK, "another client behind the same proxy");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn argon2_runs_at_most_one_per_cpu_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path()).await;
+        let cap = st.hash_slots.available_permits();
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..cap * 4 {
+            let (st, inflight, max) = (st.clone(), inflight.clone(), max.clone());
+            tasks.spawn(async move {
+                hashing(&st, move || {
+                    let n = inflight.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(n, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    inflight.fetch_sub(1, Ordering::SeqCst);
+                })
+                .await
+                .unwrap()
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let max = max.load(Ordering::SeqCst);
+        assert!(max <= cap, "{max} argon2 runs at once, cap {cap}");
+        assert!(max >= cap.min(2), "they do run in parallel: {max}");
     }
 
     #[tokio::test]

@@ -36,6 +36,9 @@ pub struct AdminState {
     /// A hash checked when the user does not exist, so that answer takes as long as a
     /// wrong password.
     pub dummy_hash: String,
+    /// argon2 runs (19 MiB each) at once: one per CPU; more callers wait their turn, so a
+    /// burst of logins cannot take the machine's memory or starve the edge.
+    pub hash_slots: tokio::sync::Semaphore,
 }
 
 impl AdminState {
@@ -47,6 +50,9 @@ impl AdminState {
             per_ip: auth::RateLimiter::new(cfg.admin.login_attempts_per_ip),
             per_user: auth::RateLimiter::new(cfg.admin.login_attempts_per_user),
             dummy_hash: auth::hash_password(&format!("{pw:?}")),
+            hash_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             store: directory.store().clone(),
             directory,
             cfg,
