@@ -68,6 +68,35 @@ const USER_COLS: &str = "id, username, password_hash, created_at";
 const SESSION_COLS: &str = "id, user_id, created_at, expires_at, ip, user_agent";
 const STREAM_COLS: &str = "id, user_id, base_url, endpoint, created_at, updated_at";
 
+fn migration_error(version: i64, e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("migration {version:04}: {e}"))
+}
+
+/// In transaction `$tx`: record migration `$version` and run its `$sql`, unless another
+/// process recorded it first (then nothing). Returns early with the error on failure.
+macro_rules! apply_migration {
+    ($tx:ident, $version:expr, $sql:expr) => {
+        let version: i64 = $version;
+        let fresh = sqlx::query(
+            "INSERT INTO hlsgate_migrations (version, applied_at) VALUES ($1, $2) \
+             ON CONFLICT (version) DO NOTHING",
+        )
+        .bind(version)
+        .bind(super::now_ms())
+        .execute(&mut *$tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected()
+            > 0;
+        if fresh {
+            sqlx::raw_sql($sql)
+                .execute(&mut *$tx)
+                .await
+                .map_err(|e| migration_error(version, e))?;
+        }
+    };
+}
+
 /// The `Store` methods, written once for both pools.
 macro_rules! sql_store {
     ($store:ident, $backend:literal) => {
@@ -322,23 +351,7 @@ impl SqliteStore {
         for (version, sql) in SQLITE_MIGRATIONS {
             let mut tx = self.pool.begin().await.map_err(unavailable)?;
             // The insert takes the write lock first: a second process waits, then skips.
-            let fresh = sqlx::query(
-                "INSERT INTO hlsgate_migrations (version, applied_at) VALUES ($1, $2) \
-                 ON CONFLICT (version) DO NOTHING",
-            )
-            .bind(version)
-            .bind(super::now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .rows_affected()
-                > 0;
-            if fresh {
-                sqlx::raw_sql(sql)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| migration_error(*version, e))?;
-            }
+            apply_migration!(tx, *version, sql);
             tx.commit().await.map_err(unavailable)?;
         }
         Ok(())
@@ -363,10 +376,6 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn create_private(_path: &std::path::Path) -> std::io::Result<()> {
     Ok(())
-}
-
-fn migration_error(version: i64, e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(format!("migration {version:04}: {e}"))
 }
 
 sql_store!(SqliteStore, "sqlite");
@@ -404,23 +413,7 @@ impl PgStore {
             .await
             .map_err(unavailable)?;
         for (version, sql) in POSTGRES_MIGRATIONS {
-            let fresh = sqlx::query(
-                "INSERT INTO hlsgate_migrations (version, applied_at) VALUES ($1, $2) \
-                 ON CONFLICT (version) DO NOTHING",
-            )
-            .bind(version)
-            .bind(super::now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .rows_affected()
-                > 0;
-            if fresh {
-                sqlx::raw_sql(sql)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| migration_error(*version, e))?;
-            }
+            apply_migration!(tx, *version, sql);
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(())
