@@ -466,6 +466,13 @@ fn bad_input_is_refused_clearly(backend: Backend) {
         (s, m.as_str()),
         (400, "password must be at least 8 characters")
     );
+    let big = format!(
+        r#"{{"username":"big","password":"{}"}}"#,
+        "a".repeat(70_000)
+    );
+    let (s, v, _) = api(a, "POST", "/api/register", None, Some(&big), &[]);
+    assert_eq!(s, 413, "{v}");
+    assert!(v["error"].is_string(), "a JSON error: {v}");
     let jwt = login(a, "frank", "frank-password");
     let (s, m) = reg(r#"{"username":"frank","password":"another password"}"#);
     assert_eq!((s, m.as_str()), (409, "username already taken"));

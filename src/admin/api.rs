@@ -9,7 +9,8 @@ use crate::origin::Origin;
 use crate::store::{self, now_ms, session_bytes, session_hex, Session, StreamRecord};
 use crate::token::{self, Binding, Grant};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -17,7 +18,6 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -60,9 +60,14 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
-/// Parse a JSON body; any problem is a 400 naming it (the seed's "Cannot parse JSON").
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| bad(format!("Cannot parse JSON: {e}")))
+/// A request body, or why it could not be read (too large: 413).
+type Body = Result<Bytes, BytesRejection>;
+
+/// Parse a JSON body; any problem is a 400 naming it (the seed's "Cannot parse JSON"), a
+/// body over the 64 KiB limit a 413, both as JSON.
+fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| bad(format!("Cannot parse JSON: {e}")))
 }
 
 /// The client as the admin sees it: TCP peer, or X-Forwarded-For from a trusted proxy.
@@ -187,12 +192,12 @@ async fn register(
     State(st): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
     let ip = client(&st, peer, &headers);
     // Hashing is deliberately expensive: unauthenticated callers share the login budget.
     st.per_ip.attempt(&format!("ip {ip}")).map_err(too_many)?;
-    let c: Credentials = parse(&body)?;
+    let c: Credentials = parse(body)?;
     check_new_user(&c)?;
     let password = c.password;
     let hash = hashing(&st, move || auth::hash_password(&password)).await?;
@@ -217,11 +222,11 @@ async fn login(
     State(st): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
     let ip = client(&st, peer, &headers);
     st.per_ip.attempt(&format!("ip {ip}")).map_err(too_many)?;
-    let c: Credentials = parse(&body)?;
+    let c: Credentials = parse(body)?;
     st.per_user
         .attempt(&format!("user {}", c.username))
         .map_err(too_many)?;
@@ -374,9 +379,9 @@ struct UrlBody {
     url: String,
 }
 
-async fn create_stream(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn create_stream(State(st): St, headers: HeaderMap, body: Body) -> ApiResult {
     let c = caller(&st, &headers).await?;
-    let b: UrlBody = parse(&body)?;
+    let b: UrlBody = parse(body)?;
     let (base, endpoint) = check_origin_url(&st, &b.url).await?;
     let s = st
         .store
@@ -410,11 +415,11 @@ async fn update_stream(
     State(st): St,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
     let c = caller(&st, &headers).await?;
     let id = path_id(&id)?;
-    let b: UrlBody = parse(&body)?;
+    let b: UrlBody = parse(body)?;
     let (base, endpoint) = check_origin_url(&st, &b.url).await?;
     let s = st
         .store
@@ -463,9 +468,9 @@ struct SeedUpdate {
 /// `POST /api/update-stream`: update the caller's stream, or (as the seed does) create a
 /// new one for the caller when the id is not theirs or unknown. Another user's stream is
 /// never touched.
-async fn seed_update_stream(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn seed_update_stream(State(st): St, headers: HeaderMap, body: Body) -> ApiResult {
     let c = caller(&st, &headers).await?;
-    let b: SeedUpdate = parse(&body)?;
+    let b: SeedUpdate = parse(body)?;
     let id = stream_id_value(&b.stream_id)?;
     let (base, endpoint) = check_origin_url(&st, &b.new_url).await?;
     let now = now_ms();
@@ -504,11 +509,15 @@ async fn playback_url(
     State(st): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult {
     let c = caller(&st, &headers).await?;
+    // Read by hand: the seed's only parameter, and no extractor's plain-text 400.
     let id = q
-        .get("streamID")
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("streamID="))
         .and_then(|s| s.parse::<i64>().ok())
         .filter(|n| *n > 0)
         .ok_or_else(|| bad("streamID must be a positive integer"))?;

@@ -32,6 +32,10 @@ pub struct Directory {
     rt: Handle,
     streams: Cache<i64, Option<Arc<Stream>>>,
     sessions: Cache<[u8; 16], Option<LiveSession>>,
+    /// Sessions this process ended (admin in `serve`), remembered longer than a cache
+    /// entry lives: a store query that was already running when the session ended cannot
+    /// put it back as live.
+    ended: moka::sync::Cache<[u8; 16], ()>,
 }
 
 impl Directory {
@@ -46,6 +50,10 @@ impl Directory {
             sessions: Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl)
+                .build(),
+            ended: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live((ttl * 4).max(Duration::from_secs(10)))
                 .build(),
         }
     }
@@ -100,6 +108,9 @@ impl Directory {
 
     /// The session if it is live now.
     pub async fn session(&self, id: [u8; 16]) -> Result<Option<LiveSession>, Arc<StoreError>> {
+        if self.ended.contains_key(&id) {
+            return Ok(None);
+        }
         let found = match self.sessions.get(&id).await {
             Some(hit) => hit,
             None => {
@@ -123,6 +134,7 @@ impl Directory {
     }
 
     pub async fn forget_session(&self, id: [u8; 16]) {
+        self.ended.insert(id, ());
         self.sessions.invalidate(&id).await;
     }
 
@@ -143,4 +155,44 @@ pub fn to_stream(r: &StreamRecord) -> Option<Stream> {
         playlist,
         owner: Some(r.user_id),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{now_ms, Session};
+
+    #[tokio::test]
+    async fn the_cache_serves_the_store_and_forgetting_ends_a_session_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(&format!("sqlite://{}/s.db", dir.path().display()))
+            .await
+            .unwrap();
+        let user = store.create_user("u", "h", 0).await.unwrap();
+        let id = [3u8; 16];
+        let now = now_ms();
+        let s = Session {
+            id: session_hex(&id),
+            user_id: user.id,
+            created_at: now,
+            expires_at: now + 60_000,
+            ip: String::new(),
+            user_agent: String::new(),
+        };
+        store.create_session(&s, 0).await.unwrap();
+        let d = Directory::new(store.clone(), Handle::current(), Duration::from_secs(60));
+        let live = d.session(id).await.unwrap().unwrap();
+        assert_eq!(live.user_id, user.id);
+        // Ended behind the cache's back (another process): still cached as live.
+        assert!(store.delete_session(user.id, &s.id).await.unwrap());
+        assert!(d.session(id).await.unwrap().is_some());
+        // Ended through this process: gone at once, and a late store answer (a query that
+        // was running when it ended) cannot bring it back.
+        d.forget_session(id).await;
+        assert_eq!(d.session(id).await.unwrap(), None);
+        d.sessions.insert(id, Some(live)).await;
+        assert_eq!(d.session(id).await.unwrap(), None);
+        // Unknown streams are cached as not found too.
+        assert!(d.stream(42).await.unwrap().is_none());
+    }
 }
