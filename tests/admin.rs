@@ -461,6 +461,8 @@ fn bad_input_is_refused_clearly(backend: Backend) {
         reg(r#"{"username":"bad name","password":"long enough"}"#).0,
         400
     );
+    let (s, m) = reg(r#"{"username":"samename","password":"SameName"}"#);
+    assert_eq!((s, m.as_str()), (400, "password must not be the username"));
     let (s, m) = reg(r#"{"username":"frank","password":"short"}"#);
     assert_eq!(
         (s, m.as_str()),
