@@ -290,7 +290,8 @@ async fn logout(State(st): St, headers: HeaderMap) -> ApiResult {
 
 async fn end_session(st: &AdminState, user_id: i64, id: &str) -> Result<bool, ApiError> {
     let found = st.store.delete_session(user_id, id).await?;
-    if let Some(b) = session_bytes(id) {
+    // Only a session this user really ended: forgetting marks it ended for the edge.
+    if let Some(b) = session_bytes(id).filter(|_| found) {
         st.directory.forget_session(b).await;
     }
     Ok(found)
