@@ -732,3 +732,28 @@ fn a_store_outage_fails_closed() {
         "static streams do not need the store"
     );
 }
+
+/// A client that never finishes its request headers is cut off after the admin's header
+/// timeout (10 s), so slow or idle connections cannot pile up.
+#[test]
+fn a_stalled_admin_client_is_disconnected() {
+    use std::io::{Read, Write};
+    let w = world(Backend::Sqlite, "");
+    let _h = w.serve();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", w.ports.admin)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let n = s.read_to_end(&mut buf);
+    let took = t.elapsed();
+    assert!(
+        n.is_ok(),
+        "closed by the server, not our read timeout: {n:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(8) && took < Duration::from_secs(15),
+        "closed after {took:?}"
+    );
+}

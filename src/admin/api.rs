@@ -47,6 +47,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn(
+            |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                match tokio::time::timeout(super::REQUEST_TIMEOUT, next.run(req)).await {
+                    Ok(r) => r,
+                    Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "request took too long")
+                        .into_response(),
+                }
+            },
+        ))
         .with_state(state)
 }
 

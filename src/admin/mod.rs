@@ -19,7 +19,6 @@ use crate::store::{Directory, Store};
 use crate::token::Keyring;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// What every admin request shares.
@@ -102,15 +101,40 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Serve the admin API on `listener` until the future is dropped.
+/// Longest a client may take to send a request's headers, and to wait idle between
+/// requests on a keep-alive connection; then the connection is closed.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest one request may take, its body included (then 408).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serve the admin API on `listener` until the future is dropped. Each connection is
+/// served by hyper with [`HEADER_TIMEOUT`], so slow or idle clients cannot pile up.
 pub async fn serve(
     state: Arc<AdminState>,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
     let app = api::router(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let svc = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        tokio::spawn(async move {
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let _ = b
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                .await;
+        });
+    }
 }
