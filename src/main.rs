@@ -177,26 +177,25 @@ enum Role {
 fn run(path: &Path, role: Role) -> anyhow::Result<()> {
     let (cfg, keyring) = load(path)?;
     init_logging();
-    // Pingora cannot report a busy port as an error; find out first.
-    let mut ports = Vec::new();
-    if role != Role::Admin {
-        ports.push(("edge.listen", cfg.edge.listen));
-        ports.push(("metrics.listen", cfg.metrics_listen));
-    }
-    if role != Role::Edge {
-        ports.push(("admin.listen", cfg.admin.listen));
-    }
-    let mut bound = Vec::new();
-    for (key, addr) in ports {
-        let l = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("{}: {key}: cannot listen on {addr}", path.display()))?;
-        bound.push((key, l));
-    }
-    let admin_listener = bound
-        .iter()
-        .position(|(k, _)| *k == "admin.listen")
-        .map(|i| bound.swap_remove(i).1);
-    drop(bound); // Pingora binds the edge and metrics ports itself.
+    let bind = |key: &str, addr: std::net::SocketAddr| {
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("{}: {key}: cannot listen on {addr}", path.display()))
+    };
+    // Pingora cannot report a busy port as an error; find out first. The probes are held
+    // until all are bound (so two keys naming one port are caught), then dropped for
+    // Pingora to bind them itself.
+    let probes = match role {
+        Role::Admin => Vec::new(),
+        Role::Serve | Role::Edge => vec![
+            bind("edge.listen", cfg.edge.listen)?,
+            bind("metrics.listen", cfg.metrics_listen)?,
+        ],
+    };
+    let admin_listener = match role {
+        Role::Edge => None,
+        Role::Serve | Role::Admin => Some(bind("admin.listen", cfg.admin.listen)?),
+    };
+    drop(probes);
 
     // The store and the admin run on their own runtime; Pingora's runtimes only await it.
     let rt = tokio::runtime::Builder::new_multi_thread()
