@@ -4,7 +4,7 @@
 
 use super::auth::{self, Claims};
 use super::{AdminState, ApiError};
-use crate::edge::client::client_ip;
+use crate::edge::client::{client_ip, in_nets};
 use crate::origin::Origin;
 use crate::store::{self, now_ms, session_bytes, session_hex, Session, StreamRecord};
 use crate::token::{self, Binding, Grant};
@@ -542,13 +542,7 @@ async fn playback_url(
     let given_ip = headers.get("x-viewer-ip");
     let given_ua = headers.get("x-viewer-user-agent");
     if given_ip.is_some() || given_ua.is_some() {
-        let trusted = st
-            .cfg
-            .admin
-            .trusted_backends
-            .iter()
-            .any(|n| n.contains(&peer.ip().to_canonical()));
-        if !trusted {
+        if !in_nets(peer.ip(), &st.cfg.admin.trusted_backends) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "X-Viewer-IP / X-Viewer-User-Agent are only accepted from admin.trusted_backends",

@@ -4,13 +4,19 @@
 use ipnet::IpNet;
 use std::net::IpAddr;
 
+/// Whether `ip` (IPv4-mapped IPv6 taken as IPv4) is in one of `nets`.
+pub fn in_nets(ip: IpAddr, nets: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|n| n.contains(&ip))
+}
+
 /// `peer` is the TCP peer; `xff` every `X-Forwarded-For` header value in order.
 pub fn client_ip<'a>(
     peer: IpAddr,
     xff: impl Iterator<Item = &'a [u8]>,
     trusted: &[IpNet],
 ) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&ip.to_canonical()));
+    let is_trusted = |ip: &IpAddr| in_nets(*ip, trusted);
     if !is_trusted(&peer) {
         return peer;
     }
