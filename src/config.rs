@@ -2,11 +2,12 @@
 //! check) parsed and validated into [`Config`]. Every error names the file, the key and the
 //! problem on one line. The shipped `conf/hlsgate.yaml` documents every key and its default.
 
-use crate::origin::{self, Origin};
+use crate::origin::Origin;
+use crate::stream::AllowEntry;
+pub use crate::stream::{valid_stream_id, OriginPolicy, Stream};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -157,6 +158,11 @@ struct FileEdge {
     grace_period: Duration,
     #[serde(deserialize_with = "duration")]
     idle_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    header_timeout: Duration,
+    max_connections: usize,
+    #[serde(deserialize_with = "duration")]
+    origin_total_timeout: Duration,
 }
 
 impl Default for FileEdge {
@@ -169,6 +175,9 @@ impl Default for FileEdge {
             origin_read_timeout: Duration::from_secs(15),
             grace_period: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 20_000,
+            origin_total_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -262,6 +271,8 @@ impl Default for FileTokens {
 #[serde(deny_unknown_fields, default)]
 struct FileOrigins {
     allow: Vec<String>,
+    users: Vec<String>,
+    media_types: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +312,12 @@ pub struct Edge {
     pub grace_period: Duration,
     /// Longest a viewer's keep-alive connection may sit idle between requests.
     pub idle_timeout: Duration,
+    /// Longest a viewer may take to send one whole request header.
+    pub header_timeout: Duration,
+    /// Most viewer connections open at once; past it new ones get 503.
+    pub max_connections: usize,
+    /// Longest one origin fetch may take from connect to its last body byte.
+    pub origin_total_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -338,46 +355,6 @@ impl Tokens {
             IpAddr::V6(_) => self.bind_ipv6_prefix,
         }
     }
-}
-
-/// Which private/loopback origins are allowed although they are private.
-#[derive(Debug, Clone, Default)]
-pub struct OriginPolicy {
-    pub allow_nets: Vec<IpNet>,
-    pub allow_hosts: Vec<String>,
-}
-
-impl OriginPolicy {
-    /// Whether an origin at `ip` (reached by the name `host`) may be fetched from.
-    pub fn permits(&self, host: &str, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        !origin::is_internal(ip)
-            || self.allow_nets.iter().any(|n| n.contains(&ip))
-            || self
-                .allow_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(host))
-    }
-}
-
-/// A stream: its id, its origin and its playlist's file name.
-#[derive(Debug, Clone)]
-pub struct Stream {
-    pub id: String,
-    pub origin: Origin,
-    /// Path of the playlist below the origin base (the part after the last `/`).
-    pub playlist: String,
-    /// The user a stream from the store belongs to (`None`: a static stream).
-    pub owner: Option<i64>,
-}
-
-/// Stream ids appear in URLs and tokens: `[A-Za-z0-9_-]{1,64}`.
-pub fn valid_stream_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= crate::token::MAX_STREAM_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 impl Config {
@@ -427,10 +404,21 @@ impl Config {
             ("edge.origin_connect_timeout", f.edge.origin_connect_timeout),
             ("edge.origin_read_timeout", f.edge.origin_read_timeout),
             ("edge.idle_timeout", f.edge.idle_timeout),
+            ("edge.header_timeout", f.edge.header_timeout),
+            ("edge.origin_total_timeout", f.edge.origin_total_timeout),
         ] {
             if d.is_zero() {
                 return Err(err(key, "must be more than 0s".into()));
             }
+        }
+        if f.edge.max_connections == 0 {
+            return Err(err("edge.max_connections", "must be more than 0".into()));
+        }
+        if f.edge.origin_total_timeout < f.edge.origin_read_timeout {
+            return Err(err(
+                "edge.origin_total_timeout",
+                "must not be shorter than edge.origin_read_timeout".into(),
+            ));
         }
         let public = f.admin.public_edge_url.trim_end_matches('/').to_owned();
         if !(public.starts_with("http://") || public.starts_with("https://")) {
@@ -498,20 +486,51 @@ impl Config {
             }
         }
 
-        let mut origins = OriginPolicy::default();
+        let mut origins = OriginPolicy {
+            own: vec![f.edge.listen, f.admin.listen, f.metrics.listen],
+            ..OriginPolicy::default()
+        };
         for (i, a) in f.origins.allow.iter().enumerate() {
-            match parse_net(a) {
-                Some(n) => origins.allow_nets.push(n),
-                None if origin::valid_hostname(a) => {
-                    origins.allow_hosts.push(a.to_ascii_lowercase())
-                }
+            match AllowEntry::parse(a) {
+                Some(e) => origins.allow.push(e),
                 None => {
                     return Err(err(
                         &format!("origins.allow[{i}]"),
-                        format!("{a:?} is neither an IP, a CIDR nor a host name"),
+                        format!(
+                            "{a:?} is neither an IP, a CIDR nor a host name \
+                             (each optionally with :PORT; IPv6 with a port in brackets)"
+                        ),
                     ))
                 }
             }
+        }
+        for (i, u) in f.origins.users.iter().enumerate() {
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && Origin::from_playlist_url(&format!("{u}x.m3u8")).is_ok()
+                && u.ends_with('/');
+            if !ok {
+                return Err(err(
+                    &format!("origins.users[{i}]"),
+                    format!("{u:?} must be an http(s) URL prefix ending in `/`"),
+                ));
+            }
+            origins.users.push(u.clone());
+        }
+        for (i, t) in f.origins.media_types.iter().enumerate() {
+            let t = t.trim().to_ascii_lowercase();
+            let valid = t.split_once('/').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a != "*"
+                    && t.bytes().all(|c| c.is_ascii_graphic() && c != b';')
+            });
+            if !valid {
+                return Err(err(
+                    &format!("origins.media_types[{i}]"),
+                    format!("{t:?} is not a media type (e.g. \"video/mp2t\", \"video/*\")"),
+                ));
+            }
+            origins.media_types.push(t);
         }
 
         let mut streams = BTreeMap::new();
@@ -530,7 +549,21 @@ impl Config {
                 ));
             }
             let (origin, playlist) = Origin::from_playlist_url(&s.url).map_err(|p| err(&key, p))?;
-            origin.check_allowed(&origins).map_err(|p| err(&key, p))?;
+            origin.check_allowed(&origins).map_err(|e| {
+                // The operator may be told more than a user: the host is named.
+                let what = match &origin {
+                    Origin::Http { host, port, .. } => format!("origin {host} port {port}"),
+                    Origin::File { .. } => "origin".into(),
+                };
+                err(
+                    &key,
+                    format!(
+                        "{what} is {e}: a private, loopback or link-local address (name it \
+                         in origins.allow, with its port), one of hlsgate's own listeners, \
+                         or a name that does not resolve"
+                    ),
+                )
+            })?;
             streams.insert(
                 id.clone(),
                 Stream {
@@ -552,6 +585,9 @@ impl Config {
                 origin_read_timeout: f.edge.origin_read_timeout,
                 grace_period: f.edge.grace_period,
                 idle_timeout: f.edge.idle_timeout,
+                header_timeout: f.edge.header_timeout,
+                max_connections: f.edge.max_connections,
+                origin_total_timeout: f.edge.origin_total_timeout,
             },
             admin: Admin {
                 listen: f.admin.listen,
@@ -584,12 +620,6 @@ impl Config {
             cache_lock_timeout: f.cache.lock_timeout,
             streams,
         })
-    }
-}
-
-impl fmt::Display for Stream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} -> {}{}", self.id, self.origin, self.playlist)
     }
 }
 

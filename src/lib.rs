@@ -2,8 +2,11 @@
 //!
 //! - [`token`]: stateless stream tokens (HMAC-SHA256, key ids, viewer binding)
 //! - [`playlist`]: the incremental m3u8 rewriter
-//! - [`edge`]: the Pingora proxy that checks tokens and rewrites playlists
-//! - [`config`], [`origin`]: the YAML config and stream origins
+//! - [`playback`]: the edge's URL grammar (`/api/hls/{token}/{stream}/{path}`), built and
+//!   parsed in one place
+//! - [`edge`]: the Pingora proxy; [`edge::admission`] decides every request without sockets
+//! - [`config`], [`origin`], [`stream`]: the YAML config, stream origins and where they may point
+//! - [`net`], [`media`]: addresses (internal, client IP) and object kinds / media types
 //! - [`store`]: users, sessions and streams over SQLite or PostgreSQL
 //! - [`admin`]: the admin sidecar's HTTP API
 
@@ -11,8 +14,12 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod edge;
+pub mod media;
 pub mod metrics;
+pub mod net;
 pub mod origin;
+pub mod playback;
 pub mod playlist;
 pub mod store;
+pub mod stream;
 pub mod token;

@@ -55,7 +55,9 @@ enum Command {
         /// Bind the token to this exact User-Agent.
         #[arg(long)]
         ua: Option<String>,
-        /// Lifetime in seconds (default: tokens.ttl).
+        /// Lifetime in seconds (default: tokens.ttl). An unbound token and every renewal
+        /// of it stop working then; one bound to both --ip and --ua is renewed for that
+        /// viewer until tokens.session_ttl.
         #[arg(long)]
         ttl: Option<u32>,
     },
@@ -144,8 +146,17 @@ fn print_token(
         .get(stream)
         .ok_or_else(|| anyhow!("unknown stream {stream:?} (not in {})", path.display()))?;
     let now = token::unix_now();
+    let fully_bound = ip.is_some() && ua.is_some();
+    // `--ttl` means what it says for a URL anyone could use: an unbound token and anything
+    // renewed from it end then (a leaked URL must not become a bearer credential for the
+    // session's 12 h). A token bound to both IP and User-Agent is renewed for that viewer
+    // until tokens.session_ttl, as the seed does.
     let ttl = ttl.unwrap_or(cfg.tokens.ttl.as_secs() as u32).max(1);
-    let session_ttl = (cfg.tokens.session_ttl.as_secs() as u32).max(ttl);
+    let session_ttl = if fully_bound {
+        (cfg.tokens.session_ttl.as_secs() as u32).max(ttl)
+    } else {
+        ttl
+    };
     let grant = Grant {
         stream: s.id.clone(),
         session: token::new_session_id(),
@@ -158,11 +169,13 @@ fn print_token(
         stored_session: false,
     };
     println!(
-        "{}/api/hls/{}/{}/{}",
-        cfg.admin.public_edge_url,
-        keyring.issue(&grant),
-        s.id,
-        s.playlist
+        "{}",
+        hlsgate::playback::url(
+            &cfg.admin.public_edge_url,
+            &keyring.issue(&grant),
+            &s.id,
+            &s.playlist
+        )
     );
     Ok(())
 }

@@ -4,10 +4,11 @@
 //! `/` into the origin base (a folder) and the playlist name. `{path}` of an edge request is
 //! always resolved below that base.
 
-use crate::config::OriginPolicy;
+pub use crate::net::is_internal;
 use crate::playlist::OriginSpace;
+use crate::stream::OriginPolicy;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv6Addr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -114,9 +115,11 @@ impl Origin {
         }
     }
 
-    /// Refuse origins on internal addresses that the allow-list does not name. Names are
-    /// resolved now; the edge checks the addresses again when it connects.
-    pub fn check_allowed(&self, policy: &OriginPolicy) -> Result<(), String> {
+    /// Refuse origins on internal addresses that the allow-list does not name, and
+    /// hlsgate's own listeners. Names are resolved now; the edge checks the addresses again
+    /// when it connects. The error says no more than "not an allowed origin": a user must
+    /// not learn what an internal name resolves to, or whether it resolves at all.
+    pub fn check_allowed(&self, policy: &OriginPolicy) -> Result<(), NotAllowed> {
         let Origin::Http { host, port, .. } = self else {
             return Ok(());
         };
@@ -124,19 +127,21 @@ impl Origin {
             Ok(ip) => vec![ip],
             Err(_) => (host.as_str(), *port)
                 .to_socket_addrs()
-                .map_err(|e| format!("origin host {host:?} does not resolve: {e}"))?
+                .map_err(|_| NotAllowed)?
                 .map(|a| a.ip())
                 .collect(),
         };
-        match addrs.iter().find(|ip| !policy.permits(host, **ip)) {
-            Some(ip) => Err(format!(
-                "origin {host} is a private, loopback or link-local address ({ip}); \
-                 name it in origins.allow to use it as an origin"
-            )),
-            None => Ok(()),
+        if addrs.is_empty() || addrs.iter().any(|ip| !policy.permits(host, *ip, *port)) {
+            return Err(NotAllowed);
         }
+        Ok(())
     }
 }
+
+/// An origin the policy refuses (or a name that does not resolve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not an allowed origin")]
+pub struct NotAllowed;
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -192,80 +197,9 @@ pub fn valid_hostname(h: &str) -> bool {
         })
 }
 
-/// Loopback, private, link-local (cloud metadata lives at 169.254.169.254), CGNAT,
-/// unspecified, multicast, broadcast, documentation/benchmark ranges, and IPv6's
-/// equivalents: addresses an edge must not be turned against.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => is_internal_v4(v4),
-        IpAddr::V6(v6) => {
-            let seg0 = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (seg0 & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (seg0 & 0xffc0) == 0xfec0 // site-local (deprecated)
-                || seg0 == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
-                || v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] // NAT64 of v4
-                    && is_internal_v4(Ipv4Addr::from(
-                        (u128::from(v6) as u32).to_be_bytes(),
-                    ))
-        }
-    }
-}
-
-fn is_internal_v4(v4: Ipv4Addr) -> bool {
-    let o = v4.octets();
-    v4.is_loopback()
-        || v4.is_private()
-        || v4.is_link_local()
-        || v4.is_unspecified()
-        || v4.is_broadcast()
-        || v4.is_multicast()
-        || v4.is_documentation()
-        || o[0] == 0
-        || (o[0] == 100 && (o[1] & 0xc0) == 64) // CGNAT 100.64/10
-        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF 192.0.0/24
-        || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18/15
-        || o[0] >= 240 // reserved
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn internal_addresses() {
-        for ip in [
-            "127.0.0.1",
-            "10.0.0.1",
-            "172.16.5.4",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "255.255.255.255",
-            "224.0.0.1",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "64:ff9b::a9fe:a9fe",
-            "::",
-        ] {
-            assert!(is_internal(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in [
-            "93.184.216.34",
-            "1.1.1.1",
-            "2606:4700::1111",
-            "::ffff:8.8.8.8",
-        ] {
-            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
-        }
-    }
 
     #[test]
     fn split_urls_as_the_seed_does() {

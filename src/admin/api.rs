@@ -4,7 +4,7 @@
 
 use super::auth::{self, Claims};
 use super::{AdminState, ApiError};
-use crate::edge::client::{client_ip, in_nets};
+use crate::net::{client_ip, in_nets};
 use crate::origin::Origin;
 use crate::store::{self, now_ms, session_bytes, session_hex, Session, StreamRecord};
 use crate::token::{self, Binding, Grant};
@@ -47,6 +47,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn(require_json))
         .layer(axum::middleware::from_fn(
             |req: axum::extract::Request, next: axum::middleware::Next| async move {
                 match tokio::time::timeout(super::REQUEST_TIMEOUT, next.run(req)).await {
@@ -57,6 +58,29 @@ pub fn router(state: Arc<AdminState>) -> Router {
             },
         ))
         .with_state(state)
+}
+
+/// A request with a body must say it is JSON. A browser sends `text/plain`, form or
+/// multipart bodies cross-site without asking (no CORS preflight): refusing them is what
+/// keeps another site from registering or logging in through a visitor's browser.
+async fn require_json(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let h = req.headers();
+    let has_body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let json = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if has_body && !json {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "request bodies must be Content-Type: application/json",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn openapi() -> Response {
@@ -170,16 +194,18 @@ struct Credentials {
     password: String,
 }
 
+/// A name a user could have: 3-64 of `A-Z a-z 0-9 . _ @ -`.
+fn valid_username(u: &str) -> bool {
+    (3..=64).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+}
+
 /// Usernames: 3-64 of `A-Z a-z 0-9 . _ @ -`. Passwords: at least 8 characters, at most
 /// 1024 bytes, not the username.
 fn check_new_user(c: &Credentials) -> Result<(), ApiError> {
     let u = &c.username;
-    if u.len() < 3
-        || u.len() > 64
-        || !u
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
-    {
+    if !valid_username(u) {
         return Err(bad(
             "username must be 3-64 characters of A-Z a-z 0-9 . _ @ -",
         ));
@@ -205,7 +231,7 @@ async fn register(
 ) -> ApiResult {
     let ip = client(&st, peer, &headers);
     // Hashing is deliberately expensive: unauthenticated callers share the login budget.
-    st.per_ip.attempt(&format!("ip {ip}")).map_err(too_many)?;
+    st.per_ip.attempt(&auth::client_key(ip)).map_err(too_many)?;
     let c: Credentials = parse(body)?;
     check_new_user(&c)?;
     let password = c.password;
@@ -234,14 +260,23 @@ async fn login(
     body: Body,
 ) -> ApiResult {
     let ip = client(&st, peer, &headers);
-    st.per_ip.attempt(&format!("ip {ip}")).map_err(too_many)?;
+    let client_key = auth::client_key(ip);
+    st.per_ip.attempt(&client_key).map_err(too_many)?;
     let c: Credentials = parse(body)?;
-    st.per_user
-        .attempt(&format!("user {}", c.username))
-        .map_err(too_many)?;
     let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "Invalid credentials");
-    if c.username.len() > 64 || c.password.len() > 1024 {
+    // Checked before the name becomes a limiter key: no name that could not be a user's
+    // is ever stored.
+    if !valid_username(&c.username) || c.password.len() > 1024 {
         return Err(invalid());
+    }
+    // Failures are counted per user and client, and per user. The per-user count slows an
+    // attacker down (past it, each client gets one try a window) without locking out the
+    // owner: a client with no recent failures for this user is still let in to try.
+    let pair_key = format!("user {} {client_key}", c.username);
+    let user_key = format!("user {}", c.username);
+    st.per_user.exhausted(&pair_key).map_err(too_many)?;
+    if st.per_user.count(&pair_key) > 0 {
+        st.per_user.exhausted(&user_key).map_err(too_many)?;
     }
     let user = st.store.user_by_name(&c.username).await?;
     // The same argon2 work whether or not the user exists.
@@ -252,6 +287,8 @@ async fn login(
     let password = c.password;
     let ok = hashing(&st, move || auth::verify_password(&password, &phc)).await?;
     let Some(user) = user.filter(|_| ok) else {
+        st.per_user.record(&pair_key);
+        st.per_user.record(&user_key);
         tracing::info!(client = %ip, "login refused");
         return Err(invalid());
     };
@@ -364,10 +401,13 @@ async fn check_origin_url(st: &AdminState, url: &str) -> Result<(String, String)
         return Err(bad("stream URLs must be http:// or https://"));
     }
     let (origin, _) = Origin::from_playlist_url(url).map_err(|e| bad(format!("bad URL: {e}")))?;
+    if !st.cfg.origins.user_url_allowed(url) {
+        return Err(bad("not an allowed origin"));
+    }
     let policy = st.cfg.origins.clone();
     blocking(move || origin.check_allowed(&policy))
         .await?
-        .map_err(bad)?;
+        .map_err(|e| bad(e.to_string()))?;
     let i = url.rfind('/').expect("checked by from_playlist_url");
     Ok((url[..i].to_owned(), url[i + 1..].to_owned()))
 }
@@ -580,9 +620,11 @@ async fn playback_url(
         stored_session: true,
     };
     let tok = st.keyring.issue(&grant);
-    let url = format!(
-        "{}/api/hls/{tok}/{}/{}",
-        st.cfg.admin.public_edge_url, s.id, s.endpoint
+    let url = crate::playback::url(
+        &st.cfg.admin.public_edge_url,
+        &tok,
+        &s.id.to_string(),
+        &s.endpoint,
     );
     Ok(
         Json(json!({ "url": url, "expiresAt": exp, "sessionExpiresAt": session_exp }))
@@ -635,6 +677,13 @@ mod tests {
         body: &str,
     ) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(uri);
+        if !body.is_empty()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            req = req.header("Content-Type", "application/json");
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

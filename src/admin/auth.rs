@@ -108,6 +108,50 @@ impl RateLimiter {
     }
 
     /// Count one attempt for `key`; `Err(seconds)` to wait when over the limit.
+    /// Attempts counted for `key` in its current window (nothing is stored).
+    pub fn count(&self, key: &str) -> u32 {
+        if self.limit == 0 {
+            return 0;
+        }
+        let now = Instant::now();
+        self.windows.get(key).map_or(0, |w| {
+            let w = w.lock();
+            if now.duration_since(w.0) >= WINDOW {
+                0
+            } else {
+                w.1
+            }
+        })
+    }
+
+    /// Whether `key` has used its budget; `Err(seconds)` until its window ends.
+    pub fn exhausted(&self, key: &str) -> Result<(), u64> {
+        if self.limit == 0 || self.count(key) < self.limit {
+            return Ok(());
+        }
+        let left = self.windows.get(key).map_or(WINDOW, |w| {
+            WINDOW.saturating_sub(Instant::now().duration_since(w.lock().0))
+        });
+        Err(left.as_secs().max(1))
+    }
+
+    /// Count one attempt for `key`, whatever the budget says.
+    pub fn record(&self, key: &str) {
+        if self.limit == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let w = self
+            .windows
+            .get_with(key.to_owned(), || Arc::new(Mutex::new((now, 0))));
+        let mut w = w.lock();
+        if now.duration_since(w.0) >= WINDOW {
+            *w = (now, 0);
+        }
+        w.1 = w.1.saturating_add(1);
+    }
+
+    /// Check `key`'s budget and count this attempt against it.
     pub fn attempt(&self, key: &str) -> Result<(), u64> {
         if self.limit == 0 {
             return Ok(());
@@ -126,6 +170,18 @@ impl RateLimiter {
         }
         w.1 += 1;
         Ok(())
+    }
+}
+
+/// The limiter key of a client address: the address for IPv4, its /64 for IPv6 (one
+/// subscriber usually holds a whole /64, so per-address budgets would be no budget).
+pub fn client_key(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => format!("ip {v4}"),
+        std::net::IpAddr::V6(v6) => {
+            let net = u128::from(v6) & (u128::MAX << 64);
+            format!("ip {}/64", std::net::Ipv6Addr::from(net))
+        }
     }
 }
 
@@ -151,6 +207,31 @@ mod tests {
             iat: 0,
             exp,
         }
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_budget_per_64() {
+        let a = client_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = client_key("2001:db8:1:2:bbbb::9".parse().unwrap());
+        let c = client_key("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            client_key("::ffff:192.0.2.1".parse().unwrap()),
+            "ip 192.0.2.1"
+        );
+    }
+
+    #[test]
+    fn count_and_record_do_not_lock_a_fresh_key() {
+        let l = RateLimiter::new(2);
+        assert_eq!(l.count("k"), 0);
+        assert!(l.exhausted("k").is_ok());
+        l.record("k");
+        l.record("k");
+        assert_eq!(l.count("k"), 2);
+        assert!(l.exhausted("k").is_err());
+        assert!(l.exhausted("other").is_ok());
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod store;
 
 pub use store::SegmentStore;
 
-use crate::edge::route::Kind;
+use crate::media::Kind;
 use pingora_cache::cache_control::CacheControl;
 use pingora_cache::{CacheMeta, RespCacheable};
 use pingora_http::ResponseHeader;
@@ -71,6 +71,21 @@ fn origin_ttl(resp: &ResponseHeader) -> Result<Option<Duration>, &'static str> {
     }
 }
 
+/// Whether a response's `Vary` names anything but what the edge itself always sends the
+/// same way (`Accept-Encoding`: never sent; `User-Agent`: the edge's own; `Host`): such an
+/// answer may depend on who asked, so it is not shared between viewers.
+fn varies_per_viewer(resp: &ResponseHeader) -> bool {
+    resp.headers.get_all(http::header::VARY).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|name| {
+            let name = name.trim_ascii();
+            !name.is_empty()
+                && !name.eq_ignore_ascii_case(b"accept-encoding")
+                && !name.eq_ignore_ascii_case(b"user-agent")
+                && !name.eq_ignore_ascii_case(b"host")
+        })
+    })
+}
+
 impl Policy {
     /// Whether and how long an origin response is kept. Only complete `200`s are cached:
     /// errors, redirects and partial answers go to the viewer as they are.
@@ -78,22 +93,28 @@ impl Policy {
         if resp.status != http::StatusCode::OK {
             return Err("status is not 200");
         }
-        if let Some(len) = resp
+        let length = resp
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > self.max_object_bytes {
-                return Err("object too large");
+            .and_then(|v| v.parse::<u64>().ok());
+        match length {
+            Some(len) if len > self.max_object_bytes => return Err("object too large"),
+            Some(_) => {}
+            // A segment of unknown length may turn out larger than the cache takes; a fill
+            // cut off there would cut the viewer's body too. It passes through whole.
+            // (Playlists are small; one that is not is invalid and fails.)
+            None if kind != Kind::Playlist
+                && !resp
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| crate::media::is_playlist_type(v.as_bytes())) =>
+            {
+                return Err("length unknown")
             }
+            None => {}
         }
-        if resp.headers.contains_key(http::header::SET_COOKIE)
-            || resp
-                .headers
-                .get(http::header::VARY)
-                .is_some_and(|v| v.as_bytes() == b"*")
-        {
+        if resp.headers.contains_key(http::header::SET_COOKIE) || varies_per_viewer(resp) {
             return Err("origin response is per client");
         }
         let ttl = match origin_ttl(resp)? {
@@ -142,7 +163,7 @@ impl Policy {
         let is_playlist = header
             .headers
             .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| crate::edge::route::is_playlist_type(v.as_bytes()))
+            .is_some_and(|v| crate::media::is_playlist_type(v.as_bytes()))
             || body.starts_with(b"#EXTM3U")
             || body.starts_with(b"\xEF\xBB\xBF#EXTM3U");
         if !is_playlist || matches!(origin_ttl(header), Ok(Some(_))) {
@@ -171,8 +192,16 @@ fn decimal_after(body: &[u8], tag: &[u8]) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    /// A response of `status` with a Content-Length (unless `headers` give one or say
+    /// `Transfer-Encoding`), and `headers`.
     fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
         let mut r = ResponseHeader::build(status, None).unwrap();
+        if !headers
+            .iter()
+            .any(|(k, _)| *k == "Content-Length" || *k == "Transfer-Encoding")
+        {
+            r.insert_header("Content-Length", "1880").unwrap();
+        }
         for (k, v) in headers {
             r.insert_header(k.to_string(), *v).unwrap();
         }
@@ -213,6 +242,22 @@ mod tests {
         );
         let big = resp(200, &[("Content-Length", "99999999999")]);
         assert_eq!(ttl(&p, Kind::Segment, &big), None);
+        // unknown length: segments pass through (a cut fill would cut the viewer's body),
+        // playlists are cached
+        let chunked = resp(200, &[("Transfer-Encoding", "chunked")]);
+        assert_eq!(ttl(&p, Kind::Segment, &chunked), None);
+        assert_eq!(ttl(&p, Kind::Playlist, &chunked), Some(1));
+        // Vary on what a viewer could send: not shared; on what the edge sends: shared
+        for (vary, shared) in [
+            ("Accept-Encoding", true),
+            ("accept-encoding, User-Agent", true),
+            ("X-Forwarded-Host", false),
+            ("Accept-Encoding, Cookie", false),
+            ("*", false),
+        ] {
+            let r = resp(200, &[("Vary", vary)]);
+            assert_eq!(ttl(&p, Kind::Segment, &r).is_some(), shared, "{vary}");
+        }
     }
 
     #[test]

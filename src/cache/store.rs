@@ -95,6 +95,11 @@ pub struct SegmentStore {
     partial: Mutex<HashMap<HashBinary, Arc<Partial>>>,
     next_id: AtomicU64,
     policy: Policy,
+    /// Bytes of objects still arriving, all fills together. They count against
+    /// `max_bytes`: complete objects get `max_bytes - inflight_budget`, fills the rest,
+    /// so a hostile origin's endless bodies cannot hold memory outside the bound.
+    inflight: AtomicU64,
+    inflight_budget: u64,
 }
 
 fn key_of(key: &CacheKey) -> HashBinary {
@@ -103,8 +108,9 @@ fn key_of(key: &CacheKey) -> HashBinary {
 
 impl SegmentStore {
     pub fn new(policy: Policy) -> SegmentStore {
+        let inflight_budget = policy.max_bytes / 4;
         let done = moka::sync::Cache::builder()
-            .max_capacity(policy.max_bytes)
+            .max_capacity(policy.max_bytes - inflight_budget)
             .weigher(|k: &HashBinary, e: &Arc<Entry>| {
                 let w = k.len() + e.meta.weight + e.body.len() + 64;
                 w.min(u32::MAX as usize) as u32
@@ -115,7 +121,14 @@ impl SegmentStore {
             partial: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             policy,
+            inflight: AtomicU64::new(0),
+            inflight_budget,
         }
+    }
+
+    /// Bytes of objects still arriving from origins.
+    pub fn inflight_bytes(&self) -> u64 {
+        self.inflight.load(Ordering::Relaxed)
     }
 
     /// A leaked store for Pingora's `&'static` cache API (one per server).
@@ -237,7 +250,13 @@ impl HandleHit for PartialHit {
                 Progress::Writing(n) | Progress::Done(n) => n,
             };
             if self.next < available {
-                let chunk = self.object.chunks.read()[self.next].clone();
+                // A failed fill clears its chunks (see `SegmentMiss::abandon`).
+                let Some(chunk) = self.object.chunks.read().get(self.next).cloned() else {
+                    return Error::e_explain(
+                        ErrorType::ReadError,
+                        "origin fetch of a shared object failed",
+                    );
+                };
                 self.next += 1;
                 return Ok(Some(chunk));
             }
@@ -286,8 +305,21 @@ struct SegmentMiss {
 impl HandleMiss for SegmentMiss {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
         self.bytes += data.len();
+        let total = self
+            .store
+            .inflight
+            .fetch_add(data.len() as u64, Ordering::AcqRel)
+            + data.len() as u64;
         if self.bytes as u64 > self.store.policy.max_object_bytes {
+            self.abandon();
             return Error::e_explain(ErrorType::InternalError, "object too large to cache");
+        }
+        if total > self.store.inflight_budget {
+            self.abandon();
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "objects arriving from origins hold their whole memory budget",
+            );
         }
         let n = {
             let mut chunks = self.object.chunks.write();
@@ -320,6 +352,7 @@ impl HandleMiss for SegmentMiss {
                 }
             }
         };
+        self.release();
         let mut meta = CacheMeta::deserialize(&self.object.meta.0, &self.object.meta.1)?;
         self.store.policy.settle(&mut meta, &body);
         let meta = Fields::of(&meta);
@@ -343,6 +376,21 @@ impl HandleMiss for SegmentMiss {
 }
 
 impl SegmentMiss {
+    /// Give the object up: its readers fail, its bytes are released at once (even while
+    /// readers still hold the object), and nothing is stored.
+    fn abandon(&mut self) {
+        self.object.progress.send_replace(Progress::Failed);
+        self.object.chunks.write().clear();
+        self.release();
+        self.remove_partial();
+    }
+
+    /// Take this fill's bytes off the in-flight count (once).
+    fn release(&mut self) {
+        let n = std::mem::take(&mut self.bytes) as u64;
+        self.store.inflight.fetch_sub(n, Ordering::AcqRel);
+    }
+
     fn remove_partial(&self) {
         let mut partial = self.store.partial.lock();
         if partial
@@ -359,8 +407,7 @@ impl Drop for SegmentMiss {
         if !self.finished {
             // The origin died mid-body (or the object was refused): nothing is stored and
             // the viewers streaming it get an error instead of a silently short segment.
-            self.object.progress.send_replace(Progress::Failed);
-            self.remove_partial();
+            self.abandon();
         }
     }
 }

@@ -3,7 +3,7 @@
 //! `Content-Length`, and a single `Range` is honoured (byte-range playlists, seeking).
 
 use super::respond;
-use super::route::Kind;
+use crate::media::Kind;
 use crate::metrics::METRICS;
 use crate::playlist::{EdgeUris, Rewriter};
 use bytes::{Bytes, BytesMut};
@@ -13,6 +13,59 @@ use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 const CHUNK: usize = 64 * 1024;
+
+/// Open `rel` below `root` one component at a time, following no symlink anywhere
+/// (`O_NOFOLLOW` on every step, from a descriptor of the folder before it), so a link
+/// swapped in after any check cannot lead out; dotfiles (`.git`, `.env`, ...) are never
+/// served.
+pub fn open_beneath(root: &Path, rel: &str) -> std::io::Result<std::fs::File> {
+    use std::ffi::CString;
+    use std::os::fd::FromRawFd;
+    let denied = || std::io::Error::from(std::io::ErrorKind::NotFound);
+    let parts: Vec<&str> = rel.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || p.starts_with('.') || p.contains('\0'))
+    {
+        return Err(denied());
+    }
+    let c = |s: &str| CString::new(s).map_err(|_| denied());
+    let root_c = c(root.to_str().ok_or_else(denied)?)?;
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: plain open/openat/close on NUL-terminated paths; every descriptor is closed
+    // once the next one is open, and the last is owned by the returned `File`.
+    unsafe {
+        let mut fd = libc::open(root_c.as_ptr(), flags | libc::O_DIRECTORY);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let name = match c(part) {
+                Ok(n) => n,
+                Err(e) => {
+                    libc::close(fd);
+                    return Err(e);
+                }
+            };
+            let f = if last {
+                flags | libc::O_NONBLOCK
+            } else {
+                flags | libc::O_DIRECTORY
+            };
+            let next = libc::openat(fd, name.as_ptr(), f);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if next < 0 {
+                return Err(err);
+            }
+            fd = next;
+        }
+        let file = std::fs::File::from_raw_fd(fd);
+        // O_NONBLOCK only kept a FIFO from blocking the open; regular files ignore it.
+        Ok(file)
+    }
+}
 
 /// What the file server did, for logs and metrics.
 pub struct Served {
@@ -27,16 +80,14 @@ pub async fn serve(
     rewrite: Option<Rewriter<EdgeUris>>,
     new_token: &str,
 ) -> pingora_error::Result<Served> {
-    let decoded = percent_encoding::percent_decode_str(rel).decode_utf8_lossy();
-    let wanted = dir.join(decoded.as_ref());
-    // Symlinks must not lead out of the folder either.
-    let real = match tokio::fs::canonicalize(&wanted).await {
-        Ok(p) if p.starts_with(dir) => p,
+    let decoded = percent_encoding::percent_decode_str(rel)
+        .decode_utf8_lossy()
+        .into_owned();
+    let root = dir.to_owned();
+    let opened = tokio::task::spawn_blocking(move || open_beneath(&root, &decoded)).await;
+    let mut file = match opened {
+        Ok(Ok(f)) => tokio::fs::File::from_std(f),
         _ => return not_found(session).await,
-    };
-    let mut file = match tokio::fs::File::open(&real).await {
-        Ok(f) => f,
-        Err(_) => return not_found(session).await,
     };
     let meta = match file.metadata().await {
         Ok(m) if m.is_file() => m,
@@ -218,6 +269,37 @@ pub fn parse_range(v: &[u8], size: u64) -> RangeSpec {
             }
         }
         _ => RangeSpec::Ignore,
+    }
+}
+
+#[cfg(test)]
+mod beneath_tests {
+    use super::open_beneath;
+
+    #[test]
+    fn no_symlinks_no_dotfiles_no_escape() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.ts"), b"a").unwrap();
+        std::fs::write(root.join(".env"), b"secret").unwrap();
+        std::fs::write(d.path().join("outside.ts"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside.ts"), root.join("link.ts")).unwrap();
+        std::os::unix::fs::symlink(d.path(), root.join("up")).unwrap();
+        assert!(open_beneath(&root, "sub/a.ts").is_ok());
+        for bad in [
+            "link.ts",
+            "up/outside.ts",
+            ".env",
+            "sub/../../outside.ts",
+            "sub//a.ts",
+        ] {
+            assert!(open_beneath(&root, bad).is_err(), "{bad}");
+        }
+        // a file swapped for a symlink after any check is refused at open
+        std::fs::remove_file(root.join("sub/a.ts")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside.ts"), root.join("sub/a.ts")).unwrap();
+        assert!(open_beneath(&root, "sub/a.ts").is_err());
     }
 }
 

@@ -5,17 +5,19 @@
 //! curl -i "$(hlsgate token --stream demo)"
 //! ```
 
-pub mod client;
+pub mod admission;
 pub mod file;
+pub mod guard;
 pub mod proxy;
 pub mod respond;
-pub mod route;
 
 use crate::cache::SegmentStore;
-use crate::config::{Config, Stream};
+use crate::config::Config;
 use crate::metrics::MetricsApp;
 use crate::store::Directory;
+use crate::stream::Stream;
 use crate::token::{Keyring, TokenError, Verified};
+use admission::Denial;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
@@ -39,6 +41,10 @@ pub struct EdgeState {
     /// renewed receives byte for byte: their next viewers skip the rewriter and get the
     /// cached `Bytes` as they are.
     pub verbatim: moka::sync::Cache<VerbatimKey, ()>,
+    /// Origin objects whose fetch just failed (connect error or timeout), by cache key,
+    /// with the status given: viewers that waited on that fetch's cache lock get the same
+    /// answer at once instead of each trying the hanging origin again.
+    pub failed: moka::sync::Cache<String, u16>,
 }
 
 /// A cached object's identity (key and when it was stored) and the stream it is seen
@@ -58,8 +64,13 @@ impl EdgeState {
             .collect();
         let ttl = cfg.tokens.ttl.as_secs().min(u32::MAX as u64) as u32;
         let store = SegmentStore::leak(cfg.cache.clone());
-        let cache_lock: &'static CacheKeyLockImpl =
-            Box::leak(CacheLock::new_boxed(cfg.cache_lock_timeout));
+        // A fill's lock must outlive the slowest origin answer the timeouts allow: a lock
+        // that expires first sends every waiting viewer to a hanging origin on its own.
+        let e = &cfg.edge;
+        let lock_age = cfg.cache_lock_timeout.max(
+            e.origin_connect_timeout + e.origin_read_timeout + std::time::Duration::from_secs(1),
+        );
+        let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
         EdgeState {
             cfg,
             keyring,
@@ -72,26 +83,27 @@ impl EdgeState {
                 .max_capacity(100_000)
                 .time_to_idle(std::time::Duration::from_secs(600))
                 .build(),
+            failed: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(2))
+                .build(),
         }
     }
 }
 
-/// Why a verified token still opens nothing: `(status, metric reason, message)`.
-pub type Refusal = (u16, &'static str, &'static str);
-
 impl EdgeState {
     /// The stream a verified token asks for, once its session (if it names a stored one)
     /// is known to be live and to belong to the stream's owner.
-    pub async fn lookup(&self, id: &str, v: &Verified) -> Result<Arc<Stream>, Refusal> {
-        const DOWN: Refusal = (503, "store_unavailable", "store unavailable");
-        let ended = TokenError::SessionEnded;
+    pub async fn lookup(&self, id: &str, v: &Verified) -> Result<Arc<Stream>, Denial> {
+        const DOWN: Denial = Denial::new(503, "store_unavailable", "store unavailable");
+        let ended = Denial::new(403, TokenError::SessionEnded.reason(), "session has ended");
         let session = match (v.stored_session(), &self.directory) {
             (false, _) => None,
             // A token naming a stored session is only honoured where sessions can be checked.
-            (true, None) => return Err((403, ended.reason(), "session has ended")),
+            (true, None) => return Err(ended),
             (true, Some(d)) => match d.session(v.session).await {
                 Ok(Some(s)) => Some(s),
-                Ok(None) => return Err((403, ended.reason(), "session has ended")),
+                Ok(None) => return Err(ended),
                 Err(_) => return Err(DOWN),
             },
         };
@@ -104,10 +116,10 @@ impl EdgeState {
                 }
                 _ => None,
             };
-            found.ok_or((404, "unknown_stream", "unknown stream"))?
+            found.ok_or(Denial::new(404, "unknown_stream", "unknown stream"))?
         };
         match (stream.owner, session) {
-            (Some(owner), Some(s)) if owner != s.user_id => Err((
+            (Some(owner), Some(s)) if owner != s.user_id => Err(Denial::new(
                 403,
                 TokenError::WrongStream.reason(),
                 "token is for another stream",
@@ -132,14 +144,23 @@ pub fn server(state: Arc<EdgeState>) -> Server {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let listen = cfg.edge.listen.to_string();
-    let mut svc = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut proxy = pingora_proxy::HttpProxy::new(
         proxy::EdgeProxy {
             state: state.clone(),
         },
-        "hlsgate edge",
+        server.configuration.clone(),
     );
-    svc.add_tcp(&listen);
+    proxy.handle_init_modules();
+    let app = guard::Guarded::new(proxy, cfg.edge.max_connections, cfg.edge.header_timeout);
+    let mut svc = pingora_core::services::listening::Service::new("hlsgate edge".into(), app);
+    // NOTE: Pingora buffers downstream writes (1460 bytes by default) and does not flush a
+    // response header while a body is to follow: a viewer of a slow origin saw no header
+    // until the first body bytes filled the buffer. Unbuffered writes send it at once (the
+    // socket has TCP_NODELAY; bodies are written in large chunks anyway).
+    svc.add_listener(
+        pingora_core::listeners::ListenerConfig::tcp(listen)
+            .l4_buffer(pingora_core::listeners::L4BufferSettings::default().write(0)),
+    );
     server.add_service(svc);
     let mut metrics = pingora_core::services::listening::Service::new(
         "hlsgate metrics".into(),

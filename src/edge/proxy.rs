@@ -1,14 +1,17 @@
-//! The `ProxyHttp` implementation: each Pingora phase dispatches to plain Rust (route,
-//! token, rewriter, file origin). Order of checks in `request_filter`: route and path (404 /
-//! 400), method (405), token (401 / 403), stream (404), signed path (403).
+//! The `ProxyHttp` implementation: each Pingora phase dispatches to plain Rust. Who gets in
+//! is decided by [`super::admission::authorize`] from the request's facts; this layer
+//! gathers them, applies the answer, and keeps the origin in its place on the way back
+//! (media types only, its cookies and CORS headers dropped, redirects and error pages
+//! replaced by the edge's own JSON answers).
 
-use super::client::client_ip;
-use super::route::{self, Kind, Route, Target};
+use super::admission::{self, Admission, Denial, Request};
 use super::{file, respond, EdgeState};
+use crate::media::{self, Kind};
 use crate::metrics::METRICS;
 use crate::origin::Origin;
+use crate::playback;
 use crate::playlist::{EdgeUris, Rewriter};
-use crate::token::{self, Viewer};
+use crate::token;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::key::CacheHashKey;
@@ -25,20 +28,25 @@ use std::time::{Duration, Instant};
 /// Per-request state.
 pub struct Ctx {
     kind: Kind,
-    stream: Option<Arc<crate::config::Stream>>,
+    stream: Option<Arc<crate::stream::Stream>>,
     /// Absolute origin path of the object (no query).
     origin_path: String,
-    /// What the origin request's URI becomes: `origin_path` + the viewer's query.
+    /// What the origin request's URI becomes: `origin_path` + the query admission let
+    /// through (a signed playlist-named query, LL-HLS directives).
     upstream_uri: String,
     /// The token handed back in `X-New-Token` and written into rewritten playlists.
     token: String,
     rewriter: Option<Rewriter<EdgeUris>>,
     status: u16,
     deny: Option<&'static str>,
+    /// Why the edge failed the request, for the JSON answer of `fail_to_proxy`.
+    failure: Option<&'static str>,
     /// The body comes from the segment cache (a hit or a stale hit).
     from_cache: bool,
-    /// When the origin was asked (for the origin latency histogram).
+    /// When the origin was asked (for the origin latency histogram; taken when seen).
     origin_start: Option<Instant>,
+    /// When the origin was asked (for `edge.origin_total_timeout`).
+    fetch_start: Option<Instant>,
     /// Time spent in the rewriter for this playlist so far.
     rewrite_time: Duration,
     /// The origin playlist's length when known, and how much of it went through the
@@ -52,6 +60,8 @@ pub struct Ctx {
     signed_target: bool,
     /// The cached playlist this rewrite may prove verbatim (see `EdgeState::verbatim`).
     verbatim_key: Option<super::VerbatimKey>,
+    /// The cache key's primary text (`EdgeState::failed` is keyed by it).
+    cache_primary: String,
 }
 
 pub struct EdgeProxy {
@@ -61,6 +71,21 @@ pub struct EdgeProxy {
 fn bad_gateway(msg: &'static str) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(502), msg)
 }
+
+/// Request headers that reach the origin (besides `Host` and the edge's own
+/// `User-Agent`): conditional requests for revalidation and `Range`. Nothing else a
+/// viewer sends can shape what the origin answers, and so what is cached for everyone.
+const FORWARDED_HEADERS: [&str; 6] = [
+    "range",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+];
+
+/// The `User-Agent` the edge sends to origins.
+const EDGE_UA: &str = concat!("hlsgate/", env!("CARGO_PKG_VERSION"));
 
 impl EdgeProxy {
     /// Authorise and route one request. `Ok(true)`: a response was written.
@@ -72,21 +97,39 @@ impl EdgeProxy {
         if session.get_keepalive().is_some_and(|k| k == 0 || k > idle) {
             session.set_keepalive(Some(idle));
         }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(SocketAddr::ip)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let req = session.req_header();
-        let path = req.uri.path().to_owned();
-        let query = req.uri.query().map(str::to_owned);
-        let method = req.method.clone();
-
-        let (tok, stream_id, target) = match route::parse(&path) {
-            Ok(Route::Hls {
-                token,
-                stream,
-                target,
-            }) => (token, stream, target),
-            Ok(Route::Health) => {
-                let mut h = ResponseHeader::build(200, Some(2))?;
+        let facts = Request {
+            method: &req.method,
+            version: req.version,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            has_host: req.headers.contains_key(http::header::HOST),
+            peer,
+            forwarded_for: req
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect(),
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        };
+        let decided = admission::authorize(st, &facts, token::unix_now()).await;
+        let g = match decided {
+            Ok(Admission::Object(g)) => g,
+            Ok(Admission::Health) => {
+                let mut h = ResponseHeader::build(200, Some(3))?;
                 h.insert_header("Content-Type", "text/plain")?;
                 h.insert_header("Content-Length", "3")?;
+                h.insert_header("X-Content-Type-Options", "nosniff")?;
                 session.write_response_header(Box::new(h), false).await?;
                 session
                     .write_response_body(Some(Bytes::from_static(b"ok\n")), true)
@@ -94,92 +137,29 @@ impl EdgeProxy {
                 ctx.status = 200;
                 return Ok(true);
             }
-            Err(e) => {
-                return self
-                    .deny(session, ctx, e.status(), "route", &e.to_string())
-                    .await
+            Err(d) => {
+                // The kind the path names, for the metrics' labels.
+                ctx.kind = Kind::of(facts.path);
+                return self.deny(session, ctx, d).await;
             }
         };
-        if method != http::Method::GET && method != http::Method::HEAD {
-            return self
-                .deny(session, ctx, 405, "method", "method not allowed")
-                .await;
-        }
-        ctx.kind = Kind::of(match &target {
-            Target::InBase(p) => p,
-            Target::Signed { path, .. } => path,
-        });
+        METRICS.saw_session(g.session);
+        ctx.kind = g.kind;
+        ctx.upstream_uri = g.origin_uri();
+        ctx.token_renewed = g.token_renewed;
+        ctx.signed_target = g.signed_target;
+        ctx.token = g.token;
+        ctx.origin_path = g.origin_path;
+        ctx.stream = Some(g.stream.clone());
 
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(SocketAddr::ip)
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let xff = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes());
-        let ip = client_ip(peer, xff, &st.cfg.edge.trusted_proxies);
-        let ua = req
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let viewer = Viewer {
-            stream: stream_id,
-            ip,
-            ua,
-            now: token::unix_now(),
-        };
-        let verified = match st.keyring.verify(tok, &viewer) {
-            Ok(v) => v,
-            Err(e) => {
-                return self
-                    .deny(session, ctx, e.status(), e.reason(), &e.to_string())
-                    .await
-            }
-        };
-        let token = st.keyring.renew_for(tok, &verified, &viewer, st.ttl);
-        let stream = match st.lookup(stream_id, &verified).await {
-            Ok(s) => s,
-            Err((status, reason, message)) => {
-                return self.deny(session, ctx, status, reason, message).await
-            }
-        };
-        let origin_path = match target {
-            Target::InBase(rel) => format!("{}{rel}", stream.origin.space().base),
-            Target::Signed { sig, path } => {
-                ctx.signed_target = true;
-                if matches!(stream.origin, Origin::File { .. })
-                    || !st.keyring.verify_path(stream_id, path, sig)
-                {
-                    return self
-                        .deny(
-                            session,
-                            ctx,
-                            403,
-                            "unsigned_path",
-                            "path not signed for this stream",
-                        )
-                        .await;
-                }
-                path.to_owned()
-            }
-        };
-        METRICS.saw_session(verified.session);
-        ctx.token_renewed = token != tok;
-        ctx.token = token;
-        ctx.upstream_uri = match &query {
-            Some(q) => format!("{origin_path}?{q}"),
-            None => origin_path.clone(),
-        };
-        ctx.origin_path = origin_path;
-        ctx.stream = Some(stream.clone());
-
-        if let Origin::File { dir, .. } = &stream.origin {
+        if let Origin::File { dir, .. } = &g.stream.origin {
             let rewrite = (ctx.kind == Kind::Playlist).then(|| self.rewriter(ctx));
-            let rel = &ctx.origin_path[stream.origin.space().base.len()..];
+            let rel = &ctx.origin_path[g.stream.origin.space().base.len()..];
+            let ct = Kind::content_type(rel).as_bytes();
+            if !st.cfg.origins.is_media(Some(ct)) {
+                let d = Denial::new(502, "origin_type", "origin sent a non-media type");
+                return self.deny(session, ctx, d).await;
+            }
             let served = file::serve(session, dir, rel, rewrite, &ctx.token).await?;
             ctx.status = served.status;
             return Ok(true);
@@ -187,23 +167,16 @@ impl EdgeProxy {
         Ok(false)
     }
 
-    async fn deny(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        status: u16,
-        reason: &'static str,
-        message: &str,
-    ) -> Result<bool> {
-        ctx.status = status;
-        ctx.deny = Some(reason);
-        respond::error(session, status, message).await?;
+    async fn deny(&self, session: &mut Session, ctx: &mut Ctx, d: Denial) -> Result<bool> {
+        ctx.status = d.status;
+        ctx.deny = Some(d.reason);
+        respond::error(session, d.status, d.message).await?;
         Ok(true)
     }
 
     fn rewriter(&self, ctx: &Ctx) -> Rewriter<EdgeUris> {
         let stream = ctx.stream.as_ref().expect("set before rewriting");
-        let prefix = format!("/api/hls/{}/{}/", ctx.token, stream.id).into_bytes();
+        let prefix = playback::prefix(&ctx.token, &stream.id).into_bytes();
         let uris = EdgeUris::new(
             stream.origin.space().clone(),
             prefix,
@@ -219,6 +192,76 @@ impl EdgeProxy {
             uris.keep_plain_relative()
         })
     }
+
+    /// Remember that fetching this object failed because the origin could not be reached
+    /// or timed out (see `EdgeState::failed`).
+    fn remember_failure(&self, ctx: &Ctx, e: &Error) {
+        let code = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 502,
+            _ => return,
+        };
+        if !ctx.cache_primary.is_empty() {
+            self.state.failed.insert(ctx.cache_primary.clone(), code);
+        }
+    }
+
+    /// What the edge answers instead of an origin response it will not pass on: redirects
+    /// (their `Location` may point anywhere, the metadata service included), error pages
+    /// (they may hold internal text), and anything that is not media.
+    /// `(status, denial reason or "", message)`.
+    fn refusal(
+        &self,
+        ctx: &Ctx,
+        resp: &ResponseHeader,
+    ) -> Option<(u16, &'static str, &'static str)> {
+        let status = resp.status.as_u16();
+        match status {
+            304 => None,
+            300..=399 => Some((
+                502,
+                "origin_redirect",
+                "origin redirected; redirects are not followed",
+            )),
+            404 | 410 => Some((404, "", "not found at the origin")),
+            400..=499 => Some((502, "", "origin refused the request")),
+            500..=599 => Some((502, "", "origin error")),
+            _ if status < 200 => None,
+            _ => {
+                let ct = resp
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .map(|v| v.as_bytes());
+                let passes = self.state.cfg.origins.is_media(ct)
+                    || relabel(ctx.kind, &ctx.origin_path, ct).is_some();
+                (!passes).then_some((502, "origin_type", "origin sent a non-media type"))
+            }
+        }
+    }
+}
+
+/// The media type a segment or key is sent with when its origin labels it with an inert
+/// type that is not media: generic servers send `.ts` as `text/vnd.trolltech.linguist`
+/// (Debian's mime.types, Python's http.server) or TypeScript, keys as PGP keys. Active
+/// types (HTML, XML, SVG, scripts, JSON, CSS) are never relabelled: they are refused.
+fn relabel(kind: Kind, path: &str, content_type: Option<&[u8]>) -> Option<&'static str> {
+    if !matches!(kind, Kind::Segment | Kind::Key) {
+        return None;
+    }
+    let ct = String::from_utf8_lossy(content_type?).to_ascii_lowercase();
+    let active = [
+        "html",
+        "xml",
+        "svg",
+        "script",
+        "json",
+        "css",
+        "multipart",
+        "pdf",
+    ]
+    .iter()
+    .any(|a| ct.contains(a));
+    (!active).then(|| Kind::content_type(path))
 }
 
 #[async_trait]
@@ -235,14 +278,17 @@ impl ProxyHttp for EdgeProxy {
             rewriter: None,
             status: 0,
             deny: None,
+            failure: None,
             from_cache: false,
             origin_start: None,
+            fetch_start: None,
             rewrite_time: Duration::ZERO,
             playlist_len: None,
             playlist_fed: 0,
             token_renewed: false,
             signed_target: false,
             verbatim_key: None,
+            cache_primary: String::new(),
         }
     }
 
@@ -280,6 +326,7 @@ impl ProxyHttp for EdgeProxy {
             space.authority,
             ctx.upstream_uri
         );
+        ctx.cache_primary.clone_from(&primary);
         Ok(CacheKey::new(primary, ""))
     }
 
@@ -289,6 +336,11 @@ impl ProxyHttp for EdgeProxy {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
+        if self.refusal(ctx, resp).is_some() {
+            return Ok(RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::Custom("refused origin response"),
+            ));
+        }
         Ok(self.state.store.policy().resp_cacheable(ctx.kind, resp))
     }
 
@@ -303,7 +355,24 @@ impl ProxyHttp for EdgeProxy {
         if ctx.kind == Kind::Playlist || is_playlist_response(resp) {
             return RangeType::None;
         }
-        pingora_proxy::range_header_filter(session.req_header(), resp, Some(16))
+        let length = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let range = pingora_proxy::range_header_filter(session.req_header(), resp, Some(16));
+        match (&range, length) {
+            // `bytes=-0` asks for no bytes at all: Pingora makes it an empty 206 whose
+            // Content-Range is backwards; RFC 9110 §14.1.1 makes it unsatisfiable.
+            (RangeType::Single(r), Some(len)) if r.start >= r.end => {
+                let _ = resp.set_status(416);
+                let _ = resp.insert_header("Content-Length", "0");
+                let _ = resp.insert_header("Content-Range", format!("bytes */{len}"));
+                resp.remove_header(&http::header::CONTENT_TYPE);
+                RangeType::Invalid
+            }
+            _ => range,
+        }
     }
 
     /// A stale object is served when the origin cannot be reached or fails (within
@@ -326,6 +395,16 @@ impl ProxyHttp for EdgeProxy {
         if let Some(t) = ctx.origin_start.take() {
             METRICS.origin_seconds.observe(t.elapsed().as_secs_f64());
         }
+        if let Some((status, reason, message)) = self.refusal(ctx, resp) {
+            // The origin's answer does not reach the viewer: `fail_to_proxy` writes the
+            // edge's JSON error instead (nothing has been sent downstream yet), or a stale
+            // copy is served when there is one.
+            if !reason.is_empty() {
+                ctx.deny = Some(reason);
+            }
+            ctx.failure = Some(message);
+            return Err(Error::explain(ErrorType::HTTPStatus(status), message));
+        }
         if resp.status.is_server_error() {
             METRICS
                 .origin_errors
@@ -336,7 +415,20 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(code) = self.state.failed.get(&ctx.cache_primary) {
+            // Another viewer's fetch of this object just failed, and this one waited on it.
+            ctx.failure = Some(if code == 504 {
+                "origin timed out"
+            } else {
+                "origin unavailable"
+            });
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(code),
+                "origin just failed",
+            ));
+        }
         ctx.origin_start = Some(Instant::now());
+        ctx.fetch_start = ctx.origin_start;
         METRICS
             .origin_fetches
             .with_label_values(&[ctx.kind.label()])
@@ -356,14 +448,18 @@ impl ProxyHttp for EdgeProxy {
         // start-up may point inside later (DNS rebinding).
         let addr = match host.parse::<IpAddr>() {
             Ok(ip) => policy
-                .permits(host, ip)
+                .permits(host, ip, *port)
                 .then_some(SocketAddr::new(ip, *port)),
             Err(_) => tokio::net::lookup_host((host.as_str(), *port))
                 .await
                 .map_err(|e| Error::because(ErrorType::HTTPStatus(502), "origin DNS", e))?
-                .find(|a| policy.permits(host, a.ip())),
+                .find(|a| policy.permits(host, a.ip(), *port)),
         };
-        let addr = addr.ok_or_else(|| bad_gateway("origin address not allowed"))?;
+        let Some(addr) = addr else {
+            ctx.deny = Some("origin_not_allowed");
+            ctx.failure = Some("not an allowed origin");
+            return Err(bad_gateway("origin address not allowed"));
+        };
         let mut peer = HttpPeer::new(addr, *tls, host.clone());
         let e = &self.state.cfg.edge;
         peer.options.connection_timeout = Some(e.origin_connect_timeout);
@@ -372,6 +468,57 @@ impl ProxyHttp for EdgeProxy {
         peer.options.write_timeout = Some(e.origin_read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
+    }
+
+    /// Every origin fetch ends by `edge.origin_total_timeout`, however slowly its body
+    /// drips (each read is bounded by `origin_read_timeout`; the whole was not).
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let limit = self.state.cfg.edge.origin_total_timeout;
+        if ctx.fetch_start.is_some_and(|t| t.elapsed() > limit) {
+            ctx.failure = Some("origin took too long");
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(504),
+                "origin fetch exceeded edge.origin_total_timeout",
+            ));
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.remember_failure(ctx, &e);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        self.remember_failure(ctx, &e);
+        // Pingora's default from here on.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     async fn upstream_request_filter(
@@ -389,18 +536,20 @@ impl ProxyHttp for EdgeProxy {
             .stream
             .as_ref()
             .ok_or_else(|| bad_gateway("no stream"))?;
-        req.insert_header("Host", stream.origin.space().authority.as_str())?;
-        // Playlists must arrive uncompressed to be rewritten; the viewer's credentials and
-        // the page they came from (whose URL carries a token) are not the origin's business.
-        for h in [
-            "accept-encoding",
-            "cookie",
-            "authorization",
-            "referer",
-            "x-forwarded-for",
-        ] {
-            req.remove_header(h);
+        // Only the allow-listed headers go on: playlists arrive uncompressed (no
+        // Accept-Encoding) to be rewritten; the viewer's credentials, the page they came
+        // from (whose URL carries a token) and anything an origin could vary on stay here.
+        let drop: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| !FORWARDED_HEADERS.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        for name in drop {
+            req.remove_header(&name);
         }
+        req.insert_header("Host", stream.origin.space().authority.as_str())?;
+        req.insert_header("User-Agent", EDGE_UA)?;
         Ok(())
     }
 
@@ -411,6 +560,36 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.status = resp.status.as_u16();
+        // The origin's cookies and CORS policy are not the edge's: a viewer's browser sees
+        // only what the edge decides.
+        let origin_only: Vec<http::HeaderName> = resp
+            .headers
+            .keys()
+            .filter(|n| {
+                let n = n.as_str();
+                n == "set-cookie"
+                    || n == "set-cookie2"
+                    || n.starts_with("access-control-")
+                    || n == "location"
+                    || n == "refresh"
+                    || n == "content-security-policy"
+                    || n == "link"
+                    || n == "x-new-token"
+            })
+            .cloned()
+            .collect();
+        for name in origin_only {
+            resp.remove_header(&name);
+        }
+        let ct = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
+        if !self.state.cfg.origins.is_media(ct) {
+            if let Some(t) = relabel(ctx.kind, &ctx.origin_path, ct) {
+                resp.insert_header(http::header::CONTENT_TYPE, t)?;
+            }
+        }
         resp.insert_header(respond::NEW_TOKEN, ctx.token.as_str())?;
         respond::cors(resp)?;
         let cache_state = cache_state(session.cache.phase()).map(|(header, _)| header);
@@ -535,11 +714,12 @@ impl ProxyHttp for EdgeProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        let message = match code {
-            502 => "origin unavailable",
-            504 => "origin timed out",
-            400 => "bad request",
-            _ => "internal error",
+        let message = match (ctx.failure, code) {
+            (Some(m), _) => m,
+            (None, 502) => "origin unavailable",
+            (None, 504) => "origin timed out",
+            (None, 400) => "bad request",
+            (None, _) => "internal error",
         };
         if code > 0 && session.response_written().is_none() {
             let _ = respond::error(session, code, message).await;
@@ -591,7 +771,7 @@ impl ProxyHttp for EdgeProxy {
         format!(
             "{} {} stream={}",
             req.method,
-            redact(req.uri.path()),
+            playback::redact(req.uri.path()),
             ctx.stream.as_ref().map_or("-", |s| s.id.as_str())
         )
     }
@@ -613,7 +793,7 @@ fn cache_state(phase: CachePhase) -> Option<(&'static str, &'static str)> {
 fn is_playlist_response(resp: &ResponseHeader) -> bool {
     resp.headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| route::is_playlist_type(v.as_bytes()))
+        .is_some_and(|v| media::is_playlist_type(v.as_bytes()))
 }
 
 /// Status label values: a fixed set, so a hostile origin cannot grow the metric.
@@ -646,26 +826,16 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// `/api/hls/{token}/...` with the token replaced.
-pub fn redact(path: &str) -> String {
-    match path.strip_prefix("/api/hls/") {
-        Some(rest) => match rest.split_once('/') {
-            Some((_, after)) => format!("/api/hls/<token>/{after}"),
-            None => "/api/hls/<token>".into(),
-        },
-        None => path.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn redacts_tokens() {
+        use crate::playback::redact;
         assert_eq!(
-            super::redact("/api/hls/SECRET/demo/i.m3u8"),
+            redact("/api/hls/SECRET/demo/i.m3u8"),
             "/api/hls/<token>/demo/i.m3u8"
         );
-        assert_eq!(super::redact("/api/hls/SECRET"), "/api/hls/<token>");
-        assert_eq!(super::redact("/healthz"), "/healthz");
+        assert_eq!(redact("/api/hls/SECRET"), "/api/hls/<token>");
+        assert_eq!(redact("/healthz"), "/healthz");
     }
 }

@@ -12,11 +12,7 @@ pub const NEW_TOKEN: &str = "X-New-Token";
 /// be reused.
 pub async fn error(session: &mut Session, status: u16, message: &str) -> pingora_error::Result<()> {
     let body = json_error_body(message);
-    let mut h = ResponseHeader::build(status, Some(4))?;
-    h.insert_header("Content-Type", "application/json")?;
-    h.insert_header("Content-Length", body.len().to_string())?;
-    h.insert_header("Cache-Control", "no-store")?;
-    cors(&mut h)?;
+    let h = error_header(status, body.len())?;
     let head = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(h), head).await?;
     if !head {
@@ -25,6 +21,16 @@ pub async fn error(session: &mut Session, status: u16, message: &str) -> pingora
             .await?;
     }
     Ok(())
+}
+
+/// The header of a JSON error of `len` bytes.
+pub fn error_header(status: u16, len: usize) -> pingora_error::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(status, Some(5))?;
+    h.insert_header("Content-Type", "application/json")?;
+    h.insert_header("Content-Length", len.to_string())?;
+    h.insert_header("Cache-Control", "no-store")?;
+    cors(&mut h)?;
+    Ok(h)
 }
 
 /// `{"error": message}` as bytes.
@@ -38,9 +44,11 @@ pub fn json_error_body(message: &str) -> Vec<u8> {
 
 /// Headers that let browser players read responses and `X-New-Token` across origins. Token
 /// modes in the path or query carry no ambient credentials, so `*` is safe here.
+/// Every edge answer also says `nosniff`: a browser must not run what an origin sent.
 pub fn cors(h: &mut ResponseHeader) -> pingora_error::Result<()> {
     h.insert_header("Access-Control-Allow-Origin", "*")?;
     h.insert_header("Access-Control-Expose-Headers", NEW_TOKEN)?;
+    h.insert_header("X-Content-Type-Options", "nosniff")?;
     Ok(())
 }
 

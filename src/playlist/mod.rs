@@ -152,6 +152,9 @@ impl<M: UriMap> Rewriter<M> {
             let Some(nl) = memchr(b'\n', rest) else {
                 return self.keep(rest);
             };
+            if nl > MAX_LINE {
+                return Err(RewriteError::LineTooLong);
+            }
             self.line(&rest[..=nl], out);
             rest = &rest[nl + 1..];
         }
@@ -168,6 +171,9 @@ impl<M: UriMap> Rewriter<M> {
                 _ => None,
             };
             if let (Some((nl, true)), Some(prefix)) = (scanned, &self.fast) {
+                if nl - start > MAX_LINE {
+                    return Err(RewriteError::LineTooLong);
+                }
                 if prefix.is_empty() {
                     // Kept as it is: the line joins the current run.
                     plain += 1;
@@ -188,6 +194,11 @@ impl<M: UriMap> Rewriter<M> {
                     None => break,
                 },
             };
+            // One rule however the body was cut into chunks: a line over the cap is an
+            // error here too, not only when it straddles two chunks.
+            if nl - start > MAX_LINE {
+                return Err(RewriteError::LineTooLong);
+            }
             let end = if nl > start && rest[nl - 1] == b'\r' {
                 nl - 1
             } else {
@@ -552,6 +563,29 @@ last.ts";
         // a half line is all that is kept
         r.feed(b"seg", &mut out).unwrap();
         assert_eq!(r.partial, b"seg");
+    }
+
+    #[test]
+    fn the_line_cap_does_not_depend_on_chunking() {
+        let mut body = b"#EXTM3U\n#EXTINF:2,\n".to_vec();
+        body.extend(std::iter::repeat_n(b'a', MAX_LINE + 10));
+        body.extend_from_slice(b".ts\n#EXT-X-ENDLIST\n");
+        for split in [body.len(), 20, MAX_LINE / 2, body.len() - 5] {
+            let mut rw = Rewriter::new(Prefixed(true, b"/p/"));
+            let mut out = Vec::new();
+            let (a, b) = body.split_at(split);
+            let r = rw.feed(a, &mut out).and_then(|_| rw.feed(b, &mut out));
+            assert_eq!(r, Err(RewriteError::LineTooLong), "split at {split}");
+        }
+        // a long first line too
+        let mut rw = Rewriter::new(Prefixed(true, b"/p/"));
+        let long = vec![b'#'; MAX_LINE + 2];
+        let mut body = long.clone();
+        body.push(b'\n');
+        assert_eq!(
+            rw.feed(&body, &mut Vec::new()),
+            Err(RewriteError::LineTooLong)
+        );
     }
 
     #[test]

@@ -144,9 +144,9 @@ impl EdgeUris {
     }
 }
 
-/// A relative reference with no scheme, no root, no dot segment and no leading blank: it
-/// resolves to the playlist's folder + itself. Stricter than needed (a `:` in a query also
-/// says no; such URIs take the general path, which gives the same result). This runs for
+/// A relative reference with no scheme, no root, no dot segment, no query and no leading
+/// blank: it resolves to the playlist's folder + itself. (A query needs a signature, so
+/// such URIs take the general path.) This runs for
 /// every segment line, so it looks at eight bytes at a time.
 #[inline]
 pub fn is_plain_relative(uri: &[u8]) -> bool {
@@ -195,7 +195,8 @@ pub fn scan_plain_line(buf: &[u8], start: usize) -> Option<(usize, bool)> {
         let w = u64::from_le_bytes(buf.get(i..i + 8)?.try_into().ok()?);
         let nl = bytes_eq(w, b'\n');
         let slash = bytes_eq(w, b'/');
-        let bad = bytes_eq(w, b':') | (((slash << 8) | carry) & bytes_eq(w, b'.'));
+        let bad =
+            bytes_eq(w, b':') | bytes_eq(w, b'?') | (((slash << 8) | carry) & bytes_eq(w, b'.'));
         carry = slash >> 56;
         if nl != 0 {
             // only the bytes before the newline count
@@ -217,13 +218,14 @@ pub(super) fn bytes_eq(w: u64, b: u8) -> u64 {
     !(((x & LO7) + LO7) | x | LO7)
 }
 
-/// A `:` anywhere, or a `.` right after a `/` (`carry`: the word before ended in `/`).
+/// A `:` or `?` anywhere, or a `.` right after a `/` (`carry`: the word before ended in
+/// `/`).
 #[inline(always)]
 fn word_is_bad(w: u64, carry: &mut u64) -> bool {
     let slash = bytes_eq(w, b'/');
     let after_slash = (slash << 8) | *carry;
     *carry = slash >> 56;
-    (bytes_eq(w, b':') | (after_slash & bytes_eq(w, b'.'))) != 0
+    (bytes_eq(w, b':') | bytes_eq(w, b'?') | (after_slash & bytes_eq(w, b'.'))) != 0
 }
 
 /// Length of the URI scheme if `r` starts with one (`ALPHA *( ALPHA / DIGIT / + - . ) :`).
@@ -241,8 +243,9 @@ fn scheme_len(r: &[u8]) -> Option<usize> {
     None
 }
 
-/// RFC 3986 remove_dot_segments on an absolute path; `None` if it climbs above the root.
-pub(crate) fn normalize(path: &[u8]) -> Option<Vec<u8>> {
+/// RFC 3986 remove_dot_segments on an absolute path. A `..` at the root stays at the
+/// root, as every player resolves it (`/a/../../b` is `/b`).
+pub(crate) fn normalize(path: &[u8]) -> Vec<u8> {
     let mut out: Vec<&[u8]> = Vec::new();
     let segs: Vec<&[u8]> = path.split(|&b| b == b'/').skip(1).collect();
     let last = segs.len().saturating_sub(1);
@@ -251,7 +254,7 @@ pub(crate) fn normalize(path: &[u8]) -> Option<Vec<u8>> {
         match *seg {
             b"." => trailing_slash = i == last,
             b".." => {
-                out.pop()?;
+                out.pop();
                 trailing_slash = i == last;
             }
             s => {
@@ -268,7 +271,7 @@ pub(crate) fn normalize(path: &[u8]) -> Option<Vec<u8>> {
     if trailing_slash || p.is_empty() {
         p.push(b'/');
     }
-    Some(p)
+    p
 }
 
 impl UriMap for EdgeUris {
@@ -280,7 +283,11 @@ impl UriMap for EdgeUris {
     }
 
     fn map(&mut self, uri: &[u8], out: &mut Vec<u8>) {
-        // The common case: a plain relative name (`seg12.ts`, `v0/index.m3u8?x=1`).
+        // An empty URI (`URI=""`) names nothing: it stays exactly as it is.
+        if uri.is_empty() {
+            return;
+        }
+        // The common case: a plain relative name (`seg12.ts`, `v0/index.m3u8`).
         if let Some(fast) = &self.fast {
             if is_plain_relative(uri) {
                 if !self.keep_plain {
@@ -294,14 +301,11 @@ impl UriMap for EdgeUris {
             out.extend_from_slice(uri);
             return;
         };
-        let Some(path) = normalize(&abs) else {
-            out.extend_from_slice(uri);
-            return;
-        };
+        let path = normalize(&abs);
         if let Some(below) = path.strip_prefix(self.origin.base.as_bytes()) {
             out.extend_from_slice(&self.prefix);
             out.extend_from_slice(below);
-            out.extend_from_slice(query);
+            self.query(&path, query, out);
             return;
         }
         match &self.signer {
@@ -311,10 +315,37 @@ impl UriMap for EdgeUris {
                 out.extend_from_slice(b"~o/");
                 out.extend_from_slice(sig.as_bytes());
                 out.extend_from_slice(&path);
-                out.extend_from_slice(query);
+                self.query(&path, query, out);
             }
             None => out.extend_from_slice(uri),
         }
+    }
+}
+
+impl EdgeUris {
+    /// Append `query` (`?...`, `#...` or empty) of a URI for origin path `path`. A query
+    /// the playlist named reaches the origin only with a signature of it
+    /// ([`crate::playback::QUERY_SIG`]): the edge drops queries viewers make up.
+    fn query(&self, path: &[u8], query: &[u8], out: &mut Vec<u8>) {
+        let split = memchr(b'#', query).unwrap_or(query.len());
+        let (q, fragment) = query.split_at(split);
+        let named = match (q.strip_prefix(b"?"), &self.signer) {
+            (Some(q), Some(_)) if !q.is_empty() => {
+                crate::playback::named_query(&String::from_utf8_lossy(q))
+            }
+            _ => String::new(),
+        };
+        out.extend_from_slice(q);
+        if let (false, Some((keyring, stream))) = (named.is_empty(), &self.signer) {
+            let sig = keyring.sign_query(stream, &String::from_utf8_lossy(path), &named);
+            if !q.ends_with(b"&") {
+                out.push(b'&');
+            }
+            out.extend_from_slice(crate::playback::QUERY_SIG.as_bytes());
+            out.push(b'=');
+            out.extend_from_slice(sig.as_bytes());
+        }
+        out.extend_from_slice(fragment);
     }
 }
 
@@ -368,10 +399,12 @@ mod tests {
                 "/api/hls/TOK/s1/a.ts",
             ),
             (
-                "HTTP://ORIGIN.example:8000/live/s1/a.ts?x",
-                "/api/hls/TOK/s1/a.ts?x",
+                "HTTP://ORIGIN.example:8000/live/s1/a.ts?_HLS_skip=YES",
+                "/api/hls/TOK/s1/a.ts?_HLS_skip=YES",
             ),
             ("//origin.example:8000/live/s1/a.ts", "/api/hls/TOK/s1/a.ts"),
+            ("seg1.ts?", "/api/hls/TOK/s1/v0/seg1.ts?"),
+            ("seg1.ts#t=1", "/api/hls/TOK/s1/v0/seg1.ts#t=1"),
         ] {
             assert_eq!(map_one(&o, p, uri), want, "{uri}");
         }
@@ -383,7 +416,11 @@ mod tests {
         let k = ring();
         let got = map_one(&o, "/live/s1/index.m3u8", "/keys/k.bin?v=2");
         let sig = k.sign_path("s1", "/keys/k.bin");
-        assert_eq!(got, format!("/api/hls/TOK/s1/~o/{sig}/keys/k.bin?v=2"));
+        let qsig = k.sign_query("s1", "/keys/k.bin", "v=2");
+        assert_eq!(
+            got,
+            format!("/api/hls/TOK/s1/~o/{sig}/keys/k.bin?v=2&hlsq={qsig}")
+        );
         let got = map_one(&o, "/live/s1/index.m3u8", "../../other/seg.ts");
         let sig = k.sign_path("s1", "/other/seg.ts");
         assert_eq!(got, format!("/api/hls/TOK/s1/~o/{sig}/other/seg.ts"));
@@ -413,10 +450,30 @@ mod tests {
             "//cdn.example/a.ts",
             "skd://key-id",
             "data:text/plain;base64,AAAA",
-            "../../../../etc/passwd",
+            "",
         ] {
             assert_eq!(map_one(&o, "/live/s1/index.m3u8", uri), uri, "{uri}");
         }
+    }
+
+    #[test]
+    fn named_queries_are_signed_and_climbing_uris_stay_on_the_edge() {
+        let o = http();
+        let k = ring();
+        let got = map_one(&o, "/live/s1/index.m3u8", "a.ts?x=1&_HLS_msn=3");
+        let sig = k.sign_query("s1", "/live/s1/a.ts", "x=1");
+        assert_eq!(
+            got,
+            format!("/api/hls/TOK/s1/a.ts?x=1&_HLS_msn=3&hlsq={sig}")
+        );
+        let got = map_one(&o, "/live/s1/index.m3u8", "a.ts?x=1#f");
+        assert_eq!(got, format!("/api/hls/TOK/s1/a.ts?x=1&hlsq={sig}#f"));
+        // climbing above the root resolves at the root, on the origin: signed
+        let got = map_one(&o, "/live/s1/index.m3u8", "../../../hls/seg.ts");
+        let sig = k.sign_path("s1", "/hls/seg.ts");
+        assert_eq!(got, format!("/api/hls/TOK/s1/~o/{sig}/hls/seg.ts"));
+        let got = map_one(&o, "/live/s1/index.m3u8", "../../../../etc/passwd");
+        assert!(got.starts_with("/api/hls/TOK/s1/~o/") && got.ends_with("/etc/passwd"));
     }
 
     #[test]
@@ -452,12 +509,13 @@ mod tests {
             ("/a/b/../c", Some("/a/c")),
             ("/a/./b/.", Some("/a/b/")),
             ("/a/..", Some("/")),
-            ("/..", None),
-            ("/a/../../b", None),
+            ("/..", Some("/")),
+            ("/a/../../b", Some("/b")),
+            ("/live/s1/../../../hls/seg.ts", Some("/hls/seg.ts")),
             ("/", Some("/")),
         ] {
             assert_eq!(
-                normalize(p.as_bytes()).map(|v| String::from_utf8(v).unwrap()),
+                Some(String::from_utf8(normalize(p.as_bytes())).unwrap()),
                 want.map(String::from),
                 "{p}"
             );
@@ -472,6 +530,7 @@ mod tests {
             !u.is_empty()
                 && !matches!(u[0], b'/' | b'.' | b' ' | b'\t' | b'#')
                 && !u.contains(&b':')
+                && !u.contains(&b'?')
                 && !u.windows(2).any(|w| w == b"/.")
         }
         let alphabet = [
@@ -506,7 +565,7 @@ mod tests {
         }
         assert!(checked > 100_000);
         assert!(is_plain_relative(b"index0.ts"));
-        assert!(is_plain_relative(b"seg/sub/0001.ts?a=b"));
+        assert!(!is_plain_relative(b"seg/sub/0001.ts?a=b"));
         assert!(!is_plain_relative(b"segments/./0001.ts"));
         assert!(!is_plain_relative(b"abcdefg/.hidden")); // the "/." straddles two words
         assert!(!is_plain_relative(b"http://x/y.ts"));

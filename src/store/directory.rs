@@ -11,9 +11,9 @@
 //! to that runtime, and Pingora's worker runtimes only await the result.
 
 use super::{session_hex, Store, StoreError, StreamRecord};
-use crate::config::Stream;
 use crate::metrics::METRICS;
 use crate::origin::Origin;
+use crate::stream::Stream;
 use moka::future::Cache;
 use std::sync::Arc;
 use std::time::Duration;

@@ -324,6 +324,50 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// Signature of the query `query` (its named part, see
+    /// [`crate::playback::named_query`]) that a playlist gave the object at origin path
+    /// `path` of `stream`: only such a query reaches the origin. Same form as
+    /// [`Keyring::sign_path`], with its own domain label.
+    pub fn sign_query(&self, stream: &str, path: &str, query: &str) -> String {
+        let kid = self.active_kid();
+        let key = self.key(kid).expect("active key");
+        let mac = key.mac(&[
+            b"query\0",
+            stream.as_bytes(),
+            b"\0",
+            path.as_bytes(),
+            b"\0",
+            query.as_bytes(),
+        ]);
+        let mut buf = [0u8; 13];
+        buf[0] = kid;
+        buf[1..].copy_from_slice(&mac[..12]);
+        URL_SAFE_NO_PAD.encode(buf)
+    }
+
+    /// Whether `sig` is [`Keyring::sign_query`]'s signature.
+    pub fn verify_query(&self, stream: &str, path: &str, query: &str, sig: &str) -> bool {
+        let mut buf = [0u8; 16];
+        match URL_SAFE_NO_PAD.decode_slice(sig.as_bytes(), &mut buf) {
+            Ok(13) => {}
+            _ => return false,
+        }
+        let Some(key) = self.key(buf[0]) else {
+            return false;
+        };
+        let mac = key.mac(&[
+            b"query\0",
+            stream.as_bytes(),
+            b"\0",
+            path.as_bytes(),
+            b"\0",
+            query.as_bytes(),
+        ]);
+        bool::from(mac[..12].ct_eq(&buf[1..13]))
+    }
+}
+
 /// A random session id.
 pub fn new_session_id() -> [u8; 16] {
     let mut s = [0u8; 16];
@@ -525,6 +569,19 @@ mod tests {
         ] {
             assert!(k.verify(s, &viewer(1)).is_err(), "{s}");
         }
+    }
+
+    #[test]
+    fn query_signatures_bind_stream_path_and_query() {
+        let k = ring();
+        let sig = k.sign_query("s1", "/live/a.ts", "x=1");
+        assert!(k.verify_query("s1", "/live/a.ts", "x=1", &sig));
+        assert!(!k.verify_query("s1", "/live/a.ts", "x=2", &sig));
+        assert!(!k.verify_query("s1", "/live/b.ts", "x=1", &sig));
+        assert!(!k.verify_query("s2", "/live/a.ts", "x=1", &sig));
+        // a path signature is not a query signature
+        assert!(!k.verify_query("s1", "/live/a.ts", "", &k.sign_path("s1", "/live/a.ts")));
+        assert!(!k.verify_query("s1", "/live/a.ts", "x=1", "garbage"));
     }
 
     #[test]

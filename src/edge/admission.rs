@@ -1,0 +1,400 @@
+//! Who gets in, decided in one place and without sockets: [`authorize`] takes the facts of
+//! a request ([`Request`]) and the time, and answers what to serve ([`Admission`]) or why
+//! not ([`Denial`]: status, metric reason, message). The Pingora filter only gathers the
+//! facts and applies the answer, so every refusal is unit-tested here directly.
+//!
+//! Order: `Host` (400), route and path (404 / 400 / 401), method (405), query (400),
+//! token (401 / 403), stream and session (404 / 403 / 503), signed path (403), signed query
+//! (403).
+
+use super::EdgeState;
+use crate::media::Kind;
+use crate::net::client_ip;
+use crate::origin::Origin;
+use crate::playback::{self, Query, Route, Target};
+use crate::stream::Stream;
+use crate::token::{TokenError, Viewer};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The facts of one request, as the edge received it.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub method: &'a http::Method,
+    pub version: http::Version,
+    /// Path of the request target (still percent-encoded), no query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// Whether a `Host` header was sent (HTTP/1.1 requires one: RFC 9112 §3.2).
+    pub has_host: bool,
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// Every `X-Forwarded-For` value, in order.
+    pub forwarded_for: Vec<&'a [u8]>,
+    pub user_agent: &'a str,
+}
+
+/// Why a request is refused: the status, the `hlsgate_auth_denials_total` reason, and
+/// the message of the JSON error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denial {
+    pub status: u16,
+    pub reason: &'static str,
+    pub message: &'static str,
+}
+
+impl Denial {
+    pub const fn new(status: u16, reason: &'static str, message: &'static str) -> Denial {
+        Denial {
+            status,
+            reason,
+            message,
+        }
+    }
+
+    fn token(e: TokenError) -> Denial {
+        let message = match e {
+            TokenError::Malformed => "malformed token",
+            TokenError::Forged => "invalid token signature",
+            TokenError::Expired => "token expired",
+            TokenError::WrongStream => "token is for another stream",
+            TokenError::WrongViewer => "token is bound to another client",
+            TokenError::SessionEnded => "session has ended",
+        };
+        Denial::new(e.status(), e.reason(), message)
+    }
+
+    fn route(e: playback::RouteError) -> Denial {
+        let message = match e {
+            playback::RouteError::NotFound => "not found",
+            playback::RouteError::BadPath => "invalid path",
+            playback::RouteError::MissingToken => "missing token",
+            playback::RouteError::BadQuery => "invalid query",
+        };
+        Denial::new(e.status(), "route", message)
+    }
+}
+
+/// What an admitted request may have.
+#[derive(Debug)]
+pub enum Admission {
+    /// `/healthz`.
+    Health,
+    /// One object of a stream.
+    Object(Grant),
+}
+
+/// An admitted request for one object of a stream.
+#[derive(Debug)]
+pub struct Grant {
+    pub kind: Kind,
+    pub stream: Arc<Stream>,
+    /// Absolute origin path of the object (no query).
+    pub origin_path: String,
+    /// The query that reaches the origin (and the cache key): a playlist-named query whose
+    /// signature matched, then the validated LL-HLS delivery directives. Never the rest of
+    /// what the viewer sent.
+    pub origin_query: Option<String>,
+    /// The token handed back in `X-New-Token` and written into rewritten playlists.
+    pub token: String,
+    /// `token` differs from the one presented.
+    pub token_renewed: bool,
+    /// The request came through a `~o/` signed path.
+    pub signed_target: bool,
+    /// The viewer session the token belongs to.
+    pub session: [u8; 16],
+}
+
+impl Grant {
+    /// `origin_path` + `?origin_query`.
+    pub fn origin_uri(&self) -> String {
+        match &self.origin_query {
+            Some(q) => format!("{}?{q}", self.origin_path),
+            None => self.origin_path.clone(),
+        }
+    }
+}
+
+/// Decide one request. Async only because a stream or session may have to be read from
+/// the store (through the edge's cache of it).
+pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Admission, Denial> {
+    if req.version == http::Version::HTTP_11 && !req.has_host {
+        return Err(Denial::new(400, "bad_request", "missing Host header"));
+    }
+    let (tok, stream_id, target) = match playback::parse(req.path).map_err(Denial::route)? {
+        Route::Health => return Ok(Admission::Health),
+        Route::Hls {
+            token,
+            stream,
+            target,
+        } => (token, stream, target),
+    };
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return Err(Denial::new(405, "method", "method not allowed"));
+    }
+    let query = Query::parse(req.query.unwrap_or("")).map_err(Denial::route)?;
+    let kind = Kind::of(match &target {
+        Target::InBase(p) => p,
+        Target::Signed { path, .. } => path,
+    });
+
+    let ip = client_ip(
+        req.peer,
+        req.forwarded_for.iter().copied(),
+        &st.cfg.edge.trusted_proxies,
+    );
+    let viewer = Viewer {
+        stream: stream_id,
+        ip,
+        ua: req.user_agent,
+        now,
+    };
+    let verified = st.keyring.verify(tok, &viewer).map_err(Denial::token)?;
+    let stream = st.lookup(stream_id, &verified).await?;
+    let (origin_path, signed_target) = match target {
+        Target::InBase(rel) => (format!("{}{rel}", stream.origin.space().base), false),
+        Target::Signed { sig, path } => {
+            if matches!(stream.origin, Origin::File { .. })
+                || !st.keyring.verify_path(stream_id, path, sig)
+            {
+                return Err(Denial::new(
+                    403,
+                    "unsigned_path",
+                    "path not signed for this stream",
+                ));
+            }
+            (path.to_owned(), true)
+        }
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    let named = query.named_text();
+    // Without a signature the named parameters are the viewer's own: dropped (not
+    // forwarded, not in the cache key).
+    if let Some(sig) = query.sig {
+        if !st
+            .keyring
+            .verify_query(stream_id, &origin_path, &named, sig)
+        {
+            return Err(Denial::new(
+                403,
+                "unsigned_query",
+                "query not signed for this object",
+            ));
+        }
+        if !named.is_empty() {
+            parts.push(&named);
+        }
+    }
+    parts.extend(query.directives.iter().copied());
+    let origin_query = (!parts.is_empty()).then(|| parts.join("&"));
+    let token = st.keyring.renew_for(tok, &verified, &viewer, st.ttl);
+    Ok(Admission::Object(Grant {
+        kind,
+        stream,
+        origin_path,
+        origin_query,
+        token_renewed: token != tok,
+        token,
+        signed_target,
+        session: verified.session,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::token::{Binding, Grant as TokenGrant, Keyring};
+    use std::path::Path;
+
+    const NOW: u32 = 1_000_000;
+
+    fn state() -> EdgeState {
+        let cfg = Config::parse(
+            "origins:\n  allow: [\"127.0.0.1:9000\"]\nstreams:\n  s1: { url: \"http://127.0.0.1:9000/live/s1/index.m3u8\" }\n  s2: { url: \"http://127.0.0.1:9000/live/s2/index.m3u8\" }\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let keyring = Keyring::from_text(
+            "1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n",
+        )
+        .unwrap();
+        EdgeState::new(Arc::new(cfg), Arc::new(keyring), None)
+    }
+
+    fn token(st: &EdgeState, stream: &str, exp: u32, session_exp: u32, bind: bool) -> String {
+        st.keyring.issue(&TokenGrant {
+            stream: stream.into(),
+            session: [7; 16],
+            exp,
+            session_exp,
+            binding: Binding {
+                ip: bind.then(|| ("192.0.2.1".parse().unwrap(), 32)),
+                ua: bind.then(|| "ua".into()),
+            },
+            stored_session: false,
+        })
+    }
+
+    fn req<'a>(path: &'a str, query: Option<&'a str>) -> Request<'a> {
+        Request {
+            method: &http::Method::GET,
+            version: http::Version::HTTP_11,
+            path,
+            query,
+            has_host: true,
+            peer: "192.0.2.1".parse().unwrap(),
+            forwarded_for: Vec::new(),
+            user_agent: "ua",
+        }
+    }
+
+    fn run(st: &EdgeState, r: &Request<'_>) -> Result<Admission, Denial> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(authorize(st, r, NOW))
+    }
+
+    fn grant(st: &EdgeState, r: &Request<'_>) -> Grant {
+        match run(st, r) {
+            Ok(Admission::Object(g)) => g,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn denied(st: &EdgeState, r: &Request<'_>) -> (u16, &'static str) {
+        match run(st, r) {
+            Err(d) => (d.status, d.reason),
+            Ok(a) => panic!("admitted: {a:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_token_opens_its_stream() {
+        let st = state();
+        let t = token(&st, "s1", NOW + 100, NOW + 100, false);
+        let p = format!("/api/hls/{t}/s1/v0/seg1.ts");
+        let g = grant(&st, &req(&p, None));
+        assert_eq!(g.origin_uri(), "/live/s1/v0/seg1.ts");
+        assert_eq!(g.kind, Kind::Segment);
+        assert!(!g.token_renewed);
+    }
+
+    #[test]
+    fn every_refusal_has_its_status_and_reason() {
+        let st = state();
+        let t = token(&st, "s1", NOW + 100, NOW + 100, true);
+        let old = token(&st, "s1", NOW - 1, NOW - 1, false);
+        let p = |rest: &str| format!("/api/hls/{t}/s1/{rest}");
+        let seg = p("a.ts");
+        let mut no_host = req(&seg, None);
+        no_host.has_host = false;
+        assert_eq!(denied(&st, &no_host), (400, "bad_request"));
+        let mut http10 = req(&seg, None);
+        (http10.has_host, http10.version) = (false, http::Version::HTTP_10);
+        grant(&st, &http10);
+        let mut post = req(&seg, None);
+        post.method = &http::Method::POST;
+        assert_eq!(denied(&st, &post), (405, "method"));
+        assert_eq!(denied(&st, &req("/nope", None)), (404, "route"));
+        assert_eq!(denied(&st, &req("/api/hls/", None)), (401, "route"));
+        for bad in ["..;/x.ts", "%252e%252e/x.ts", "a/../../x.ts"] {
+            assert_eq!(denied(&st, &req(&p(bad), None)), (400, "route"), "{bad}");
+        }
+        assert_eq!(
+            denied(&st, &req(&seg, Some("_HLS_msn=abc"))),
+            (400, "route")
+        );
+        let forged = format!("/api/hls/{}x/s1/a.ts", &t[..t.len() - 1]);
+        assert_eq!(denied(&st, &req(&forged, None)).0, 401);
+        let expired = format!("/api/hls/{old}/s1/a.ts");
+        assert_eq!(denied(&st, &req(&expired, None)), (401, "expired"));
+        let other = format!("/api/hls/{t}/s2/a.ts");
+        assert_eq!(denied(&st, &req(&other, None)), (403, "wrong_stream"));
+        let mut elsewhere = req(&seg, None);
+        elsewhere.peer = "198.51.100.9".parse().unwrap();
+        assert_eq!(denied(&st, &elsewhere), (403, "wrong_viewer"));
+        let unknown = token(&st, "zz", NOW + 100, NOW + 100, false);
+        let unknown = format!("/api/hls/{unknown}/zz/a.ts");
+        assert_eq!(denied(&st, &req(&unknown, None)), (404, "unknown_stream"));
+        let unsigned = p("~o/AAAAAAAAAAAAAAAAAA/keys/k.bin");
+        assert_eq!(denied(&st, &req(&unsigned, None)), (403, "unsigned_path"));
+        assert_eq!(
+            denied(&st, &req(&seg, Some("x=1&hlsq=AAAAAAAAAAAAAAAAAA"))),
+            (403, "unsigned_query")
+        );
+    }
+
+    #[test]
+    fn viewer_queries_are_dropped_but_delivery_directives_and_signed_queries_kept() {
+        let st = state();
+        let t = token(&st, "s1", NOW + 100, NOW + 100, false);
+        let seg = format!("/api/hls/{t}/s1/a.ts");
+        for q in ["cb=1", "cb=2", "x=1&y=2", "_HLS_foo=1"] {
+            assert_eq!(
+                grant(&st, &req(&seg, Some(q))).origin_uri(),
+                "/live/s1/a.ts"
+            );
+        }
+        let pl = format!("/api/hls/{t}/s1/index.m3u8");
+        let g = grant(&st, &req(&pl, Some("cb=9&_HLS_msn=12&_HLS_part=3")));
+        assert_eq!(
+            g.origin_uri(),
+            "/live/s1/index.m3u8?_HLS_msn=12&_HLS_part=3"
+        );
+        let sig = st.keyring.sign_query("s1", "/live/s1/a.ts", "v=2");
+        let q = format!("v=2&hlsq={sig}&_HLS_skip=YES");
+        let g = grant(&st, &req(&seg, Some(&q)));
+        assert_eq!(g.origin_uri(), "/live/s1/a.ts?v=2&_HLS_skip=YES");
+        // the same signature for another value, path or stream: refused
+        let q = format!("v=3&hlsq={sig}");
+        assert_eq!(denied(&st, &req(&seg, Some(&q))).0, 403);
+        let b = format!("/api/hls/{t}/s1/b.ts");
+        let q = format!("v=2&hlsq={sig}");
+        assert_eq!(denied(&st, &req(&b, Some(&q))).0, 403);
+    }
+
+    #[test]
+    fn signed_out_of_base_paths_open_exactly_that_path() {
+        let st = state();
+        let t = token(&st, "s1", NOW + 100, NOW + 100, false);
+        let sig = st.keyring.sign_path("s1", "/keys/k.bin");
+        let p = format!("/api/hls/{t}/s1/~o/{sig}/keys/k.bin");
+        let g = grant(&st, &req(&p, None));
+        assert_eq!(g.origin_uri(), "/keys/k.bin");
+        assert!(g.signed_target);
+        let p = format!("/api/hls/{t}/s1/~o/{sig}/keys/other.bin");
+        assert_eq!(denied(&st, &req(&p, None)), (403, "unsigned_path"));
+        let p = format!("/api/hls/{t}/s2/~o/{sig}/keys/k.bin");
+        assert_eq!(denied(&st, &req(&p, None)).0, 403);
+    }
+
+    #[test]
+    fn unbound_tokens_renew_only_within_their_own_cap() {
+        let st = state();
+        // 20 s token whose cap is its own expiry (what `hlsgate token --ttl 20` issues)
+        let t = token(&st, "s1", NOW + 20, NOW + 20, false);
+        let p = format!("/api/hls/{t}/s1/a.ts");
+        let g = grant(&st, &req(&p, None));
+        // less than half of tokens.ttl (300 s) left: X-New-Token is re-derived, capped at
+        // the token's own end
+        let renewed = st
+            .keyring
+            .verify(
+                &g.token,
+                &Viewer {
+                    stream: "s1",
+                    ip: "192.0.2.1".parse().unwrap(),
+                    ua: "ua",
+                    now: NOW + 21,
+                },
+            )
+            .unwrap_err();
+        assert_eq!(
+            renewed,
+            TokenError::Expired,
+            "the renewal dies with the token"
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! Bounds on viewers' connections that Pingora does not keep by itself, applied around its
+//! HTTP app ([`Guarded`], a `ServerApp` wrapping the proxy):
+//!
+//! - a cap on open connections (`edge.max_connections`): past it, a new connection is
+//!   answered 503 and closed at once;
+//! - a deadline for a whole request header (`edge.header_timeout`). Pingora times each
+//!   read of a request header (60 s), not the header: a client trickling one byte a
+//!   second keeps a connection and its buffers forever (slowloris). [`HeaderDeadline`]
+//!   watches the bytes read for the end of each header (`\r\n\r\n`) and fails the read
+//!   once a header has taken longer than the deadline.
+//!
+//! NOTE: the deadline is for HTTP/1 request headers (the edge speaks HTTP/1 downstream;
+//! request bodies are refused, 405, since only GET and HEAD are served).
+
+use crate::metrics::METRICS;
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::SslDigest;
+use pingora_core::protocols::Stream;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// A `ServerApp` with a connection cap and a request-header deadline around `inner`.
+pub struct Guarded<A> {
+    inner: Arc<A>,
+    open: AtomicUsize,
+    max: usize,
+    header_timeout: Duration,
+}
+
+impl<A> Guarded<A> {
+    pub fn new(inner: A, max: usize, header_timeout: Duration) -> Guarded<A> {
+        Guarded {
+            inner: Arc::new(inner),
+            open: AtomicUsize::new(0),
+            max,
+            header_timeout,
+        }
+    }
+}
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 35\r\nConnection: close\r\nRetry-After: 1\r\nX-Content-Type-Options: nosniff\r\n\
+\r\n{\"error\":\"too many open connections\"}";
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        let _open = OpenGuard(&self.open);
+        if open > self.max {
+            METRICS
+                .denials
+                .with_label_values(&["connection_limit"])
+                .inc();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = session.write_all(BUSY).await;
+                let _ = session.flush().await;
+            })
+            .await;
+            return None;
+        }
+        // A kept-alive connection comes back wrapped already (and between requests).
+        let wrapped: Stream = if session.as_any().is::<HeaderDeadline>() {
+            session
+        } else {
+            Box::new(HeaderDeadline::new(session, self.header_timeout))
+        };
+        self.inner.process_new(wrapped, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+struct OpenGuard<'a>(&'a AtomicUsize);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where the reader is in the request stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between requests: the idle (keep-alive) timeout is Pingora's.
+    Idle,
+    /// Inside a request header; `line_empty`: nothing but `\r` since the last `\n` (the
+    /// next `\n` ends the header; CRLF and bare LF line ends both count).
+    Header { line_empty: bool },
+}
+
+/// A connection whose request headers must each arrive within `timeout`.
+#[derive(Debug)]
+pub struct HeaderDeadline {
+    inner: Stream,
+    timeout: Duration,
+    phase: Phase,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl HeaderDeadline {
+    /// A new connection: its first request header must be complete within `timeout` of
+    /// the accept (a connection that sends nothing is cut off as well).
+    pub fn new(inner: Stream, timeout: Duration) -> HeaderDeadline {
+        HeaderDeadline {
+            inner,
+            timeout,
+            phase: Phase::Header { line_empty: false },
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// Follow the header state over bytes just read.
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            match (self.phase, b) {
+                // stray line ends between requests (RFC 9112 §2.2)
+                (Phase::Idle, b'\r' | b'\n') => {}
+                (Phase::Idle, _) => {
+                    let at = Instant::now() + self.timeout;
+                    self.deadline.as_mut().reset(at);
+                    self.phase = Phase::Header { line_empty: false };
+                }
+                (Phase::Header { line_empty: true }, b'\n') => self.phase = Phase::Idle,
+                (Phase::Header { .. }, b'\n') => self.phase = Phase::Header { line_empty: true },
+                (Phase::Header { .. }, b'\r') => {}
+                (Phase::Header { .. }, _) => self.phase = Phase::Header { line_empty: false },
+            }
+        }
+    }
+}
+
+impl AsyncRead for HeaderDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = buf.filled()[before..].to_vec();
+                this.scan(&new);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if matches!(this.phase, Phase::Header { .. })
+                    && this.deadline.as_mut().poll(cx).is_ready()
+                {
+                    METRICS.denials.with_label_values(&["header_timeout"]).inc();
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request header took too long",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HeaderDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeaderDeadline {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for HeaderDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeaderDeadline {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeaderDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeaderDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeaderDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeaderDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dl() -> HeaderDeadline {
+        // scan() does no I/O; any connected stream will do.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        c.set_nonblocking(true).unwrap();
+        let tcp = tokio::net::TcpStream::from_std(c).unwrap();
+        let s = pingora_core::protocols::l4::stream::Stream::from(tcp);
+        HeaderDeadline::new(Box::new(s), Duration::from_secs(1))
+    }
+
+    #[tokio::test]
+    async fn headers_are_tracked_across_reads_and_pipelined_requests() {
+        let mut d = dl();
+        assert!(
+            matches!(d.phase, Phase::Header { .. }),
+            "the deadline runs from the accept"
+        );
+        d.scan(b"GET / HTTP/1.1\r\nHo");
+        assert!(matches!(d.phase, Phase::Header { .. }));
+        d.scan(b"st: x\r\n\r");
+        assert_eq!(d.phase, Phase::Header { line_empty: true });
+        d.scan(b"\n");
+        assert_eq!(d.phase, Phase::Idle);
+        d.scan(b"\r\nGET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nX: y");
+        assert!(matches!(d.phase, Phase::Header { .. }));
+        d.scan(b"\n\n");
+        assert_eq!(d.phase, Phase::Idle, "LF-only line ends");
+    }
+}
