@@ -611,7 +611,7 @@ fn login_is_rate_limited_and_failures_are_uniform(backend: Backend) {
     let w = world(backend, "");
     let text = std::fs::read_to_string(&w.config).unwrap().replace(
         "admin:\n",
-        "admin:\n  login_attempts_per_user: 4\n  login_attempts_per_ip: 40\n",
+        "admin:\n  login_attempts_per_user: 4\n  login_attempts_per_ip: 40\n  trusted_proxies: [\"127.0.0.1\"]\n",
     );
     std::fs::write(&w.config, text).unwrap();
     let _h = w.serve();
@@ -641,11 +641,38 @@ fn login_is_rate_limited_and_failures_are_uniform(backend: Backend) {
     eprintln!("failed login median: existing user {k:.4}s, unknown user {u:.4}s");
     assert!(k / u < 3.0 && u / k < 3.0, "existing {k}s vs unknown {u}s");
 
-    // hank has had 1 + 3 attempts: the 5th is refused without checking the password.
+    // Finding 7: failures count per user and client. This client has 3 failures for
+    // hank; a 4th uses its budget, and then even the right password is refused from it,
+    // without checking it.
+    assert_eq!(attempt("hank", "wrong-password").0, 401);
     let (s, v, r, _) = attempt("hank", "hank-password");
     assert_eq!((s, error_of(&v)), (429, "too many attempts; retry later"));
     let retry: u64 = r.header("Retry-After").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
+    let from = |ip: &str, user: &str, pw: &str| {
+        let body = json!({"username": user, "password": pw}).to_string();
+        let h = [("X-Forwarded-For", ip)];
+        api(a, "POST", "/api/login", None, Some(&body), &h).0
+    };
+    // hank has more failures than the budget overall: a client with a failure of its own
+    // gets no second try...
+    assert_eq!(from("198.51.100.1", "hank", "guess-1"), 401);
+    assert_eq!(from("198.51.100.1", "hank", "guess-2"), 429);
+    // ...but the owner, from a client with no recent failures, is let in: an attacker
+    // cannot lock hank out by failing on purpose.
+    assert_eq!(from("203.0.113.5", "hank", "hank-password"), 200);
+    // IPv6 clients share a budget per /64.
+    for i in 0..4 {
+        assert_eq!(
+            from(&format!("2001:db8:7::{i}"), "ivan", "wrong-pw"),
+            401,
+            "{i}"
+        );
+    }
+    assert_eq!(from("2001:db8:7::99", "ivan", "wrong-pw"), 429);
+    // A name no user can have is refused before it becomes a limiter key.
+    let long = "x".repeat(60_000);
+    assert_eq!(from("203.0.113.9", &long, "whatever1"), 401);
     // Other users are not affected by hank's limit...
     login(a, "ivan", "ivan-password");
     // ...until this IP's budget (40 a minute) runs out.
