@@ -5,8 +5,9 @@ use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use hlsgate::admin::{self, AdminState};
 use hlsgate::config::Config;
+use hlsgate::edge::store_cache::StoreCache;
 use hlsgate::edge::{self, EdgeState};
-use hlsgate::store::{self, Directory};
+use hlsgate::store;
 use hlsgate::token::{self, Binding, Grant, Keyring};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -221,8 +222,8 @@ fn run(path: &Path, role: Role) -> anyhow::Result<()> {
         .block_on(store::open(&cfg.store_url))
         .map_err(|e| anyhow!("{}: store.url: {e}", path.display()))?;
     tracing::info!(backend = store.backend(), url = %store::redact_url(&cfg.store_url), "store open");
-    let directory = Arc::new(Directory::new(
-        store,
+    let directory = Arc::new(StoreCache::new(
+        store.clone(),
         rt.handle().clone(),
         cfg.store_cache_ttl,
     ));
@@ -234,6 +235,7 @@ fn run(path: &Path, role: Role) -> anyhow::Result<()> {
         let state = Arc::new(AdminState::new(
             cfg.clone(),
             keyring.clone(),
+            store.clone(),
             directory.clone(),
         ));
         let listener = {

@@ -309,7 +309,7 @@ async fn login(
         .await?;
     for id in &evicted {
         if let Some(b) = session_bytes(id) {
-            st.directory.forget_session(b).await;
+            st.changes.session_ended(b).await;
         }
     }
     let jwt = st.jwt.issue(&Claims {
@@ -338,7 +338,7 @@ async fn end_session(st: &AdminState, user_id: i64, id: &str) -> Result<bool, Ap
     let found = st.store.delete_session(user_id, id).await?;
     // Only a session this user really ended: forgetting marks it ended for the edge.
     if let Some(b) = session_bytes(id).filter(|_| found) {
-        st.directory.forget_session(b).await;
+        st.changes.session_ended(b).await;
     }
     Ok(found)
 }
@@ -476,7 +476,7 @@ async fn update_stream(
         .update_stream(c.user_id, id, &base, &endpoint, now_ms())
         .await?
         .ok_or_else(stream_not_found)?;
-    st.directory.forget_stream(id).await;
+    st.changes.stream_changed(id).await;
     Ok(Json(stream_json(&s)).into_response())
 }
 
@@ -486,7 +486,7 @@ async fn delete_stream(State(st): St, headers: HeaderMap, Path(id): Path<String>
     if !st.store.delete_stream(c.user_id, id).await? {
         return Err(stream_not_found());
     }
-    st.directory.forget_stream(id).await;
+    st.changes.stream_changed(id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -533,7 +533,7 @@ async fn seed_update_stream(State(st): St, headers: HeaderMap, body: Body) -> Ap
     };
     let (s, created) = match updated {
         Some(s) => {
-            st.directory.forget_stream(s.id).await;
+            st.changes.stream_changed(s.id).await;
             (s, false)
         }
         None => (
@@ -639,7 +639,6 @@ async fn playback_url(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::store::Directory;
     use crate::token::{Keyring, TokenError, Viewer};
     use axum::body::Body;
     use axum::http::Request;
@@ -656,15 +655,11 @@ mod tests {
         let cfg = Config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
         let keyring = Keyring::load_or_create(&cfg.tokens.secret_file).unwrap();
         let store = store::open(&cfg.store_url).await.unwrap();
-        let dir = Directory::new(
-            store,
-            tokio::runtime::Handle::current(),
-            cfg.store_cache_ttl,
-        );
         Arc::new(AdminState::new(
             Arc::new(cfg),
             Arc::new(keyring),
-            Arc::new(dir),
+            store,
+            Arc::new(store::NoCaches),
         ))
     }
 

@@ -15,7 +15,7 @@ pub mod api;
 pub mod auth;
 
 use crate::config::Config;
-use crate::store::{Directory, Store};
+use crate::store::{Changes, Store};
 use crate::token::Keyring;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,8 @@ pub struct AdminState {
     pub store: Arc<dyn Store>,
     /// The edge's cache of the store: told at once when a session ends or a stream
     /// changes (in `hlsgate serve` the edge shares it).
-    pub directory: Arc<Directory>,
+    /// Caches of the store in this process (the edge's, in `serve`) to tell of changes.
+    pub changes: Arc<dyn Changes>,
     pub jwt: auth::JwtKeys,
     pub per_ip: auth::RateLimiter,
     pub per_user: auth::RateLimiter,
@@ -41,7 +42,12 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(cfg: Arc<Config>, keyring: Arc<Keyring>, directory: Arc<Directory>) -> AdminState {
+    pub fn new(
+        cfg: Arc<Config>,
+        keyring: Arc<Keyring>,
+        store: Arc<dyn Store>,
+        changes: Arc<dyn Changes>,
+    ) -> AdminState {
         let mut pw = [0u8; 24];
         getrandom::getrandom(&mut pw).expect("OS random source");
         AdminState {
@@ -52,8 +58,8 @@ impl AdminState {
             hash_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
-            store: directory.store().clone(),
-            directory,
+            store,
+            changes,
             cfg,
             keyring,
         }

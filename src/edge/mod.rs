@@ -10,11 +10,11 @@ pub mod file;
 pub mod guard;
 pub mod proxy;
 pub mod respond;
+pub mod store_cache;
 
 use crate::cache::SegmentStore;
 use crate::config::Config;
 use crate::metrics::MetricsApp;
-use crate::store::Directory;
 use crate::stream::Stream;
 use crate::token::{Keyring, TokenError, Verified};
 use admission::Denial;
@@ -23,6 +23,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use std::collections::HashMap;
 use std::sync::Arc;
+use store_cache::StoreCache;
 
 /// What every request of the edge shares.
 pub struct EdgeState {
@@ -30,8 +31,8 @@ pub struct EdgeState {
     pub keyring: Arc<Keyring>,
     /// Static streams from the config.
     pub streams: HashMap<String, Arc<Stream>>,
-    /// Streams and sessions in the store (numeric stream ids).
-    pub directory: Option<Arc<Directory>>,
+    /// The edge's cache of streams and sessions in the store (numeric stream ids).
+    pub directory: Option<Arc<StoreCache>>,
     /// `tokens.ttl` in seconds.
     pub ttl: u32,
     /// The segment cache and its fill lock (leaked: Pingora's cache API wants `'static`).
@@ -55,7 +56,7 @@ impl EdgeState {
     pub fn new(
         cfg: Arc<Config>,
         keyring: Arc<Keyring>,
-        directory: Option<Arc<Directory>>,
+        directory: Option<Arc<StoreCache>>,
     ) -> EdgeState {
         let streams = cfg
             .streams

@@ -6,13 +6,12 @@
 //! at start-up and recorded in `hlsgate_migrations`; every statement is idempotent, so
 //! several processes starting at once on one store are safe.
 //!
-//! [`Directory`] is the edge's view: streams and sessions behind a short-lived moka cache,
-//! so the store is asked at most once per `store.cache_ttl` per stream or session.
+//! The edge keeps its own short-lived cache of streams and sessions
+//! ([`crate::edge::store_cache::StoreCache`]), so the store is asked at most once per
+//! `store.cache_ttl` per stream or session; the admin reports changes to such caches
+//! through [`Changes`].
 
-mod directory;
 mod sql;
-
-pub use directory::Directory;
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -177,6 +176,26 @@ pub fn session_bytes(hex: &str) -> Option<[u8; 16]> {
         out[i] = u8::from_str_radix(s, 16).ok()?;
     }
     Some(out)
+}
+
+/// What the admin tells caches of the store when it changes something, so that a process
+/// holding one (`hlsgate serve`) sees the change at once rather than when its entries
+/// expire.
+#[async_trait]
+pub trait Changes: Send + Sync {
+    /// A login session ended (logout, revocation, eviction).
+    async fn session_ended(&self, id: [u8; 16]);
+    /// A stream was created, changed or deleted.
+    async fn stream_changed(&self, id: i64);
+}
+
+/// No cache to tell: `hlsgate admin` alone, and tests of the admin.
+pub struct NoCaches;
+
+#[async_trait]
+impl Changes for NoCaches {
+    async fn session_ended(&self, _id: [u8; 16]) {}
+    async fn stream_changed(&self, _id: i64) {}
 }
 
 #[cfg(test)]

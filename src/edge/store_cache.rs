@@ -1,18 +1,20 @@
-//! The edge's view of the store: streams and sessions behind a moka cache.
+//! The edge's cache of the store: streams and sessions behind a moka cache. It belongs to
+//! the edge (the store itself caches nothing); the admin tells it about changes through
+//! [`crate::store::Changes`] without knowing it is there.
 //!
 //! Entries (found or not found) live `store.cache_ttl` (default 2 s), so a separate
 //! `hlsgate edge` sees an ended session or a changed stream within that time while the
 //! store sees at most one query per stream and session per period, however many viewers
 //! ask (concurrent misses for one key share one query). In `hlsgate serve` the admin calls
-//! [`Directory::forget_session`] / [`Directory::forget_stream`] on every change, so there
+//! [`StoreCache::forget_session`] / [`StoreCache::forget_stream`] on every change, so there
 //! the change is seen at once.
 //!
 //! Store queries run on the store's own Tokio runtime (`rt`): its connection pools belong
 //! to that runtime, and Pingora's worker runtimes only await the result.
 
-use super::{session_hex, Store, StoreError, StreamRecord};
 use crate::metrics::METRICS;
 use crate::origin::Origin;
+use crate::store::{session_hex, Changes, Store, StoreError, StreamRecord};
 use crate::stream::Stream;
 use moka::future::Cache;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ pub struct LiveSession {
     pub expires_at: i64,
 }
 
-pub struct Directory {
+pub struct StoreCache {
     store: Arc<dyn Store>,
     rt: Handle,
     streams: Cache<i64, Option<Arc<Stream>>>,
@@ -38,9 +40,9 @@ pub struct Directory {
     ended: moka::sync::Cache<[u8; 16], ()>,
 }
 
-impl Directory {
-    pub fn new(store: Arc<dyn Store>, rt: Handle, ttl: Duration) -> Directory {
-        Directory {
+impl StoreCache {
+    pub fn new(store: Arc<dyn Store>, rt: Handle, ttl: Duration) -> StoreCache {
+        StoreCache {
             store,
             rt,
             streams: Cache::builder()
@@ -118,7 +120,7 @@ impl Directory {
                     .try_get_with(id, async {
                         let store = self.store.clone();
                         let hex = session_hex(&id);
-                        let now = super::now_ms();
+                        let now = crate::store::now_ms();
                         let s = self
                             .run("session", async move { store.session(&hex, now).await })
                             .await?;
@@ -130,7 +132,7 @@ impl Directory {
                     .await?
             }
         };
-        Ok(found.filter(|s| s.expires_at > super::now_ms()))
+        Ok(found.filter(|s| s.expires_at > crate::store::now_ms()))
     }
 
     pub async fn forget_session(&self, id: [u8; 16]) {
@@ -157,6 +159,17 @@ pub fn to_stream(r: &StreamRecord) -> Option<Stream> {
     })
 }
 
+#[async_trait::async_trait]
+impl Changes for StoreCache {
+    async fn session_ended(&self, id: [u8; 16]) {
+        self.forget_session(id).await
+    }
+
+    async fn stream_changed(&self, id: i64) {
+        self.forget_stream(id).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +193,7 @@ mod tests {
             user_agent: String::new(),
         };
         store.create_session(&s, 0).await.unwrap();
-        let d = Directory::new(store.clone(), Handle::current(), Duration::from_secs(60));
+        let d = StoreCache::new(store.clone(), Handle::current(), Duration::from_secs(60));
         let live = d.session(id).await.unwrap().unwrap();
         assert_eq!(live.user_id, user.id);
         // Ended behind the cache's back (another process): still cached as live.
