@@ -131,6 +131,13 @@ impl SegmentStore {
         self.inflight.load(Ordering::Relaxed)
     }
 
+    /// Whether a new fill of `len` bytes fits in the in-flight share, with a quarter of it
+    /// left as headroom for fills racing this one. One that does not fit is passed
+    /// through uncached (whole) rather than started and abandoned half way.
+    pub fn has_room(&self, len: u64) -> bool {
+        self.inflight_bytes().saturating_add(len) <= self.inflight_budget / 4 * 3
+    }
+
     /// A leaked store for Pingora's `&'static` cache API (one per server).
     pub fn leak(policy: Policy) -> &'static SegmentStore {
         Box::leak(Box::new(SegmentStore::new(policy)))
@@ -514,5 +521,24 @@ impl Storage for SegmentStore {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_get_a_quarter_of_max_bytes() {
+        let store = SegmentStore::new(Policy {
+            max_bytes: 4 << 20,
+            ..Policy::default()
+        });
+        // a quarter is the in-flight share; new fills start only while 3/4 of it is free
+        assert!(store.has_room(700 << 10));
+        assert!(!store.has_room(800 << 10));
+        store.inflight.fetch_add(500 << 10, Ordering::Relaxed);
+        assert!(!store.has_room(300 << 10));
+        assert!(store.has_room(200 << 10));
     }
 }

@@ -341,6 +341,16 @@ impl ProxyHttp for EdgeProxy {
                 pingora_cache::NoCacheReason::Custom("refused origin response"),
             ));
         }
+        let length = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if length.is_some_and(|len| !self.state.store.has_room(len)) {
+            return Ok(RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::Custom("in-flight share of max_bytes in use"),
+            ));
+        }
         Ok(self.state.store.policy().resp_cacheable(ctx.kind, resp))
     }
 
