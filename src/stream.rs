@@ -143,17 +143,17 @@ impl OriginPolicy {
         let Ok(ct) = std::str::from_utf8(ct) else {
             return false;
         };
-        let list: Vec<&str> = if self.media_types.is_empty() {
-            DEFAULT_MEDIA_TYPES.to_vec()
-        } else {
-            self.media_types.iter().map(String::as_str).collect()
-        };
-        list.iter().any(|t| match t.strip_suffix("/*") {
+        let matches = |t: &str| match t.strip_suffix("/*") {
             Some(top) => ct
                 .split_once('/')
                 .is_some_and(|(a, b)| a.eq_ignore_ascii_case(top) && !b.is_empty()),
             None => ct.eq_ignore_ascii_case(t),
-        })
+        };
+        if self.media_types.is_empty() {
+            DEFAULT_MEDIA_TYPES.iter().any(|t| matches(t))
+        } else {
+            self.media_types.iter().any(|t| matches(t))
+        }
     }
 }
 

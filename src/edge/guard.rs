@@ -114,7 +114,14 @@ pub struct HeaderDeadline {
     inner: Stream,
     timeout: Duration,
     phase: Phase,
+    /// When the current header began; the timer is only armed (from it) when a read of
+    /// the header has to wait, so a request that arrives whole costs a clock read.
+    started: Instant,
+    armed: bool,
     deadline: Pin<Box<Sleep>>,
+    /// A response header is written but may sit in Pingora's write buffer: flushed as
+    /// soon as the connection has to wait for anything (see `poll_read`).
+    header_pending: bool,
 }
 
 impl HeaderDeadline {
@@ -125,7 +132,10 @@ impl HeaderDeadline {
             inner,
             timeout,
             phase: Phase::Header { line_empty: false },
+            started: Instant::now(),
+            armed: false,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            header_pending: false,
         }
     }
 
@@ -136,8 +146,8 @@ impl HeaderDeadline {
                 // stray line ends between requests (RFC 9112 §2.2)
                 (Phase::Idle, b'\r' | b'\n') => {}
                 (Phase::Idle, _) => {
-                    let at = Instant::now() + self.timeout;
-                    self.deadline.as_mut().reset(at);
+                    self.started = Instant::now();
+                    self.armed = false;
                     self.phase = Phase::Header { line_empty: false };
                 }
                 (Phase::Header { line_empty: true }, b'\n') => self.phase = Phase::Idle,
@@ -159,20 +169,33 @@ impl AsyncRead for HeaderDeadline {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let new = buf.filled()[before..].to_vec();
-                this.scan(&new);
+                this.scan(&buf.filled()[before..]);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if matches!(this.phase, Phase::Header { .. })
-                    && this.deadline.as_mut().poll(cx).is_ready()
-                {
-                    METRICS.denials.with_label_values(&["header_timeout"]).inc();
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "request header took too long",
-                    )));
+                // Pingora does not flush a response header while a body is to follow: a
+                // viewer of a slow origin would see nothing until body bytes filled the
+                // write buffer. While the connection waits (Pingora polls the viewer's side
+                // for a hang-up meanwhile), the header goes out.
+                if this.header_pending {
+                    if let Poll::Ready(Ok(())) = Pin::new(&mut this.inner).poll_flush(cx) {
+                        this.header_pending = false;
+                    }
+                }
+                if matches!(this.phase, Phase::Header { .. }) {
+                    if !this.armed {
+                        let at = this.started + this.timeout;
+                        this.deadline.as_mut().reset(at);
+                        this.armed = true;
+                    }
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        METRICS.denials.with_label_values(&["header_timeout"]).inc();
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "request header took too long",
+                        )));
+                    }
                 }
                 Poll::Pending
             }
@@ -186,11 +209,20 @@ impl AsyncWrite for HeaderDeadline {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if buf.starts_with(b"HTTP/1.") {
+            this.header_pending = true;
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.header_pending = false;
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

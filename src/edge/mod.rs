@@ -154,14 +154,9 @@ pub fn server(state: Arc<EdgeState>) -> Server {
     proxy.handle_init_modules();
     let app = guard::Guarded::new(proxy, cfg.edge.max_connections, cfg.edge.header_timeout);
     let mut svc = pingora_core::services::listening::Service::new("hlsgate edge".into(), app);
-    // NOTE: Pingora buffers downstream writes (1460 bytes by default) and does not flush a
-    // response header while a body is to follow: a viewer of a slow origin saw no header
-    // until the first body bytes filled the buffer. Unbuffered writes send it at once (the
-    // socket has TCP_NODELAY; bodies are written in large chunks anyway).
-    svc.add_listener(
-        pingora_core::listeners::ListenerConfig::tcp(listen)
-            .l4_buffer(pingora_core::listeners::L4BufferSettings::default().write(0)),
-    );
+    // NOTE: Pingora does not flush a response header while a body is to follow; the
+    // guard's stream flushes each header itself (see `guard::HeaderDeadline`).
+    svc.add_tcp(&listen);
     server.add_service(svc);
     let mut metrics = pingora_core::services::listening::Service::new(
         "hlsgate metrics".into(),
