@@ -137,18 +137,9 @@ impl RateLimiter {
 
     /// Count one attempt for `key`, whatever the budget says.
     pub fn record(&self, key: &str) {
-        if self.limit == 0 {
-            return;
+        if self.limit != 0 {
+            self.with_window(key, |w, _| w.1 = w.1.saturating_add(1));
         }
-        let now = Instant::now();
-        let w = self
-            .windows
-            .get_with(key.to_owned(), || Arc::new(Mutex::new((now, 0))));
-        let mut w = w.lock();
-        if now.duration_since(w.0) >= WINDOW {
-            *w = (now, 0);
-        }
-        w.1 = w.1.saturating_add(1);
     }
 
     /// Check `key`'s budget and count this attempt against it.
@@ -156,6 +147,18 @@ impl RateLimiter {
         if self.limit == 0 {
             return Ok(());
         }
+        self.with_window(key, |w, now| {
+            if w.1 >= self.limit {
+                let left = WINDOW.saturating_sub(now.duration_since(w.0));
+                return Err(left.as_secs().max(1));
+            }
+            w.1 += 1;
+            Ok(())
+        })
+    }
+
+    /// Run `f` on `key`'s current window (a new one when the last has run out).
+    fn with_window<R>(&self, key: &str, f: impl FnOnce(&mut (Instant, u32), Instant) -> R) -> R {
         let now = Instant::now();
         let w = self
             .windows
@@ -164,12 +167,7 @@ impl RateLimiter {
         if now.duration_since(w.0) >= WINDOW {
             *w = (now, 0);
         }
-        if w.1 >= self.limit {
-            let left = WINDOW.saturating_sub(now.duration_since(w.0));
-            return Err(left.as_secs().max(1));
-        }
-        w.1 += 1;
-        Ok(())
+        f(&mut w, now)
     }
 }
 

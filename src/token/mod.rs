@@ -331,15 +331,7 @@ impl Keyring {
     /// [`Keyring::sign_path`], with its own domain label.
     pub fn sign_query(&self, stream: &str, path: &str, query: &str) -> String {
         let kid = self.active_kid();
-        let key = self.key(kid).expect("active key");
-        let mac = key.mac(&[
-            b"query\0",
-            stream.as_bytes(),
-            b"\0",
-            path.as_bytes(),
-            b"\0",
-            query.as_bytes(),
-        ]);
+        let mac = query_mac(self.key(kid).expect("active key"), stream, path, query);
         let mut buf = [0u8; 13];
         buf[0] = kid;
         buf[1..].copy_from_slice(&mac[..12]);
@@ -356,16 +348,22 @@ impl Keyring {
         let Some(key) = self.key(buf[0]) else {
             return false;
         };
-        let mac = key.mac(&[
-            b"query\0",
-            stream.as_bytes(),
-            b"\0",
-            path.as_bytes(),
-            b"\0",
-            query.as_bytes(),
-        ]);
+        let mac = query_mac(key, stream, path, query);
         bool::from(mac[..12].ct_eq(&buf[1..13]))
     }
+}
+
+/// The MAC behind a query signature (its own domain label, so a path signature is never
+/// a query signature).
+fn query_mac(key: &keys::Key, stream: &str, path: &str, query: &str) -> [u8; 32] {
+    key.mac(&[
+        b"query\0",
+        stream.as_bytes(),
+        b"\0",
+        path.as_bytes(),
+        b"\0",
+        query.as_bytes(),
+    ])
 }
 
 /// A random session id.
