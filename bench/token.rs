@@ -1,7 +1,21 @@
 //! Token costs: verify (the per-request check), issue, and the per-URI path signature.
 //! `cargo bench --bench token`
 use criterion::{criterion_group, criterion_main, Criterion};
+use hlsgate::token::jwt::JwtKeys;
 use hlsgate::token::{Binding, Grant, Keyring, Viewer};
+
+/// A throwaway P-384 key pair for the JWT bench (no secret: made for this file).
+const ES384_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIG2AgEAMBAGByqGSM49AgEGBSuBBAAiBIGeMIGbAgEBBDBDDxlnXtOUIIkbYV3e
+JflEunGFd2E487XbBUTqfTMLLRH+C+zxHvgXwf892yTS6S2hZANiAAR8TsSYwith
+cB/oQmEsKM1auOFQmMEaeTztx/tS9gQMIduFBEG255SFHtSeA3IuVkkSCH9ctqD1
+w4jhfWRf44LjFXZ/oCypKh5EJbw9j9OrDI97dvXMakbwwjUfJh9ZdBU=
+-----END PRIVATE KEY-----";
+const ES384_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEfE7EmMIrYXAf6EJhLCjNWrjhUJjBGnk8
+7cf7UvYEDCHbhQRBtueUhR7UngNyLlZJEgh/XLag9cOI4X1kX+OC4xV2f6AsqSoe
+RCW8PY/TqwyPe3b1zGpG8MI1HyYfWXQV
+-----END PUBLIC KEY-----";
 
 fn bench(c: &mut Criterion) {
     let k =
@@ -38,6 +52,23 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("token/issue_bound_ip_ua", |b| {
         b.iter(|| k.issue(criterion::black_box(&grant)))
+    });
+    // An IVS-style playback token: ES384, verified once per playlist request (segments
+    // then use the exchanged native token).
+    let keys = JwtKeys::from_pems(&[("ivs".to_owned(), ES384_PUBLIC.to_owned())].into()).unwrap();
+    let claims = serde_json::json!({
+        "aws:channel-arn": "arn:aws:ivs:us-west-2:123456789012:channel/channel-42",
+        "exp": 4_000_000_000u64,
+    });
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(ES384_PRIVATE.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert!(keys.verify(&jwt, "channel-42").is_ok());
+    c.bench_function("token/jwt_verify_es384", |b| {
+        b.iter(|| keys.verify(criterion::black_box(&jwt), "channel-42"))
     });
     c.bench_function("token/sign_path", |b| {
         b.iter(|| k.sign_path("channel-42", criterion::black_box("/keys/2026/k1.bin")))

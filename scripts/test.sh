@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite, as CI runs it: installs what the tests need when missing (Rust, a C
 # compiler, cmake, ffmpeg for the real HLS streams and client, PostgreSQL for the store
-# tests, started on loopback), then runs every test.
+# tests, started on loopback, openssl and PyJWT for the third-party-signed JWT tests), then
+# runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/need.sh
@@ -10,6 +11,9 @@ need_lint
 need ffmpeg ffmpeg
 need curl curl
 need promtool prometheus
+need openssl openssl
+need_pymod cryptography python3-cryptography
+need_pymod jwt python3-jwt
 need_postgres
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

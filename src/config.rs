@@ -253,6 +253,14 @@ struct FileTokens {
     session_ttl: Duration,
     bind_ipv4_prefix: u8,
     bind_ipv6_prefix: u8,
+    jwt: FileJwt,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileJwt {
+    /// KID -> public key PEM (inline) or the path of a PEM file.
+    keys: BTreeMap<String, String>,
 }
 
 impl Default for FileTokens {
@@ -263,6 +271,7 @@ impl Default for FileTokens {
             session_ttl: Duration::from_secs(12 * 3600),
             bind_ipv4_prefix: 32,
             bind_ipv6_prefix: 64,
+            jwt: FileJwt::default(),
         }
     }
 }
@@ -345,6 +354,8 @@ pub struct Tokens {
     pub session_ttl: Duration,
     pub bind_ipv4_prefix: u8,
     pub bind_ipv6_prefix: u8,
+    /// `tokens.jwt.keys`: public keys of JWT playback tokens (query mode, IVS style).
+    pub jwt: std::sync::Arc<crate::token::jwt::JwtKeys>,
 }
 
 impl Tokens {
@@ -467,6 +478,23 @@ impl Config {
         if t.secret_file.as_os_str().is_empty() {
             return Err(err("tokens.secret_file", "must not be empty".into()));
         }
+
+        let mut pems = BTreeMap::new();
+        for (kid, v) in &t.jwt.keys {
+            let key = format!("tokens.jwt.keys.{kid}");
+            if kid.is_empty() || kid.len() > 128 {
+                return Err(err(&key, "key ids are 1-128 characters".into()));
+            }
+            let pem = if v.trim_start().starts_with("-----BEGIN") {
+                v.clone()
+            } else {
+                std::fs::read_to_string(v)
+                    .map_err(|e| err(&key, format!("cannot read PEM file {v:?}: {e}")))?
+            };
+            pems.insert(kid.clone(), pem);
+        }
+        let jwt = crate::token::jwt::JwtKeys::from_pems(&pems)
+            .map_err(|(kid, problem)| err(&format!("tokens.jwt.keys.{kid}"), problem))?;
 
         let c = &f.cache;
         if c.max_bytes < 1 << 20 {
@@ -607,6 +635,7 @@ impl Config {
                 session_ttl: f.tokens.session_ttl,
                 bind_ipv4_prefix: f.tokens.bind_ipv4_prefix,
                 bind_ipv6_prefix: f.tokens.bind_ipv6_prefix,
+                jwt: std::sync::Arc::new(jwt),
             },
             origins,
             cache: crate::cache::Policy {

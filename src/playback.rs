@@ -16,6 +16,8 @@ pub enum Route<'a> {
         stream: &'a str,
         target: Target<'a>,
     },
+    /// `/hls/{stream}/{path}?token=...`: a foreign token in the query (JWT, IVS style).
+    Query { stream: &'a str, target: Target<'a> },
     /// `/healthz`
     Health,
 }
@@ -90,6 +92,8 @@ pub struct Query<'a> {
     pub directives: Vec<&'a str>,
     /// The value of `hlsq`.
     pub sig: Option<&'a str>,
+    /// The value of `token` (query-token modes): the edge's, never the origin's.
+    pub token: Option<&'a str>,
 }
 
 impl<'a> Query<'a> {
@@ -123,6 +127,11 @@ impl<'a> Query<'a> {
                         return Err(RouteError::BadQuery);
                     }
                 }
+                "token" => {
+                    if out.token.replace(value).is_some() {
+                        return Err(RouteError::BadQuery);
+                    }
+                }
                 // Other `_HLS_` names are not directives: the viewer's, dropped.
                 _ => out.named.push(p),
             }
@@ -143,7 +152,10 @@ pub fn named_query(q: &str) -> String {
     let mut out = String::with_capacity(q.len());
     for p in q.split('&').filter(|p| !p.is_empty()) {
         let name = p.split_once('=').map_or(p, |(n, _)| n);
-        if matches!(name, "_HLS_msn" | "_HLS_part" | "_HLS_skip" | QUERY_SIG) {
+        if matches!(
+            name,
+            "_HLS_msn" | "_HLS_part" | "_HLS_skip" | "token" | QUERY_SIG
+        ) {
             continue;
         }
         if !out.is_empty() {
@@ -159,10 +171,16 @@ pub fn parse(path: &str) -> Result<Route<'_>, RouteError> {
     if path == "/healthz" {
         return Ok(Route::Health);
     }
-    if path.starts_with("/hls/") {
-        // The query-token and cookie modes of this route are not built yet: whatever
-        // arrives here carries no token this edge accepts.
-        return Err(RouteError::MissingToken);
+    if let Some(rest) = path.strip_prefix("/hls/") {
+        let (stream, rel) = rest.split_once('/').ok_or(RouteError::NotFound)?;
+        if stream.is_empty() {
+            return Err(RouteError::NotFound);
+        }
+        check_path(rel)?;
+        return Ok(Route::Query {
+            stream,
+            target: Target::InBase(rel),
+        });
     }
     let rest = path.strip_prefix("/api/hls/").ok_or(RouteError::NotFound)?;
     let (token, rest) = rest.split_once('/').ok_or(RouteError::MissingToken)?;
@@ -275,15 +293,19 @@ mod tests {
             })
         );
         assert_eq!(parse("/healthz"), Ok(Route::Health));
+        assert_eq!(
+            parse("/hls/demo/v0/i.m3u8"),
+            Ok(Route::Query {
+                stream: "demo",
+                target: Target::InBase("v0/i.m3u8")
+            })
+        );
+        assert_eq!(parse("/hls/demo/../x"), Err(RouteError::BadPath));
+        assert_eq!(parse("/hls/demo"), Err(RouteError::NotFound));
         for nf in ["/", "/api/hls/TOK/demo", "/api/hls/TOK//x", "/other"] {
             assert_eq!(parse(nf), Err(RouteError::NotFound), "{nf}");
         }
-        for missing in [
-            "/api/hls/",
-            "/api/hls/TOK",
-            "/api/hls//demo/x",
-            "/hls/demo/i.m3u8",
-        ] {
+        for missing in ["/api/hls/", "/api/hls/TOK", "/api/hls//demo/x"] {
             assert_eq!(parse(missing), Err(RouteError::MissingToken), "{missing}");
         }
     }

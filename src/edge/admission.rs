@@ -13,7 +13,8 @@ use crate::net::client_ip;
 use crate::origin::Origin;
 use crate::playback::{self, Query, Route, Target};
 use crate::stream::Stream;
-use crate::token::{TokenError, Viewer};
+use crate::token::jwt::JwtError;
+use crate::token::{Binding, Grant as TokenGrant, TokenError, Viewer};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -60,6 +61,17 @@ impl Denial {
             TokenError::WrongStream => "token is for another stream",
             TokenError::WrongViewer => "token is bound to another client",
             TokenError::SessionEnded => "session has ended",
+        };
+        Denial::new(e.status(), e.reason(), message)
+    }
+
+    fn jwt(e: JwtError) -> Denial {
+        let message = match e {
+            JwtError::Malformed => "malformed token",
+            JwtError::Forged => "invalid token signature",
+            JwtError::Expired => "token expired",
+            JwtError::NotYetValid => "token not yet valid",
+            JwtError::WrongStream => "token is for another stream",
         };
         Denial::new(e.status(), e.reason(), message)
     }
@@ -121,13 +133,14 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
     if req.version == http::Version::HTTP_11 && !req.has_host {
         return Err(Denial::new(400, "bad_request", "missing Host header"));
     }
-    let (tok, stream_id, target) = match playback::parse(req.path).map_err(Denial::route)? {
+    let (path_token, stream_id, target) = match playback::parse(req.path).map_err(Denial::route)? {
         Route::Health => return Ok(Admission::Health),
         Route::Hls {
             token,
             stream,
             target,
-        } => (token, stream, target),
+        } => (Some(token), stream, target),
+        Route::Query { stream, target } => (None, stream, target),
     };
     if req.method != http::Method::GET && req.method != http::Method::HEAD {
         return Err(Denial::new(405, "method", "method not allowed"));
@@ -149,6 +162,13 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         ua: req.user_agent,
         now,
     };
+    // A foreign token is exchanged for a native one at the door: the rest of the way (and
+    // every URI of the rewritten playlist) is path mode.
+    let exchanged = match path_token {
+        Some(_) => None,
+        None => Some(exchange(st, &query, &viewer)?),
+    };
+    let tok = path_token.or(exchanged.as_deref()).unwrap_or_default();
     let verified = st.keyring.verify(tok, &viewer).map_err(Denial::token)?;
     let stream = st.lookup(stream_id, &verified).await?;
     let (origin_path, signed_target) = match target {
@@ -193,10 +213,48 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         stream,
         origin_path,
         origin_query,
-        token_renewed: token != tok,
+        token_renewed: token != tok || exchanged.is_some(),
         token,
         signed_target,
         session: verified.session,
+    }))
+}
+
+/// The native token a query-mode request is admitted with: the foreign token (a JWT) is
+/// checked, then a native token is issued for the same viewer session, bound to this
+/// viewer's address and User-Agent, ending with the foreign token.
+fn exchange(st: &EdgeState, query: &Query<'_>, viewer: &Viewer<'_>) -> Result<String, Denial> {
+    let missing = Denial::new(401, "route", "missing token");
+    let foreign = query.token.ok_or(missing)?;
+    let keys = &st.cfg.tokens.jwt;
+    if keys.is_empty() {
+        return Err(missing);
+    }
+    if !crate::stream::valid_stream_id(viewer.stream) {
+        return Err(Denial::new(404, "unknown_stream", "unknown stream"));
+    }
+    let g = match st.jwt_seen.get(foreign) {
+        Some((stream, g)) if stream == viewer.stream && viewer.now <= g.exp => g,
+        Some((stream, _)) if stream != viewer.stream => {
+            return Err(Denial::jwt(JwtError::WrongStream))
+        }
+        _ => {
+            let g = keys.verify(foreign, viewer.stream).map_err(Denial::jwt)?;
+            st.jwt_seen
+                .insert(foreign.to_owned(), (viewer.stream.to_owned(), g.clone()));
+            g
+        }
+    };
+    Ok(st.keyring.issue(&TokenGrant {
+        stream: viewer.stream.to_owned(),
+        session: g.session,
+        exp: g.exp.min(viewer.now.saturating_add(st.ttl)),
+        session_exp: g.exp,
+        binding: Binding {
+            ip: Some((viewer.ip, st.cfg.tokens.prefix_for(viewer.ip))),
+            ua: Some(viewer.ua.to_owned()),
+        },
+        stored_session: false,
     }))
 }
 
@@ -204,7 +262,7 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::token::{Binding, Grant as TokenGrant, Keyring};
+    use crate::token::Keyring;
     use std::path::Path;
 
     const NOW: u32 = 1_000_000;

@@ -23,6 +23,7 @@
 //! (403) from a forged or malformed one (401). The tags are keyed, so a token reveals
 //! neither the viewer's address nor their User-Agent.
 
+pub mod jwt;
 mod keys;
 
 pub use keys::{KeyError, Keyring};

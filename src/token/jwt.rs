@@ -1,0 +1,289 @@
+//! JWT playback tokens, as AWS IVS private channels issue them: `/hls/{stream}/{path}?token=JWT`,
+//! signed ES384 (IVS), ES256 or RS256 with a private key whose public half the operator
+//! registered (`tokens.jwt.keys: {KID: PEM}`).
+//!
+//! - The algorithm must match the key: ES256 a P-256 key, ES384 a P-384 key, RS256 an RSA
+//!   key. `none` and the HMAC algorithms are refused (a public key is no HMAC secret).
+//! - `kid` picks the key when present; IVS tokens carry none, then each key of the token's
+//!   algorithm is tried.
+//! - `exp` is required, `nbf` honoured, no leeway.
+//! - The stream is the `stream` claim, or the text after the last `/` of
+//!   `aws:channel-arn`.
+//!
+//! Pure: no I/O. The edge exchanges an accepted JWT for a native token (see
+//! `edge::admission`), so segments never need the JWT.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Longest JWT accepted before any decoding.
+pub const MAX_JWT_CHARS: usize = 8 * 1024;
+
+/// The registered public keys.
+#[derive(Clone, Default)]
+pub struct JwtKeys {
+    keys: Vec<JwtKey>,
+}
+
+#[derive(Clone)]
+struct JwtKey {
+    kid: String,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+impl fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kids: Vec<(&str, Algorithm)> =
+            self.keys.iter().map(|k| (k.kid.as_str(), k.alg)).collect();
+        f.debug_struct("JwtKeys").field("keys", &kids).finish()
+    }
+}
+
+/// Why a JWT was refused. 401 but for `WrongStream` (403): a valid token for another stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("invalid token signature")]
+    Forged,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token is for another stream")]
+    WrongStream,
+}
+
+impl JwtError {
+    pub fn status(self) -> u16 {
+        match self {
+            JwtError::WrongStream => 403,
+            _ => 401,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            JwtError::Malformed => "malformed",
+            JwtError::Forged => "forged",
+            JwtError::Expired => "expired",
+            JwtError::NotYetValid => "not_yet_valid",
+            JwtError::WrongStream => "wrong_stream",
+        }
+    }
+}
+
+/// What an accepted JWT grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtGrant {
+    /// Unix seconds.
+    pub exp: u32,
+    /// A stable id for the token (its signature hashed): the viewer session it opens.
+    pub session: [u8; 16],
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default, rename = "aws:channel-arn")]
+    channel_arn: Option<String>,
+    exp: u64,
+}
+
+/// The curve or key type a public key PEM holds, from the OIDs in its DER.
+fn algorithm_of(pem: &str) -> Option<Algorithm> {
+    const P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
+    const RSA: &[u8] = &[
+        0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01,
+    ];
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    let der = STANDARD.decode(body).ok()?;
+    let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+    if pem.contains("BEGIN RSA PUBLIC KEY") || has(RSA) {
+        Some(Algorithm::RS256)
+    } else if has(P384) {
+        Some(Algorithm::ES384)
+    } else if has(P256) {
+        Some(Algorithm::ES256)
+    } else {
+        None
+    }
+}
+
+impl JwtKeys {
+    /// Keys from `KID -> public key PEM`. An error names the key id and the problem.
+    pub fn from_pems(pems: &BTreeMap<String, String>) -> Result<JwtKeys, (String, String)> {
+        let mut keys = Vec::new();
+        for (kid, pem) in pems {
+            let bad = |p: &str| (kid.clone(), p.to_owned());
+            if pem.contains("PRIVATE KEY") {
+                return Err(bad("a private key: register the public key only"));
+            }
+            let alg =
+                algorithm_of(pem).ok_or_else(|| bad("not a P-256, P-384 or RSA public key PEM"))?;
+            let key = match alg {
+                Algorithm::RS256 => DecodingKey::from_rsa_pem(pem.as_bytes()),
+                _ => DecodingKey::from_ec_pem(pem.as_bytes()),
+            }
+            .map_err(|e| bad(&format!("unreadable public key PEM: {e}")))?;
+            keys.push(JwtKey {
+                kid: kid.clone(),
+                alg,
+                key,
+            });
+        }
+        Ok(JwtKeys { keys })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Check `token` for `stream`: shape, algorithm, signature, `exp`/`nbf` against the
+    /// system clock, then the stream.
+    pub fn verify(&self, token: &str, stream: &str) -> Result<JwtGrant, JwtError> {
+        if token.is_empty() || token.len() > MAX_JWT_CHARS {
+            return Err(JwtError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        if !matches!(
+            header.alg,
+            Algorithm::ES256 | Algorithm::ES384 | Algorithm::RS256
+        ) {
+            // `none` does not even parse; HS*: a public key is not an HMAC secret.
+            return Err(JwtError::Forged);
+        }
+        let candidates = self.keys.iter().filter(|k| {
+            k.alg == header.alg && header.kid.as_deref().is_none_or(|kid| kid == k.kid)
+        });
+        let mut v = Validation::new(header.alg);
+        v.leeway = 0;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp"]);
+        let mut result = Err(JwtError::Forged);
+        for k in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &k.key, &v) {
+                Ok(data) => {
+                    result = Ok(data.claims);
+                    break;
+                }
+                Err(e) => match e.kind() {
+                    ErrorKind::InvalidSignature
+                    | ErrorKind::InvalidEcdsaKey
+                    | ErrorKind::InvalidRsaKey(_) => {}
+                    ErrorKind::ExpiredSignature => return Err(JwtError::Expired),
+                    ErrorKind::ImmatureSignature => return Err(JwtError::NotYetValid),
+                    _ => return Err(JwtError::Malformed),
+                },
+            }
+        }
+        let claims = result?;
+        let named = claims
+            .stream
+            .as_deref()
+            .or_else(|| {
+                claims
+                    .channel_arn
+                    .as_deref()
+                    .and_then(|a| a.rsplit('/').next())
+            })
+            .ok_or(JwtError::Malformed)?;
+        if named != stream {
+            return Err(JwtError::WrongStream);
+        }
+        let signature = token.rsplit('.').next().unwrap_or(token);
+        let digest = ring::digest::digest(&ring::digest::SHA256, signature.as_bytes());
+        let mut session = [0u8; 16];
+        session.copy_from_slice(&digest.as_ref()[..16]);
+        Ok(JwtGrant {
+            exp: claims.exp.min(u32::MAX as u64) as u32,
+            session,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P384_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEfE7EmMIrYXAf6EJhLCjNWrjhUJjBGnk8
+7cf7UvYEDCHbhQRBtueUhR7UngNyLlZJEgh/XLag9cOI4X1kX+OC4xV2f6AsqSoe
+RCW8PY/TqwyPe3b1zGpG8MI1HyYfWXQV
+-----END PUBLIC KEY-----";
+    const P384_PRIV: &str = "-----BEGIN PRIVATE KEY-----
+MIG2AgEAMBAGByqGSM49AgEGBSuBBAAiBIGeMIGbAgEBBDBDDxlnXtOUIIkbYV3e
+JflEunGFd2E487XbBUTqfTMLLRH+C+zxHvgXwf892yTS6S2hZANiAAR8TsSYwith
+cB/oQmEsKM1auOFQmMEaeTztx/tS9gQMIduFBEG255SFHtSeA3IuVkkSCH9ctqD1
+w4jhfWRf44LjFXZ/oCypKh5EJbw9j9OrDI97dvXMakbwwjUfJh9ZdBU=
+-----END PRIVATE KEY-----";
+
+    fn keys() -> JwtKeys {
+        JwtKeys::from_pems(&[("ivs".to_owned(), P384_PUB.to_owned())].into()).unwrap()
+    }
+
+    fn token(alg: Algorithm, claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(P384_PRIV.as_bytes()).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn keys_are_typed_by_their_curve_and_private_keys_are_refused() {
+        assert_eq!(algorithm_of(P384_PUB), Some(Algorithm::ES384));
+        let e = JwtKeys::from_pems(&[("k".to_owned(), P384_PRIV.to_owned())].into()).unwrap_err();
+        assert!(e.1.contains("private key"), "{e:?}");
+        let e = JwtKeys::from_pems(
+            &[(
+                "k".to_owned(),
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_owned(),
+            )]
+            .into(),
+        )
+        .unwrap_err();
+        assert!(e.1.contains("not a P-256"), "{e:?}");
+    }
+
+    #[test]
+    fn streams_come_from_the_claim_or_the_channel_arn() {
+        let k = keys();
+        let exp = 4_000_000_000u64;
+        let t = token(
+            Algorithm::ES384,
+            serde_json::json!({"aws:channel-arn": "arn:aws:ivs:x:1:channel/abc", "exp": exp}),
+        );
+        assert_eq!(k.verify(&t, "abc").map(|g| g.exp), Ok(exp as u32));
+        assert_eq!(k.verify(&t, "abd"), Err(JwtError::WrongStream));
+        let t = token(
+            Algorithm::ES384,
+            serde_json::json!({"stream": "s1", "exp": exp}),
+        );
+        assert!(k.verify(&t, "s1").is_ok());
+        let t = token(Algorithm::ES384, serde_json::json!({"exp": exp}));
+        assert_eq!(k.verify(&t, "s1"), Err(JwtError::Malformed));
+        assert_eq!(
+            k.verify(&"a".repeat(MAX_JWT_CHARS + 1), "s1"),
+            Err(JwtError::Malformed)
+        );
+        // the same token is the same viewer session
+        let t = token(
+            Algorithm::ES384,
+            serde_json::json!({"stream": "s1", "exp": exp}),
+        );
+        assert_eq!(
+            k.verify(&t, "s1").unwrap().session,
+            k.verify(&t, "s1").unwrap().session
+        );
+    }
+}
