@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The cached live playlist in query-JWT mode (IVS style) against path mode, same build,
+# interleaved: the JWT (ES384, signed by PyJWT) is verified once and remembered; each
+# request is then a lookup, the exchange for a native token, and a full rewrite (every URI
+# gets the native token's prefix).
+#
+#   ROUNDS=5 DURATION=8s bench/jwt.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KEYS=$(mktemp -d /tmp/hlsgate-jwt.XXXXXX)
+openssl ecparam -name secp384r1 -genkey -noout -out "$KEYS/priv.pem" 2>/dev/null
+openssl ec -in "$KEYS/priv.pem" -pubout -out "$KEYS/ivs.pub" 2>/dev/null
+sed "s#^tokens:#tokens:\n  jwt:\n    keys:\n      ivs: \"$KEYS/ivs.pub\"#" bench/hlsgate.yaml > "$KEYS/hlsgate.yaml"
+export HLSGATE_CONFIG=$KEYS/hlsgate.yaml
+. bench/lib.sh
+need_pymod jwt python3-jwt
+JWT=$(/usr/bin/python3 -c 'import jwt,sys,time; print(jwt.encode({"aws:channel-arn":
+  "arn:aws:ivs:us-west-2:123456789012:channel/live","exp":int(time.time())+3600},
+  open(sys.argv[1]).read(), algorithm="ES384"))' "$KEYS/priv.pem")
+PATHU=$(hlsgate_url live index.m3u8)
+JWTU="http://127.0.0.1:18080/hls/live/index.m3u8?token=$JWT"
+for u in "$PATHU" "$JWTU"; do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -A wrk "$u")" = 200 ] || { echo "!! $u" >&2; exit 1; }
+done
+ROUNDS=${ROUNDS:-5}
+: >"$RUN/p.txt"; : >"$RUN/j.txt"
+for r in $(seq "$ROUNDS"); do
+    p=$(run_wrk "$PATHU"); echo "$p" >>"$RUN/p.txt"
+    j=$(run_wrk "$JWTU"); echo "$j" >>"$RUN/j.txt"
+    echo "   round $r: path $p | jwt $j   (req/s p99-ms)" >&2
+done
+pm=$(cut -d' ' -f1 "$RUN/p.txt" | median); jm=$(cut -d' ' -f1 "$RUN/j.txt" | median)
+echo "live playlist: path mode $pm req/s, JWT mode $jm req/s, ratio $(awk -v a="$jm" -v b="$pm" 'BEGIN{printf "%.2f", a/b}')x (medians of $ROUNDS, wrk -t1 -c${CONNS:-32} -d${DURATION:-10s})"
+rm -rf "$KEYS"
