@@ -34,14 +34,11 @@ pub enum Target<'a> {
 
 /// Why a request path was refused.
 #[derive(Debug, PartialEq, Eq, Clone, Copy, thiserror::Error)]
+#[error("{}", self.message())]
 pub enum RouteError {
-    #[error("not found")]
     NotFound,
-    #[error("invalid path")]
     BadPath,
-    #[error("missing token")]
     MissingToken,
-    #[error("invalid query")]
     BadQuery,
 }
 
@@ -51,6 +48,16 @@ impl RouteError {
             RouteError::NotFound => 404,
             RouteError::BadPath | RouteError::BadQuery => 400,
             RouteError::MissingToken => 401,
+        }
+    }
+
+    /// What the viewer is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            RouteError::NotFound => "not found",
+            RouteError::BadPath => "invalid path",
+            RouteError::MissingToken => "missing token",
+            RouteError::BadQuery => "invalid query",
         }
     }
 }

@@ -13,7 +13,6 @@ use crate::net::client_ip;
 use crate::origin::Origin;
 use crate::playback::{self, Query, Route, Target};
 use crate::stream::Stream;
-use crate::token::jwt::JwtError;
 use crate::token::{Binding, Grant as TokenGrant, TokenError, Viewer};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -53,37 +52,13 @@ impl Denial {
         }
     }
 
-    fn token(e: TokenError) -> Denial {
-        let message = match e {
-            TokenError::Malformed => "malformed token",
-            TokenError::Forged => "invalid token signature",
-            TokenError::Expired => "token expired",
-            TokenError::WrongStream => "token is for another stream",
-            TokenError::WrongViewer => "token is bound to another client",
-            TokenError::SessionEnded => "session has ended",
-        };
-        Denial::new(e.status(), e.reason(), message)
-    }
-
-    fn jwt(e: JwtError) -> Denial {
-        let message = match e {
-            JwtError::Malformed => "malformed token",
-            JwtError::Forged => "invalid token signature",
-            JwtError::Expired => "token expired",
-            JwtError::NotYetValid => "token not yet valid",
-            JwtError::WrongStream => "token is for another stream",
-        };
-        Denial::new(e.status(), e.reason(), message)
+    /// A token refused, in any mode.
+    pub fn token(e: TokenError) -> Denial {
+        Denial::new(e.status(), e.reason(), e.message())
     }
 
     fn route(e: playback::RouteError) -> Denial {
-        let message = match e {
-            playback::RouteError::NotFound => "not found",
-            playback::RouteError::BadPath => "invalid path",
-            playback::RouteError::MissingToken => "missing token",
-            playback::RouteError::BadQuery => "invalid query",
-        };
-        Denial::new(e.status(), "route", message)
+        Denial::new(e.status(), "route", e.message())
     }
 }
 
@@ -224,7 +199,7 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
 /// checked, then a native token is issued for the same viewer session, bound to this
 /// viewer's address and User-Agent, ending with the foreign token.
 fn exchange(st: &EdgeState, query: &Query<'_>, viewer: &Viewer<'_>) -> Result<String, Denial> {
-    let missing = Denial::new(401, "route", "missing token");
+    let missing = Denial::route(playback::RouteError::MissingToken);
     let foreign = query.token.ok_or(missing)?;
     let keys = &st.cfg.tokens.jwt;
     if keys.is_empty() {
@@ -236,10 +211,10 @@ fn exchange(st: &EdgeState, query: &Query<'_>, viewer: &Viewer<'_>) -> Result<St
     let g = match st.jwt_seen.get(foreign) {
         Some((stream, g)) if stream == viewer.stream && viewer.now <= g.exp => g,
         Some((stream, _)) if stream != viewer.stream => {
-            return Err(Denial::jwt(JwtError::WrongStream))
+            return Err(Denial::token(TokenError::WrongStream))
         }
         _ => {
-            let g = keys.verify(foreign, viewer.stream).map_err(Denial::jwt)?;
+            let g = keys.verify(foreign, viewer.stream).map_err(Denial::token)?;
             st.jwt_seen
                 .insert(foreign.to_owned(), (viewer.stream.to_owned(), g.clone()));
             g

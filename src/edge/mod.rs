@@ -105,7 +105,7 @@ impl EdgeState {
     /// is known to be live and to belong to the stream's owner.
     pub async fn lookup(&self, id: &str, v: &Verified) -> Result<Arc<Stream>, Denial> {
         const DOWN: Denial = Denial::new(503, "store_unavailable", "store unavailable");
-        let ended = Denial::new(403, TokenError::SessionEnded.reason(), "session has ended");
+        let ended = Denial::token(TokenError::SessionEnded);
         let session = match (v.stored_session(), &self.directory) {
             (false, _) => None,
             // A token naming a stored session is only honoured where sessions can be checked.
@@ -128,11 +128,9 @@ impl EdgeState {
             found.ok_or(Denial::new(404, "unknown_stream", "unknown stream"))?
         };
         match (stream.owner, session) {
-            (Some(owner), Some(s)) if owner != s.user_id => Err(Denial::new(
-                403,
-                TokenError::WrongStream.reason(),
-                "token is for another stream",
-            )),
+            (Some(owner), Some(s)) if owner != s.user_id => {
+                Err(Denial::token(TokenError::WrongStream))
+            }
             _ => Ok(stream),
         }
     }

@@ -13,6 +13,7 @@
 //! Pure: no I/O. The edge exchanges an accepted JWT for a native token (see
 //! `edge::admission`), so segments never need the JWT.
 
+use super::TokenError;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
@@ -42,40 +43,6 @@ impl fmt::Debug for JwtKeys {
         let kids: Vec<(&str, Algorithm)> =
             self.keys.iter().map(|k| (k.kid.as_str(), k.alg)).collect();
         f.debug_struct("JwtKeys").field("keys", &kids).finish()
-    }
-}
-
-/// Why a JWT was refused. 401 but for `WrongStream` (403): a valid token for another stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum JwtError {
-    #[error("malformed token")]
-    Malformed,
-    #[error("invalid token signature")]
-    Forged,
-    #[error("token expired")]
-    Expired,
-    #[error("token not yet valid")]
-    NotYetValid,
-    #[error("token is for another stream")]
-    WrongStream,
-}
-
-impl JwtError {
-    pub fn status(self) -> u16 {
-        match self {
-            JwtError::WrongStream => 403,
-            _ => 401,
-        }
-    }
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            JwtError::Malformed => "malformed",
-            JwtError::Forged => "forged",
-            JwtError::Expired => "expired",
-            JwtError::NotYetValid => "not_yet_valid",
-            JwtError::WrongStream => "wrong_stream",
-        }
     }
 }
 
@@ -153,17 +120,17 @@ impl JwtKeys {
 
     /// Check `token` for `stream`: shape, algorithm, signature, `exp`/`nbf` against the
     /// system clock, then the stream.
-    pub fn verify(&self, token: &str, stream: &str) -> Result<JwtGrant, JwtError> {
+    pub fn verify(&self, token: &str, stream: &str) -> Result<JwtGrant, TokenError> {
         if token.is_empty() || token.len() > MAX_JWT_CHARS {
-            return Err(JwtError::Malformed);
+            return Err(TokenError::Malformed);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if !matches!(
             header.alg,
             Algorithm::ES256 | Algorithm::ES384 | Algorithm::RS256
         ) {
             // `none` does not even parse; HS*: a public key is not an HMAC secret.
-            return Err(JwtError::Forged);
+            return Err(TokenError::Forged);
         }
         let candidates = self.keys.iter().filter(|k| {
             k.alg == header.alg && header.kid.as_deref().is_none_or(|kid| kid == k.kid)
@@ -172,7 +139,7 @@ impl JwtKeys {
         v.leeway = 0;
         v.validate_nbf = true;
         v.set_required_spec_claims(&["exp"]);
-        let mut result = Err(JwtError::Forged);
+        let mut result = Err(TokenError::Forged);
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &v) {
                 Ok(data) => {
@@ -183,9 +150,9 @@ impl JwtKeys {
                     ErrorKind::InvalidSignature
                     | ErrorKind::InvalidEcdsaKey
                     | ErrorKind::InvalidRsaKey(_) => {}
-                    ErrorKind::ExpiredSignature => return Err(JwtError::Expired),
-                    ErrorKind::ImmatureSignature => return Err(JwtError::NotYetValid),
-                    _ => return Err(JwtError::Malformed),
+                    ErrorKind::ExpiredSignature => return Err(TokenError::Expired),
+                    ErrorKind::ImmatureSignature => return Err(TokenError::NotYetValid),
+                    _ => return Err(TokenError::Malformed),
                 },
             }
         }
@@ -199,9 +166,9 @@ impl JwtKeys {
                     .as_deref()
                     .and_then(|a| a.rsplit('/').next())
             })
-            .ok_or(JwtError::Malformed)?;
+            .ok_or(TokenError::Malformed)?;
         if named != stream {
-            return Err(JwtError::WrongStream);
+            return Err(TokenError::WrongStream);
         }
         let signature = token.rsplit('.').next().unwrap_or(token);
         let digest = ring::digest::digest(&ring::digest::SHA256, signature.as_bytes());
@@ -264,17 +231,17 @@ w4jhfWRf44LjFXZ/oCypKh5EJbw9j9OrDI97dvXMakbwwjUfJh9ZdBU=
             serde_json::json!({"aws:channel-arn": "arn:aws:ivs:x:1:channel/abc", "exp": exp}),
         );
         assert_eq!(k.verify(&t, "abc").map(|g| g.exp), Ok(exp as u32));
-        assert_eq!(k.verify(&t, "abd"), Err(JwtError::WrongStream));
+        assert_eq!(k.verify(&t, "abd"), Err(TokenError::WrongStream));
         let t = token(
             Algorithm::ES384,
             serde_json::json!({"stream": "s1", "exp": exp}),
         );
         assert!(k.verify(&t, "s1").is_ok());
         let t = token(Algorithm::ES384, serde_json::json!({"exp": exp}));
-        assert_eq!(k.verify(&t, "s1"), Err(JwtError::Malformed));
+        assert_eq!(k.verify(&t, "s1"), Err(TokenError::Malformed));
         assert_eq!(
             k.verify(&"a".repeat(MAX_JWT_CHARS + 1), "s1"),
-            Err(JwtError::Malformed)
+            Err(TokenError::Malformed)
         );
         // the same token is the same viewer session
         let t = token(

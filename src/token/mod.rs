@@ -99,20 +99,18 @@ impl Verified {
     }
 }
 
-/// Why a token was refused. `status()` maps each to the SPEC's HTTP status.
+/// Why a token was refused, whatever its mode (native, JWT). `status()` maps each to the
+/// SPEC's HTTP status; `message()` is the JSON error text, `reason()` the metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
 pub enum TokenError {
-    #[error("malformed token")]
     Malformed,
-    #[error("invalid token signature")]
     Forged,
-    #[error("token expired")]
     Expired,
-    #[error("token is for another stream")]
+    /// A JWT's `nbf` is still ahead.
+    NotYetValid,
     WrongStream,
-    #[error("token is bound to another client")]
     WrongViewer,
-    #[error("session has ended")]
     SessionEnded,
 }
 
@@ -120,7 +118,10 @@ impl TokenError {
     /// 401 for tokens that prove nothing; 403 for valid tokens used where they do not apply.
     pub fn status(self) -> u16 {
         match self {
-            TokenError::Malformed | TokenError::Forged | TokenError::Expired => 401,
+            TokenError::Malformed
+            | TokenError::Forged
+            | TokenError::Expired
+            | TokenError::NotYetValid => 401,
             TokenError::WrongStream | TokenError::WrongViewer | TokenError::SessionEnded => 403,
         }
     }
@@ -131,9 +132,23 @@ impl TokenError {
             TokenError::Malformed => "malformed",
             TokenError::Forged => "forged",
             TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
             TokenError::WrongStream => "wrong_stream",
             TokenError::WrongViewer => "wrong_viewer",
             TokenError::SessionEnded => "session_ended",
+        }
+    }
+
+    /// What the viewer is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed token",
+            TokenError::Forged => "invalid token signature",
+            TokenError::Expired => "token expired",
+            TokenError::NotYetValid => "token not yet valid",
+            TokenError::WrongStream => "token is for another stream",
+            TokenError::WrongViewer => "token is bound to another client",
+            TokenError::SessionEnded => "session has ended",
         }
     }
 }
