@@ -316,46 +316,42 @@ impl Keyring {
     /// through the edge: URL-safe base64 of the key id and a 96-bit truncated HMAC over the
     /// stream id and the path. Made when a playlist naming that path is rewritten.
     pub fn sign_path(&self, stream: &str, path: &str) -> String {
-        let kid = self.active_kid();
-        let key = self.key(kid).expect("active key");
-        let mac = key.mac(&[b"path\0", stream.as_bytes(), b"\0", path.as_bytes()]);
-        let mut buf = [0u8; 13];
-        buf[0] = kid;
-        buf[1..].copy_from_slice(&mac[..12]);
-        URL_SAFE_NO_PAD.encode(buf)
+        self.sign_short(&[b"path\0", stream.as_bytes(), b"\0", path.as_bytes()])
     }
 
     /// Whether `sig` is [`Keyring::sign_path`]'s signature of `path` for `stream`.
     pub fn verify_path(&self, stream: &str, path: &str, sig: &str) -> bool {
-        let mut buf = [0u8; 16];
-        match URL_SAFE_NO_PAD.decode_slice(sig.as_bytes(), &mut buf) {
-            Ok(13) => {}
-            _ => return false,
-        }
-        let Some(key) = self.key(buf[0]) else {
-            return false;
-        };
-        let mac = key.mac(&[b"path\0", stream.as_bytes(), b"\0", path.as_bytes()]);
-        bool::from(mac[..12].ct_eq(&buf[1..13]))
+        self.verify_short(&[b"path\0", stream.as_bytes(), b"\0", path.as_bytes()], sig)
     }
-}
 
-impl Keyring {
     /// Signature of the query `query` (its named part, see
     /// [`crate::playback::named_query`]) that a playlist gave the object at origin path
     /// `path` of `stream`: only such a query reaches the origin. Same form as
-    /// [`Keyring::sign_path`], with its own domain label.
+    /// [`Keyring::sign_path`], with its own domain label (a path signature is never a
+    /// query signature).
     pub fn sign_query(&self, stream: &str, path: &str, query: &str) -> String {
+        self.sign_short(&query_parts(stream, path, query))
+    }
+
+    /// Whether `sig` is [`Keyring::sign_query`]'s signature.
+    pub fn verify_query(&self, stream: &str, path: &str, query: &str, sig: &str) -> bool {
+        self.verify_short(&query_parts(stream, path, query), sig)
+    }
+
+    /// The short signature form: URL-safe base64 of the active key id and a 96-bit
+    /// truncated HMAC over `parts`.
+    fn sign_short(&self, parts: &[&[u8]]) -> String {
         let kid = self.active_kid();
-        let mac = query_mac(self.key(kid).expect("active key"), stream, path, query);
+        let mac = self.key(kid).expect("active key").mac(parts);
         let mut buf = [0u8; 13];
         buf[0] = kid;
         buf[1..].copy_from_slice(&mac[..12]);
         URL_SAFE_NO_PAD.encode(buf)
     }
 
-    /// Whether `sig` is [`Keyring::sign_query`]'s signature.
-    pub fn verify_query(&self, stream: &str, path: &str, query: &str, sig: &str) -> bool {
+    /// Whether `sig` is [`Keyring::sign_short`]'s signature of `parts` (compared in
+    /// constant time, by whichever key it names).
+    fn verify_short(&self, parts: &[&[u8]], sig: &str) -> bool {
         let mut buf = [0u8; 16];
         match URL_SAFE_NO_PAD.decode_slice(sig.as_bytes(), &mut buf) {
             Ok(13) => {}
@@ -364,22 +360,20 @@ impl Keyring {
         let Some(key) = self.key(buf[0]) else {
             return false;
         };
-        let mac = query_mac(key, stream, path, query);
-        bool::from(mac[..12].ct_eq(&buf[1..13]))
+        bool::from(key.mac(parts)[..12].ct_eq(&buf[1..13]))
     }
 }
 
-/// The MAC behind a query signature (its own domain label, so a path signature is never
-/// a query signature).
-fn query_mac(key: &keys::Key, stream: &str, path: &str, query: &str) -> [u8; 32] {
-    key.mac(&[
+/// What a query signature covers.
+fn query_parts<'a>(stream: &'a str, path: &'a str, query: &'a str) -> [&'a [u8]; 6] {
+    [
         b"query\0",
         stream.as_bytes(),
         b"\0",
         path.as_bytes(),
         b"\0",
         query.as_bytes(),
-    ])
+    ]
 }
 
 /// A random session id.
