@@ -86,6 +86,14 @@ fn varies_per_viewer(resp: &ResponseHeader) -> bool {
     })
 }
 
+/// A response's `Content-Length`, when it has a valid one.
+pub fn content_length(resp: &ResponseHeader) -> Option<u64> {
+    resp.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 impl Policy {
     /// Whether and how long an origin response is kept. Only complete `200`s are cached:
     /// errors, redirects and partial answers go to the viewer as they are.
@@ -93,12 +101,7 @@ impl Policy {
         if resp.status != http::StatusCode::OK {
             return Err("status is not 200");
         }
-        let length = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match length {
+        match content_length(resp) {
             Some(len) if len > self.max_object_bytes => return Err("object too large"),
             Some(_) => {}
             // A segment of unknown length may turn out larger than the cache takes; a fill

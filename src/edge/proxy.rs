@@ -6,6 +6,7 @@
 
 use super::admission::{self, Admission, Denial, Request};
 use super::{file, respond, EdgeState};
+use crate::cache::content_length;
 use crate::media::{self, Kind};
 use crate::metrics::METRICS;
 use crate::origin::Origin;
@@ -43,9 +44,8 @@ pub struct Ctx {
     failure: Option<&'static str>,
     /// The body comes from the segment cache (a hit or a stale hit).
     from_cache: bool,
-    /// When the origin was asked (for the origin latency histogram; taken when seen).
-    origin_start: Option<Instant>,
-    /// When the origin was asked (for `edge.origin_total_timeout`).
+    /// When the origin was asked (the origin latency histogram and
+    /// `edge.origin_total_timeout`).
     fetch_start: Option<Instant>,
     /// Time spent in the rewriter for this playlist so far.
     rewrite_time: Duration,
@@ -60,8 +60,20 @@ pub struct Ctx {
     signed_target: bool,
     /// The cached playlist this rewrite may prove verbatim (see `EdgeState::verbatim`).
     verbatim_key: Option<super::VerbatimKey>,
-    /// The cache key's primary text (`EdgeState::failed` is keyed by it).
-    cache_primary: String,
+}
+
+impl Ctx {
+    /// The cache key's primary text: the origin object, never the viewer's token.
+    /// `EdgeState::failed` is keyed by it too.
+    fn cache_primary(&self) -> Option<String> {
+        let space = self.stream.as_ref()?.origin.space();
+        Some(format!(
+            "{}://{}{}",
+            space.scheme.unwrap_or("file"),
+            space.authority,
+            self.upstream_uri
+        ))
+    }
 }
 
 pub struct EdgeProxy {
@@ -201,8 +213,8 @@ impl EdgeProxy {
             ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 502,
             _ => return,
         };
-        if !ctx.cache_primary.is_empty() {
-            self.state.failed.insert(ctx.cache_primary.clone(), code);
+        if let Some(primary) = ctx.cache_primary() {
+            self.state.failed.insert(primary, code);
         }
     }
 
@@ -280,7 +292,6 @@ impl ProxyHttp for EdgeProxy {
             deny: None,
             failure: None,
             from_cache: false,
-            origin_start: None,
             fetch_start: None,
             rewrite_time: Duration::ZERO,
             playlist_len: None,
@@ -288,7 +299,6 @@ impl ProxyHttp for EdgeProxy {
             token_renewed: false,
             signed_target: false,
             verbatim_key: None,
-            cache_primary: String::new(),
         }
     }
 
@@ -315,18 +325,9 @@ impl ProxyHttp for EdgeProxy {
 
     /// The origin object, never the viewer's token: all viewers share one copy.
     fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        let stream = ctx
-            .stream
-            .as_ref()
+        let primary = ctx
+            .cache_primary()
             .ok_or_else(|| bad_gateway("no stream"))?;
-        let space = stream.origin.space();
-        let primary = format!(
-            "{}://{}{}",
-            space.scheme.unwrap_or("file"),
-            space.authority,
-            ctx.upstream_uri
-        );
-        ctx.cache_primary.clone_from(&primary);
         Ok(CacheKey::new(primary, ""))
     }
 
@@ -341,12 +342,7 @@ impl ProxyHttp for EdgeProxy {
                 pingora_cache::NoCacheReason::Custom("refused origin response"),
             ));
         }
-        let length = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if length.is_some_and(|len| !self.state.store.has_room(len)) {
+        if content_length(resp).is_some_and(|len| !self.state.store.has_room(len)) {
             return Ok(RespCacheable::Uncacheable(
                 pingora_cache::NoCacheReason::Custom("in-flight share of max_bytes in use"),
             ));
@@ -365,11 +361,7 @@ impl ProxyHttp for EdgeProxy {
         if ctx.kind == Kind::Playlist || is_playlist_response(resp) {
             return RangeType::None;
         }
-        let length = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let length = content_length(resp);
         let range = pingora_proxy::range_header_filter(session.req_header(), resp, Some(16));
         match (&range, length) {
             // `bytes=-0` asks for no bytes at all: Pingora makes it an empty 206 whose
@@ -402,7 +394,7 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(t) = ctx.origin_start.take() {
+        if let Some(t) = ctx.fetch_start.filter(|_| !resp.status.is_informational()) {
             METRICS.origin_seconds.observe(t.elapsed().as_secs_f64());
         }
         if let Some((status, reason, message)) = self.refusal(ctx, resp) {
@@ -425,7 +417,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if let Some(code) = self.state.failed.get(&ctx.cache_primary) {
+        if let Some(code) = ctx.cache_primary().and_then(|k| self.state.failed.get(&k)) {
             // Another viewer's fetch of this object just failed, and this one waited on it.
             ctx.failure = Some(if code == 504 {
                 "origin timed out"
@@ -437,8 +429,7 @@ impl ProxyHttp for EdgeProxy {
                 "origin just failed",
             ));
         }
-        ctx.origin_start = Some(Instant::now());
-        ctx.fetch_start = ctx.origin_start;
+        ctx.fetch_start = Some(Instant::now());
         METRICS
             .origin_fetches
             .with_label_values(&[ctx.kind.label()])
@@ -652,11 +643,7 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.verbatim_key = verbatim_key;
         // The body changes length: headers leave before it is rewritten.
-        ctx.playlist_len = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        ctx.playlist_len = content_length(resp);
         resp.remove_header(&http::header::CONTENT_LENGTH);
         resp.remove_header(&http::header::ETAG);
         resp.remove_header(&http::header::ACCEPT_RANGES);
