@@ -113,6 +113,11 @@ impl<'a> Query<'a> {
         }
         for p in q.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = p.split_once('=').unwrap_or((p, ""));
+            if !is_edge_param(name) {
+                // Other `_HLS_` names are not directives: named, like anything else.
+                out.named.push(p);
+                continue;
+            }
             match name {
                 "_HLS_msn" | "_HLS_part" => {
                     if value.is_empty()
@@ -129,18 +134,17 @@ impl<'a> Query<'a> {
                     }
                     out.directives.push(p);
                 }
-                QUERY_SIG => {
-                    if out.sig.replace(value).is_some() {
+                // the signature or the token, each at most once
+                _ => {
+                    let slot = if name == QUERY_SIG {
+                        &mut out.sig
+                    } else {
+                        &mut out.token
+                    };
+                    if slot.replace(value).is_some() {
                         return Err(RouteError::BadQuery);
                     }
                 }
-                "token" => {
-                    if out.token.replace(value).is_some() {
-                        return Err(RouteError::BadQuery);
-                    }
-                }
-                // Other `_HLS_` names are not directives: the viewer's, dropped.
-                _ => out.named.push(p),
             }
         }
         Ok(out)
@@ -152,25 +156,23 @@ impl<'a> Query<'a> {
     }
 }
 
-/// The named part of a query found in a playlist URI (without `?`): every parameter that
-/// is not a delivery directive or a signature, joined by `&`. What [`Query::named_text`]
-/// gives back when the viewer presents it.
+/// The parameters the edge itself reads (LL-HLS delivery directives, the query signature,
+/// a query token); every other parameter is "named" (a playlist's, or a viewer's own).
+fn is_edge_param(name: &str) -> bool {
+    matches!(
+        name,
+        "_HLS_msn" | "_HLS_part" | "_HLS_skip" | "token" | QUERY_SIG
+    )
+}
+
+/// The named part of a query found in a playlist URI (without `?`), joined by `&`: what
+/// [`Query::named_text`] gives back when the viewer presents it.
 pub fn named_query(q: &str) -> String {
-    let mut out = String::with_capacity(q.len());
-    for p in q.split('&').filter(|p| !p.is_empty()) {
-        let name = p.split_once('=').map_or(p, |(n, _)| n);
-        if matches!(
-            name,
-            "_HLS_msn" | "_HLS_part" | "_HLS_skip" | "token" | QUERY_SIG
-        ) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push('&');
-        }
-        out.push_str(p);
-    }
-    out
+    let named: Vec<&str> = q
+        .split('&')
+        .filter(|p| !p.is_empty() && !is_edge_param(p.split_once('=').map_or(*p, |(n, _)| n)))
+        .collect();
+    named.join("&")
 }
 
 /// Parse the path part of a request URI (no query).
