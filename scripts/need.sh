@@ -3,14 +3,19 @@
 need() {
     command -v "$1" >/dev/null 2>&1 && return 0
     echo ">> $1 is missing: installing Debian package $2" >&2
+    apt_install "$2"
+}
+
+# Install Debian packages (apt-get update once per run; sudo when not root).
+apt_install() {
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     if [ -z "${HLSGATE_APT_UPDATED:-}" ]; then
         $sudo apt-get update -qq >&2 || { echo "!! apt-get update failed" >&2; return 1; }
         export HLSGATE_APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$2" >&2 \
-        || { echo "!! could not install $2; install it and retry" >&2; return 1; }
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2 \
+        || { echo "!! could not install $*; install it and retry" >&2; return 1; }
 }
 
 # Debian's Python with a module (`need_pymod MODULE DEBIAN-PACKAGE`): the third-party token
@@ -18,14 +23,7 @@ need() {
 need_pymod() {
     /usr/bin/python3 -c "import $1" >/dev/null 2>&1 && return 0
     echo ">> python module $1 is missing: installing Debian package $2" >&2
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    if [ -z "${HLSGATE_APT_UPDATED:-}" ]; then
-        $sudo apt-get update -qq >&2 || { echo "!! apt-get update failed" >&2; return 1; }
-        export HLSGATE_APT_UPDATED=1
-    fi
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3 "$2" >&2 \
-        || { echo "!! could not install $2; install it and retry" >&2; return 1; }
+    apt_install python3 "$2"
 }
 
 # Rust toolchain: rustup's cargo when cargo is missing.
