@@ -19,9 +19,7 @@ fn origin() -> &'static (Origin, PathBuf) {
     static O: OnceLock<(Origin, PathBuf)> = OnceLock::new();
     O.get_or_init(|| {
         let root = tempfile::tempdir().unwrap().keep();
-        let origin = Origin::start(root.clone());
-        make_streams(&root, origin.port);
-        (origin, root)
+        (Origin::with_streams(root.clone()), root)
     })
 }
 

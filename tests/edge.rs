@@ -24,9 +24,7 @@ fn harness() -> &'static Harness {
     H.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
         let root = dir.join("origin");
-        std::fs::create_dir_all(&root).unwrap();
-        let origin = Origin::start(root.clone());
-        make_streams(&root, origin.port);
+        let origin = Origin::with_streams(root.clone());
         let o = origin.port;
         let closed = free_port();
         let (config, ports) = write_config(
@@ -34,12 +32,7 @@ fn harness() -> &'static Harness {
             "2s",
             &format!(
                 r#"streams:
-  ts: {{ url: "http://127.0.0.1:{o}/ts/index.m3u8" }}
-  fmp4: {{ url: "http://127.0.0.1:{o}/fmp4/index.m3u8" }}
-  aes: {{ url: "http://127.0.0.1:{o}/aes/index.m3u8" }}
-  single: {{ url: "http://127.0.0.1:{o}/single/index.m3u8" }}
-  ladder: {{ url: "http://127.0.0.1:{o}/ladder/master.m3u8" }}
-  file_ts: {{ url: "file://{root}/ts/index.m3u8" }}
+{streams}  file_ts: {{ url: "file://{root}/ts/index.m3u8" }}
   file_single: {{ url: "file://{root}/single/index.m3u8" }}
   file_ladder: {{ url: "file://{root}/ladder/master.m3u8" }}
   dead: {{ url: "http://127.0.0.1:{closed}/x/index.m3u8" }}
@@ -47,6 +40,7 @@ fn harness() -> &'static Harness {
   slow: {{ url: "http://127.0.0.1:{o}/slow/index.m3u8" }}
 "#,
                 root = root.display(),
+                streams = origin.streams_yaml(),
             ),
         );
         let port = ports.edge;

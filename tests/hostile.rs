@@ -258,31 +258,29 @@ struct Edge {
 }
 
 fn edge(origin: &HostileOrigin, extra: &str, subcommand: &str) -> Edge {
-    edge_with(origin, "", extra, subcommand)
+    edge_edit(origin, extra, &|t| t, subcommand)
+}
+
+/// [`edge`] with more keys in the `edge:` block (`edge_keys`, indented lines).
+fn edge_with(origin: &HostileOrigin, edge_keys: &str, extra: &str, subcommand: &str) -> Edge {
+    let e = |t: String| t.replacen("edge:\n", &format!("edge:\n{edge_keys}"), 1);
+    edge_edit(origin, extra, &e, subcommand)
 }
 
 /// [`edge`] with `origins.allow` replaced.
 fn edge_allowing(origin: &HostileOrigin, allow: &str, subcommand: &str) -> Edge {
     let e = |t: String| t.replace("allow: [\"127.0.0.1\"]", &format!("allow: {allow}"));
-    edge_edit(origin, &e, subcommand)
+    edge_edit(origin, "", &e, subcommand)
 }
 
-fn edge_edit(origin: &HostileOrigin, edit: &dyn Fn(String) -> String, subcommand: &str) -> Edge {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let o = origin.port;
-    let (config, ports) = write_config(
-        &dir,
-        "2s",
-        &format!("streams:\n  h: {{ url: \"http://127.0.0.1:{o}/live/s1/index.m3u8\" }}\n"),
-    );
-    let text = edit(std::fs::read_to_string(&config).unwrap());
-    std::fs::write(&config, text).unwrap();
-    let h = Hlsgate::start(subcommand, &config, ports.edge);
-    Edge { h, ports, dir }
-}
-
-/// [`edge`] with more keys in the `edge:` block (`edge_keys`, indented lines).
-fn edge_with(origin: &HostileOrigin, edge_keys: &str, extra: &str, subcommand: &str) -> Edge {
+/// An edge on `write_config`'s config (with `extra` YAML and stream `h` on `origin`), its
+/// text passed through `edit` before the start.
+fn edge_edit(
+    origin: &HostileOrigin,
+    extra: &str,
+    edit: &dyn Fn(String) -> String,
+    subcommand: &str,
+) -> Edge {
     let dir = tempfile::tempdir().unwrap().keep();
     let o = origin.port;
     let (config, ports) = write_config(
@@ -290,11 +288,7 @@ fn edge_with(origin: &HostileOrigin, edge_keys: &str, extra: &str, subcommand: &
         "2s",
         &format!("{extra}streams:\n  h: {{ url: \"http://127.0.0.1:{o}/live/s1/index.m3u8\" }}\n"),
     );
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "edge:\n",
-        &format!("edge:\n{edge_keys}"),
-        1,
-    );
+    let text = edit(std::fs::read_to_string(&config).unwrap());
     std::fs::write(&config, text).unwrap();
     let h = Hlsgate::start(subcommand, &config, ports.edge);
     Edge { h, ports, dir }

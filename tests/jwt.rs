@@ -36,10 +36,7 @@ fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        let root = dir.join("origin");
-        std::fs::create_dir_all(&root).unwrap();
-        let origin = Origin::start(root.clone());
-        make_streams(&root, origin.port);
+        let origin = Origin::with_streams(dir.join("origin"));
         let keys = dir.join("keys");
         std::fs::create_dir_all(&keys).unwrap();
         openssl(&keys, &["ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out", "es384.pem"]);
@@ -50,13 +47,10 @@ fn harness() -> &'static Harness {
         openssl(&keys, &["pkey", "-in", "rsa.pem", "-pubout", "-out", "rsa.pub"]);
         // an ES384 key nobody registered
         openssl(&keys, &["ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out", "rogue.pem"]);
-        let o = origin.port;
         let (config, ports) = write_config(
             &dir,
             "2s",
-            &format!(
-                "streams:\n  ts: {{ url: \"http://127.0.0.1:{o}/ts/index.m3u8\" }}\n  fmp4: {{ url: \"http://127.0.0.1:{o}/fmp4/index.m3u8\" }}\n  aes: {{ url: \"http://127.0.0.1:{o}/aes/index.m3u8\" }}\n  single: {{ url: \"http://127.0.0.1:{o}/single/index.m3u8\" }}\n  ladder: {{ url: \"http://127.0.0.1:{o}/ladder/master.m3u8\" }}\n"
-            ),
+            &format!("streams:\n{}", origin.streams_yaml()),
         );
         let k = keys.display();
         let text = std::fs::read_to_string(&config).unwrap().replacen(

@@ -40,6 +40,24 @@ impl Origin {
         Origin { port, log }
     }
 
+    /// An origin serving the five ffmpeg-made test streams (see [`make_streams`]) from
+    /// `root`, which is created.
+    pub fn with_streams(root: PathBuf) -> Origin {
+        std::fs::create_dir_all(&root).unwrap();
+        let origin = Origin::start(root.clone());
+        make_streams(&root, origin.port);
+        origin
+    }
+
+    /// The `streams:` entries (without the `streams:` line) of the five test streams on
+    /// this origin, named `ts`, `fmp4`, `aes`, `single` and `ladder`.
+    pub fn streams_yaml(&self) -> String {
+        let o = self.port;
+        format!(
+            "  ts: {{ url: \"http://127.0.0.1:{o}/ts/index.m3u8\" }}\n  fmp4: {{ url: \"http://127.0.0.1:{o}/fmp4/index.m3u8\" }}\n  aes: {{ url: \"http://127.0.0.1:{o}/aes/index.m3u8\" }}\n  single: {{ url: \"http://127.0.0.1:{o}/single/index.m3u8\" }}\n  ladder: {{ url: \"http://127.0.0.1:{o}/ladder/master.m3u8\" }}\n"
+        )
+    }
+
     /// Requests whose path contains `needle`.
     pub fn hits(&self, needle: &str) -> usize {
         self.log
