@@ -110,29 +110,27 @@ impl RateLimiter {
     /// Count one attempt for `key`; `Err(seconds)` to wait when over the limit.
     /// Attempts counted for `key` in its current window (nothing is stored).
     pub fn count(&self, key: &str) -> u32 {
-        if self.limit == 0 {
-            return 0;
-        }
-        let now = Instant::now();
-        self.windows.get(key).map_or(0, |w| {
-            let w = w.lock();
-            if now.duration_since(w.0) >= WINDOW {
-                0
-            } else {
-                w.1
-            }
-        })
+        self.current(key).map_or(0, |(n, _)| n)
     }
 
     /// Whether `key` has used its budget; `Err(seconds)` until its window ends.
     pub fn exhausted(&self, key: &str) -> Result<(), u64> {
-        if self.limit == 0 || self.count(key) < self.limit {
-            return Ok(());
+        match self.current(key) {
+            Some((n, left)) if n >= self.limit => Err(left.as_secs().max(1)),
+            _ => Ok(()),
         }
-        let left = self.windows.get(key).map_or(WINDOW, |w| {
-            WINDOW.saturating_sub(Instant::now().duration_since(w.lock().0))
-        });
-        Err(left.as_secs().max(1))
+    }
+
+    /// `key`'s attempts in its live window and the time that window has left (nothing
+    /// is stored; `None` without a limit or a live window).
+    fn current(&self, key: &str) -> Option<(u32, Duration)> {
+        if self.limit == 0 {
+            return None;
+        }
+        let w = self.windows.get(key)?;
+        let w = w.lock();
+        let age = Instant::now().duration_since(w.0);
+        (age < WINDOW).then(|| (w.1, WINDOW - age))
     }
 
     /// Count one attempt for `key`, whatever the budget says.
