@@ -36,14 +36,7 @@ for sc in $SCENARIOS; do
         [ "$(curl -s -o /dev/null -w '%{http_code}' "$u")" = 200 ] || { echo "!! $u" >&2; exit 1; }
     done
     echo ">> $sc: wrk -t1 -c${CONNS:-32} -d${DURATION:-10s}, $ROUNDS rounds interleaved" >&2
-    : >"$RUN/o.txt"; : >"$RUN/n.txt"
-    for r in $(seq "$ROUNDS"); do
-        o=$(run_wrk "$OLD"); echo "$o" >>"$RUN/o.txt"
-        n=$(run_wrk "$NEW"); echo "$n" >>"$RUN/n.txt"
-        echo "   round $r: before $o | after $n   (req/s p99-ms)" >&2
-    done
-    echo "$sc $(cut -d' ' -f1 "$RUN/o.txt" | median) $(cut -d' ' -f2 "$RUN/o.txt" | median)" \
-        "$(cut -d' ' -f1 "$RUN/n.txt" | median) $(cut -d' ' -f2 "$RUN/n.txt" | median)" >>"$RESULTS"
+    echo "$sc $(interleave before "$OLD" after "$NEW")" >>"$RESULTS"
 done
 
 printf '\n%-8s %14s %10s %14s %10s %8s\n' scenario 'before req/s' 'p99 ms' 'after req/s' 'p99 ms' ratio

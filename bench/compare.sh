@@ -49,14 +49,7 @@ for sc in $SCENARIOS; do
     esac
     check nginx "$NU" "$sc"; check hlsgate "$HU" "$sc"
     echo ">> $sc: wrk -t1 -c$CONNS -d$DURATION --latency, $ROUNDS rounds interleaved" >&2
-    : >"$RUN/n.txt"; : >"$RUN/h.txt"
-    for r in $(seq "$ROUNDS"); do
-        n=$(run_wrk "$NU"); echo "$n" >>"$RUN/n.txt"
-        h=$(run_wrk "$HU"); echo "$h" >>"$RUN/h.txt"
-        echo "   round $r: nginx $n | hlsgate $h   (req/s p99-ms)" >&2
-    done
-    echo "$sc $(cut -d' ' -f1 "$RUN/n.txt" | median) $(cut -d' ' -f2 "$RUN/n.txt" | median)" \
-        "$(cut -d' ' -f1 "$RUN/h.txt" | median) $(cut -d' ' -f2 "$RUN/h.txt" | median)" >>"$RESULTS"
+    echo "$sc $(interleave nginx "$NU" hlsgate "$HU")" >>"$RESULTS"
 done
 
 printf '\n%-8s %14s %10s %14s %10s %8s\n' scenario 'nginx req/s' 'p99 ms' 'hlsgate req/s' 'p99 ms' ratio

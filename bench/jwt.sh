@@ -22,13 +22,7 @@ JWTU="http://127.0.0.1:18080/hls/live/index.m3u8?token=$JWT"
 for u in "$PATHU" "$JWTU"; do
     [ "$(curl -s -o /dev/null -w '%{http_code}' -A wrk "$u")" = 200 ] || { echo "!! $u" >&2; exit 1; }
 done
-ROUNDS=${ROUNDS:-5}
-: >"$RUN/p.txt"; : >"$RUN/j.txt"
-for r in $(seq "$ROUNDS"); do
-    p=$(run_wrk "$PATHU"); echo "$p" >>"$RUN/p.txt"
-    j=$(run_wrk "$JWTU"); echo "$j" >>"$RUN/j.txt"
-    echo "   round $r: path $p | jwt $j   (req/s p99-ms)" >&2
-done
-pm=$(cut -d' ' -f1 "$RUN/p.txt" | median); jm=$(cut -d' ' -f1 "$RUN/j.txt" | median)
+export ROUNDS=${ROUNDS:-5}
+read -r pm _ jm _ <<<"$(interleave path "$PATHU" jwt "$JWTU")"
 echo "live playlist: path mode $pm req/s, JWT mode $jm req/s, ratio $(awk -v a="$jm" -v b="$pm" 'BEGIN{printf "%.2f", a/b}')x (medians of $ROUNDS, wrk -t1 -c${CONNS:-32} -d${DURATION:-10s})"
 rm -rf "$KEYS"

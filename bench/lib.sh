@@ -74,3 +74,16 @@ run_wrk() { # url [wrk args...] -> "req/s p99_ms"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
+# A B A B ...: ROUNDS rounds of run_wrk on two URLs, each round printed; prints the
+# medians "A-req/s A-p99 B-req/s B-p99".
+interleave() { # label-a url-a label-b url-b
+    : >"$RUN/a.txt"; : >"$RUN/b.txt"
+    local r a b
+    for r in $(seq "${ROUNDS:-3}"); do
+        a=$(run_wrk "$2"); echo "$a" >>"$RUN/a.txt"
+        b=$(run_wrk "$4"); echo "$b" >>"$RUN/b.txt"
+        echo "   round $r: $1 $a | $3 $b   (req/s p99-ms)" >&2
+    done
+    echo "$(cut -d' ' -f1 "$RUN/a.txt" | median) $(cut -d' ' -f2 "$RUN/a.txt" | median)" \
+        "$(cut -d' ' -f1 "$RUN/b.txt" | median) $(cut -d' ' -f2 "$RUN/b.txt" | median)"
+}
