@@ -32,6 +32,7 @@ fn bench(c: &mut Criterion) {
             ua: Some(ua.into()),
         },
         stored_session: true,
+        exchanged: false,
     };
     let token = k.issue(&grant);
     let viewer = Viewer {

@@ -163,6 +163,13 @@ struct FileEdge {
     max_connections: usize,
     #[serde(deserialize_with = "duration")]
     origin_total_timeout: Duration,
+    cors: FileCors,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileCors {
+    allow_origins: Vec<String>,
 }
 
 impl Default for FileEdge {
@@ -178,6 +185,7 @@ impl Default for FileEdge {
             header_timeout: Duration::from_secs(10),
             max_connections: 20_000,
             origin_total_timeout: Duration::from_secs(60),
+            cors: FileCors::default(),
         }
     }
 }
@@ -254,6 +262,23 @@ struct FileTokens {
     bind_ipv4_prefix: u8,
     bind_ipv6_prefix: u8,
     jwt: FileJwt,
+    cloudfront: FileJwt,
+    akamai: FileAkamai,
+    secure_link: FileSecureLink,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileAkamai {
+    key_hex: String,
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileSecureLink {
+    secret: String,
+    secret_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -272,6 +297,9 @@ impl Default for FileTokens {
             bind_ipv4_prefix: 32,
             bind_ipv6_prefix: 64,
             jwt: FileJwt::default(),
+            cloudfront: FileJwt::default(),
+            akamai: FileAkamai::default(),
+            secure_link: FileSecureLink::default(),
         }
     }
 }
@@ -288,6 +316,8 @@ struct FileOrigins {
 #[serde(deny_unknown_fields)]
 struct FileStream {
     url: String,
+    /// The token modes this stream admits (default: every configured one).
+    auth: Option<Vec<String>>,
 }
 
 // ---- validated config ---------------------------------------------------------------------
@@ -327,6 +357,9 @@ pub struct Edge {
     pub max_connections: usize,
     /// Longest one origin fetch may take from connect to its last body byte.
     pub origin_total_timeout: Duration,
+    /// `edge.cors.allow_origins`: `Origin`s answered with credentials (`*` wildcards).
+    /// Empty: `Access-Control-Allow-Origin: *` without credentials.
+    pub cors_allow_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +389,22 @@ pub struct Tokens {
     pub bind_ipv6_prefix: u8,
     /// `tokens.jwt.keys`: public keys of JWT playback tokens (query mode, IVS style).
     pub jwt: std::sync::Arc<crate::token::jwt::JwtKeys>,
+    /// `tokens.cloudfront.keys`: CloudFront key pairs' public keys.
+    pub cloudfront: std::sync::Arc<crate::token::cloudfront::CloudFrontKeys>,
+    /// `tokens.akamai.key_hex` / `key_file`, decoded.
+    pub akamai: Option<Secret<Vec<u8>>>,
+    /// `tokens.secure_link.secret` / `secret_file`.
+    pub secure_link: Option<Secret<String>>,
+}
+
+/// A secret that never shows in `Debug` output.
+#[derive(Clone)]
+pub struct Secret<T>(pub std::sync::Arc<T>);
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 impl Tokens {
@@ -366,6 +415,29 @@ impl Tokens {
             IpAddr::V6(_) => self.bind_ipv6_prefix,
         }
     }
+}
+
+/// `ID -> inline PEM or the path of a PEM file`, read.
+fn read_pems(
+    keys: &BTreeMap<String, String>,
+    at: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut pems = BTreeMap::new();
+    for (kid, v) in keys {
+        let key = format!("{at}.{kid}");
+        if kid.is_empty() || kid.len() > 128 {
+            return Err(err(&key, "key ids are 1-128 characters".into()));
+        }
+        let pem = if v.trim_start().starts_with("-----BEGIN") {
+            v.clone()
+        } else {
+            std::fs::read_to_string(v)
+                .map_err(|e| err(&key, format!("cannot read PEM file {v:?}: {e}")))?
+        };
+        pems.insert(kid.clone(), pem);
+    }
+    Ok(pems)
 }
 
 impl Config {
@@ -479,22 +551,84 @@ impl Config {
             return Err(err("tokens.secret_file", "must not be empty".into()));
         }
 
-        let mut pems = BTreeMap::new();
-        for (kid, v) in &t.jwt.keys {
-            let key = format!("tokens.jwt.keys.{kid}");
-            if kid.is_empty() || kid.len() > 128 {
-                return Err(err(&key, "key ids are 1-128 characters".into()));
-            }
-            let pem = if v.trim_start().starts_with("-----BEGIN") {
-                v.clone()
-            } else {
-                std::fs::read_to_string(v)
-                    .map_err(|e| err(&key, format!("cannot read PEM file {v:?}: {e}")))?
-            };
-            pems.insert(kid.clone(), pem);
-        }
+        let pems = read_pems(&t.jwt.keys, "tokens.jwt.keys", &err)?;
         let jwt = crate::token::jwt::JwtKeys::from_pems(&pems)
             .map_err(|(kid, problem)| err(&format!("tokens.jwt.keys.{kid}"), problem))?;
+        let pems = read_pems(&t.cloudfront.keys, "tokens.cloudfront.keys", &err)?;
+        let cloudfront = crate::token::cloudfront::CloudFrontKeys::from_pems(&pems)
+            .map_err(|(id, problem)| err(&format!("tokens.cloudfront.keys.{id}"), problem))?;
+        let akamai = match (&t.akamai.key_file, t.akamai.key_hex.is_empty()) {
+            (Some(_), false) => {
+                return Err(err(
+                    "tokens.akamai",
+                    "give key_hex or key_file, not both".into(),
+                ))
+            }
+            (Some(path), true) => Some(std::fs::read_to_string(path).map_err(|e| {
+                err(
+                    "tokens.akamai.key_file",
+                    format!("cannot read {path:?}: {e}"),
+                )
+            })?),
+            (None, false) => Some(t.akamai.key_hex.clone()),
+            (None, true) => None,
+        };
+        let akamai = match akamai {
+            Some(hex) => Some(Secret(std::sync::Arc::new(
+                crate::token::akamai::key_from_hex(&hex)
+                    .filter(|k| k.len() >= 16)
+                    .ok_or_else(|| {
+                        err(
+                            "tokens.akamai.key_hex",
+                            "must be at least 16 bytes in hex".into(),
+                        )
+                    })?,
+            ))),
+            None => None,
+        };
+        let secure_link = match (&t.secure_link.secret_file, t.secure_link.secret.is_empty()) {
+            (Some(_), false) => {
+                return Err(err(
+                    "tokens.secure_link",
+                    "give secret or secret_file, not both".into(),
+                ))
+            }
+            (Some(path), true) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        err(
+                            "tokens.secure_link.secret_file",
+                            format!("cannot read {path:?}: {e}"),
+                        )
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+            ),
+            (None, false) => Some(t.secure_link.secret.clone()),
+            (None, true) => None,
+        };
+        if secure_link
+            .as_ref()
+            .is_some_and(|s| s.len() < 8 || s.contains(char::is_control))
+        {
+            return Err(err(
+                "tokens.secure_link.secret",
+                "must be at least 8 characters, no control characters".into(),
+            ));
+        }
+        let secure_link = secure_link.map(|s| Secret(std::sync::Arc::new(s)));
+        for o in &f.edge.cors.allow_origins {
+            let ok = o == "*"
+                || ((o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.ends_with('/')
+                    && !o.contains(char::is_whitespace));
+            if !ok {
+                return Err(err(
+                    "edge.cors.allow_origins",
+                    format!("{o:?} is not an origin (scheme://host[:port], `*` wildcards)"),
+                ));
+            }
+        }
 
         let c = &f.cache;
         if c.max_bytes < 1 << 20 {
@@ -576,6 +710,25 @@ impl Config {
                     "numeric ids belong to streams in the store; give this one a name".into(),
                 ));
             }
+            let auth = match &s.auth {
+                None => None,
+                Some(names) => Some(
+                    names
+                        .iter()
+                        .map(|n| {
+                            crate::token::Mode::from_name(n).ok_or_else(|| {
+                                err(
+                                    &format!("streams.{id}.auth"),
+                                    format!(
+                                        "unknown mode {n:?} (path, jwt, cloudfront, akamai, \
+                                         secure_link)"
+                                    ),
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
             let (origin, playlist) = Origin::from_playlist_url(&s.url).map_err(|p| err(&key, p))?;
             origin.check_allowed(&origins).map_err(|e| {
                 // The operator may be told more than a user: the host is named.
@@ -599,6 +752,7 @@ impl Config {
                     origin,
                     playlist,
                     owner: None,
+                    auth,
                 },
             );
         }
@@ -616,6 +770,7 @@ impl Config {
                 header_timeout: f.edge.header_timeout,
                 max_connections: f.edge.max_connections,
                 origin_total_timeout: f.edge.origin_total_timeout,
+                cors_allow_origins: f.edge.cors.allow_origins,
             },
             admin: Admin {
                 listen: f.admin.listen,
@@ -636,6 +791,9 @@ impl Config {
                 bind_ipv4_prefix: f.tokens.bind_ipv4_prefix,
                 bind_ipv6_prefix: f.tokens.bind_ipv6_prefix,
                 jwt: std::sync::Arc::new(jwt),
+                cloudfront: std::sync::Arc::new(cloudfront),
+                akamai,
+                secure_link,
             },
             origins,
             cache: crate::cache::Policy {

@@ -168,6 +168,7 @@ fn print_token(
             ua,
         },
         stored_session: false,
+        exchanged: false,
     };
     println!(
         "{}",

@@ -166,6 +166,15 @@ pub struct Stream {
     pub playlist: String,
     /// The user a stream from the store belongs to (`None`: a static stream).
     pub owner: Option<i64>,
+    /// `streams.NAME.auth`: the token modes admitted (`None`: every configured one).
+    pub auth: Option<Vec<crate::token::Mode>>,
+}
+
+impl Stream {
+    /// Whether `mode` may admit viewers of this stream.
+    pub fn admits(&self, mode: crate::token::Mode) -> bool {
+        self.auth.as_ref().is_none_or(|a| a.contains(&mode))
+    }
 }
 
 /// Stream ids appear in URLs and tokens: `[A-Za-z0-9_-]{1,64}`.

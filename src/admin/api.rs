@@ -618,6 +618,7 @@ async fn playback_url(
             ua: Some(ua),
         },
         stored_session: true,
+        exchanged: false,
     };
     let tok = st.keyring.issue(&grant);
     let url = crate::playback::url(

@@ -13,7 +13,8 @@ use crate::net::client_ip;
 use crate::origin::Origin;
 use crate::playback::{self, Query, Route, Target};
 use crate::stream::Stream;
-use crate::token::{Binding, Grant as TokenGrant, TokenError, Viewer};
+use crate::token::jwt::Rules;
+use crate::token::{Binding, Grant as TokenGrant, Mode, TokenError, Viewer};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -32,6 +33,12 @@ pub struct Request<'a> {
     /// Every `X-Forwarded-For` value, in order.
     pub forwarded_for: Vec<&'a [u8]>,
     pub user_agent: &'a str,
+    /// The `Host` header (CloudFront policies name the host).
+    pub host: Option<&'a str>,
+    /// Every `Cookie` header value (cookie modes).
+    pub cookies: Vec<&'a str>,
+    /// The `Origin` header (a JWT's strict origin enforcement).
+    pub origin: Option<&'a str>,
 }
 
 /// Why a request is refused: the status, the `hlsgate_auth_denials_total` reason, and
@@ -90,6 +97,8 @@ pub struct Grant {
     pub signed_target: bool,
     /// The viewer session the token belongs to.
     pub session: [u8; 16],
+    /// A JWT's `aws:` rules for this viewer session (CORS answer, resolution cap).
+    pub rules: Option<Arc<Rules>>,
 }
 
 impl Grant {
@@ -141,11 +150,51 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
     // every URI of the rewritten playlist) is path mode.
     let exchanged = match path_token {
         Some(_) => None,
-        None => Some(exchange(st, &query, &viewer)?),
+        None => Some(exchange(st, req, &query, &viewer).await?),
     };
-    let tok = path_token.or(exchanged.as_deref()).unwrap_or_default();
+    let tok = path_token
+        .or(exchanged.as_ref().map(|(t, _)| t.as_str()))
+        .unwrap_or_default();
     let verified = st.keyring.verify(tok, &viewer).map_err(Denial::token)?;
     let stream = st.lookup(stream_id, &verified).await?;
+    // The mode that let this viewer in must be one the stream admits. A token issued at
+    // the door was checked when it was issued.
+    let mode = match &exchanged {
+        Some((_, f)) => Some(f.mode),
+        None => (!verified.exchanged()).then_some(Mode::Path),
+    };
+    // A key a user registered opens only that user's streams.
+    if let Some((_, f)) = &exchanged {
+        if f.owner.is_some() && f.owner != stream.owner {
+            return Err(Denial::token(TokenError::WrongStream));
+        }
+    }
+    if mode.is_some_and(|m| !stream.admits(m)) {
+        return Err(Denial::new(
+            403,
+            "mode",
+            "this stream does not admit this kind of token",
+        ));
+    }
+    let rules = match &exchanged {
+        Some((_, f)) => f.rules.clone(),
+        None if verified.exchanged() => st.session_rules.get(&verified.session),
+        None => None,
+    };
+    if let Some(r) = &rules {
+        if r.strict_origin && !req.origin.is_some_and(|o| r.allows_origin(o)) {
+            return Err(Denial::new(
+                403,
+                "origin",
+                "origin not allowed for this token",
+            ));
+        }
+        if let Some(id) = &r.viewer_id {
+            if st.viewer_revoked(stream_id, id).await {
+                return Err(Denial::new(403, "revoked", "viewer revoked"));
+            }
+        }
+    }
     let (origin_path, signed_target) = match target {
         Target::InBase(rel) => (format!("{}{rel}", stream.origin.space().base), false),
         Target::Signed { sig, path } => {
@@ -192,45 +241,60 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         token,
         signed_target,
         session: verified.session,
+        rules,
     }))
 }
 
-/// The native token a query-mode request is admitted with: the foreign token (a JWT) is
-/// checked, then a native token is issued for the same viewer session, bound to this
-/// viewer's address and User-Agent, ending with the foreign token.
-fn exchange(st: &EdgeState, query: &Query<'_>, viewer: &Viewer<'_>) -> Result<String, Denial> {
-    let missing = Denial::route(playback::RouteError::MissingToken);
-    let foreign = query.token.ok_or(missing)?;
-    let keys = &st.cfg.tokens.jwt;
-    if keys.is_empty() {
-        return Err(missing);
-    }
+/// The native token a request without one is admitted with: the first foreign mode whose
+/// credentials it carries (see [`super::modes`]) checks them, then a native token is issued
+/// for the same viewer session, bound to this viewer's address and User-Agent, ending with
+/// the foreign token.
+async fn exchange(
+    st: &EdgeState,
+    req: &Request<'_>,
+    query: &Query<'_>,
+    viewer: &Viewer<'_>,
+) -> Result<(String, super::modes::Foreign), Denial> {
     if !crate::stream::valid_stream_id(viewer.stream) {
         return Err(Denial::new(404, "unknown_stream", "unknown stream"));
     }
-    let g = match st.jwt_seen.get(foreign) {
-        Some((stream, g)) if stream == viewer.stream && viewer.now <= g.exp => g,
-        Some((stream, _)) if stream != viewer.stream => {
-            return Err(Denial::token(TokenError::WrongStream))
-        }
-        _ => {
-            let g = keys.verify(foreign, viewer.stream).map_err(Denial::token)?;
-            st.jwt_seen
-                .insert(foreign.to_owned(), (viewer.stream.to_owned(), g.clone()));
-            g
-        }
+    // A JWT naming a key that is not configured may name one a user registered.
+    let stored_key = match (&st.directory, query.token) {
+        (Some(d), Some(t)) => match crate::token::jwt::JwtKeys::kid_of(t) {
+            Some(kid) if !st.cfg.tokens.jwt.has_kid(&kid) => d
+                .playback_key(&kid)
+                .await
+                .map_err(|_| Denial::new(503, "store_unavailable", "store unavailable"))?,
+            _ => None,
+        },
+        _ => None,
     };
-    Ok(st.keyring.issue(&TokenGrant {
+    let facts = super::modes::Facts {
+        st,
+        req,
+        query,
+        viewer,
+        stored_key,
+    };
+    let f = super::modes::verify(&facts)
+        .ok_or(Denial::route(playback::RouteError::MissingToken))?
+        .map_err(Denial::token)?;
+    if let Some(r) = &f.rules {
+        st.session_rules.insert(f.session, r.clone());
+    }
+    let token = st.keyring.issue(&TokenGrant {
         stream: viewer.stream.to_owned(),
-        session: g.session,
-        exp: g.exp.min(viewer.now.saturating_add(st.ttl)),
-        session_exp: g.exp,
+        session: f.session,
+        exp: f.exp.min(viewer.now.saturating_add(st.ttl)),
+        session_exp: f.exp,
         binding: Binding {
             ip: Some((viewer.ip, st.cfg.tokens.prefix_for(viewer.ip))),
             ua: Some(viewer.ua.to_owned()),
         },
         stored_session: false,
-    }))
+        exchanged: true,
+    });
+    Ok((token, f))
 }
 
 #[cfg(test)]
@@ -266,6 +330,7 @@ mod tests {
                 ua: bind.then(|| "ua".into()),
             },
             stored_session: false,
+            exchanged: false,
         })
     }
 
@@ -279,6 +344,9 @@ mod tests {
             peer: "192.0.2.1".parse().unwrap(),
             forwarded_for: Vec::new(),
             user_agent: "ua",
+            host: Some("edge.example"),
+            cookies: Vec::new(),
+            origin: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! Playlists are read and rewritten chunk by chunk; other objects stream with
 //! `Content-Length`, and a single `Range` is honoured (byte-range playlists, seeking).
 
+use super::cors::Cors;
 use super::respond;
 use crate::media::Kind;
 use crate::metrics::METRICS;
@@ -79,6 +80,7 @@ pub async fn serve(
     rel: &str,
     rewrite: Option<Rewriter<EdgeUris>>,
     new_token: &str,
+    cors: &Cors,
 ) -> pingora_error::Result<Served> {
     let decoded = percent_encoding::percent_decode_str(rel)
         .decode_utf8_lossy()
@@ -87,11 +89,11 @@ pub async fn serve(
     let opened = tokio::task::spawn_blocking(move || open_beneath(&root, &decoded)).await;
     let mut file = match opened {
         Ok(Ok(f)) => tokio::fs::File::from_std(f),
-        _ => return not_found(session).await,
+        _ => return not_found(session, cors).await,
     };
     let meta = match file.metadata().await {
         Ok(m) if m.is_file() => m,
-        _ => return not_found(session).await,
+        _ => return not_found(session, cors).await,
     };
     let size = meta.len();
     let head = session.req_header().method == http::Method::HEAD;
@@ -103,7 +105,7 @@ pub async fn serve(
         h.insert_header("Transfer-Encoding", "chunked")?;
         h.insert_header("Cache-Control", "private, no-cache")?;
         h.insert_header(respond::NEW_TOKEN, new_token)?;
-        respond::cors(&mut h)?;
+        cors.apply(&mut h)?;
         session.write_response_header(Box::new(h), head).await?;
         if head {
             return Ok(Served { status: 200 });
@@ -143,7 +145,7 @@ pub async fn serve(
             let mut h = ResponseHeader::build(416, Some(4))?;
             h.insert_header("Content-Range", format!("bytes */{size}"))?;
             h.insert_header("Content-Length", "0")?;
-            respond::cors(&mut h)?;
+            cors.apply(&mut h)?;
             session.write_response_header(Box::new(h), true).await?;
             return Ok(Served { status: 416 });
         }
@@ -160,7 +162,7 @@ pub async fn serve(
         )?;
     }
     h.insert_header(respond::NEW_TOKEN, new_token)?;
-    respond::cors(&mut h)?;
+    cors.apply(&mut h)?;
     session
         .write_response_header(Box::new(h), head || len == 0)
         .await?;
@@ -193,8 +195,8 @@ pub async fn serve(
     Ok(Served { status })
 }
 
-async fn not_found(session: &mut Session) -> pingora_error::Result<Served> {
-    respond::error(session, 404, "not found").await?;
+async fn not_found(session: &mut Session, cors: &Cors) -> pingora_error::Result<Served> {
+    respond::error(session, 404, "not found", cors).await?;
     Ok(Served { status: 404 })
 }
 

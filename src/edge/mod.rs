@@ -6,8 +6,10 @@
 //! ```
 
 pub mod admission;
+pub mod cors;
 pub mod file;
 pub mod guard;
+pub mod modes;
 pub mod proxy;
 pub mod respond;
 pub mod store_cache;
@@ -49,7 +51,13 @@ pub struct EdgeState {
     /// JWTs already verified, by their text: `(stream, grant)`. ES384 verification costs
     /// about 0.8 ms on this kind of machine; a player presents the same JWT on every
     /// playlist refresh, so it is verified once and its `exp` checked each time.
-    pub jwt_seen: moka::sync::Cache<String, (String, crate::token::jwt::JwtGrant)>,
+    /// The owner is the user whose registered key signed it (`None`: a configured key).
+    pub jwt_seen: moka::sync::Cache<String, (String, crate::token::jwt::JwtGrant, Option<i64>)>,
+    /// The edge's own CloudFront-format cookie keys (`Keyring::derive`).
+    pub cloudfront_native: Vec<(u8, [u8; 32])>,
+    /// A JWT's `aws:` rules by the viewer session it opened: requests with the exchanged
+    /// native token keep them (allowed origins, viewer id, resolution cap).
+    pub session_rules: moka::sync::Cache<[u8; 16], Arc<crate::token::jwt::Rules>>,
 }
 
 /// A cached object's identity (key and when it was stored) and the stream it is seen
@@ -76,6 +84,7 @@ impl EdgeState {
             e.origin_connect_timeout + e.origin_read_timeout + std::time::Duration::from_secs(1),
         );
         let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
+        let cloudfront_native = keyring.derive(crate::token::cloudfront::NATIVE_LABEL);
         EdgeState {
             cfg,
             keyring,
@@ -92,6 +101,11 @@ impl EdgeState {
                 .max_capacity(100_000)
                 .time_to_idle(std::time::Duration::from_secs(600))
                 .build(),
+            cloudfront_native,
+            session_rules: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
             failed: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(std::time::Duration::from_secs(2))
@@ -101,6 +115,15 @@ impl EdgeState {
 }
 
 impl EdgeState {
+    /// Whether a JWT viewer id was revoked for the stream. Without a store nothing can be
+    /// revoked; a store that cannot answer counts as revoked (fail closed).
+    pub async fn viewer_revoked(&self, stream: &str, viewer: &str) -> bool {
+        match &self.directory {
+            None => false,
+            Some(d) => d.viewer_revoked(stream, viewer).await.unwrap_or(true),
+        }
+    }
+
     /// The stream a verified token asks for, once its session (if it names a stored one)
     /// is known to be live and to belong to the stream's owner.
     pub async fn lookup(&self, id: &str, v: &Verified) -> Result<Arc<Stream>, Denial> {

@@ -5,6 +5,7 @@
 //! replaced by the edge's own JSON answers).
 
 use super::admission::{self, Admission, Denial, Request};
+use super::cors::Cors;
 use super::{file, respond, EdgeState};
 use crate::cache::content_length;
 use crate::media::{self, Kind};
@@ -60,6 +61,10 @@ pub struct Ctx {
     signed_target: bool,
     /// The cached playlist this rewrite may prove verbatim (see `EdgeState::verbatim`).
     verbatim_key: Option<super::VerbatimKey>,
+    /// The CORS answer (see `cors`).
+    cors: Cors,
+    /// A JWT's rules for this viewer session (resolution cap).
+    rules: Option<Arc<crate::token::jwt::Rules>>,
 }
 
 impl Ctx {
@@ -133,7 +138,32 @@ impl EdgeProxy {
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok()),
+            cookies: req
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect(),
+            origin: req
+                .headers
+                .get(http::header::ORIGIN)
+                .and_then(|v| v.to_str().ok()),
         };
+        ctx.cors = Cors::by_config(&st.cfg.edge.cors_allow_origins, facts.origin);
+        if req.method == http::Method::OPTIONS
+            && matches!(
+                playback::parse(facts.path),
+                Ok(playback::Route::Hls { .. } | playback::Route::Query { .. })
+            )
+        {
+            ctx.status = 204;
+            ctx.cors.preflight(session).await?;
+            return Ok(true);
+        }
         let decided = admission::authorize(st, &facts, token::unix_now()).await;
         let g = match decided {
             Ok(Admission::Object(g)) => g,
@@ -156,6 +186,8 @@ impl EdgeProxy {
             }
         };
         METRICS.saw_session(g.session);
+        ctx.cors = std::mem::take(&mut ctx.cors).with_rules(g.rules.as_deref(), facts.origin);
+        ctx.rules = g.rules.clone();
         ctx.kind = g.kind;
         ctx.upstream_uri = g.origin_uri();
         ctx.token_renewed = g.token_renewed;
@@ -172,7 +204,7 @@ impl EdgeProxy {
                 let d = Denial::new(502, "origin_type", "origin sent a non-media type");
                 return self.deny(session, ctx, d).await;
             }
-            let served = file::serve(session, dir, rel, rewrite, &ctx.token).await?;
+            let served = file::serve(session, dir, rel, rewrite, &ctx.token, &ctx.cors).await?;
             ctx.status = served.status;
             return Ok(true);
         }
@@ -182,7 +214,7 @@ impl EdgeProxy {
     async fn deny(&self, session: &mut Session, ctx: &mut Ctx, d: Denial) -> Result<bool> {
         ctx.status = d.status;
         ctx.deny = Some(d.reason);
-        respond::error(session, d.status, d.message).await?;
+        respond::error(session, d.status, d.message, &ctx.cors).await?;
         Ok(true)
     }
 
@@ -198,11 +230,20 @@ impl EdgeProxy {
         );
         // The seed's way: relative URIs keep working with no rewriting, since the token is
         // in the path. Only a renewed token must be written into them.
-        Rewriter::new(if ctx.token_renewed || ctx.signed_target {
+        let rw = Rewriter::new(if ctx.token_renewed || ctx.signed_target {
             uris
         } else {
             uris.keep_plain_relative()
-        })
+        });
+        match self.max_height(ctx) {
+            Some(h) => rw.cut_ladder(h),
+            None => rw,
+        }
+    }
+
+    /// A JWT's resolution cap for this viewer session.
+    fn max_height(&self, ctx: &Ctx) -> Option<u32> {
+        ctx.rules.as_ref().and_then(|r| r.max_height)
     }
 
     /// Remember that fetching this object failed because the origin could not be reached
@@ -299,6 +340,8 @@ impl ProxyHttp for EdgeProxy {
             token_renewed: false,
             signed_target: false,
             verbatim_key: None,
+            cors: Cors::default(),
+            rules: None,
         }
     }
 
@@ -592,7 +635,7 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         resp.insert_header(respond::NEW_TOKEN, ctx.token.as_str())?;
-        respond::cors(resp)?;
+        ctx.cors.apply(resp)?;
         let cache_state = cache_state(session.cache.phase()).map(|(header, _)| header);
         ctx.from_cache = matches!(cache_state, Some("HIT" | "STALE" | "REVALIDATED"));
         if let Some(state) = cache_state {
@@ -613,7 +656,9 @@ impl ProxyHttp for EdgeProxy {
         {
             return Err(bad_gateway("origin sent a compressed playlist"));
         }
-        let keep_relative = !ctx.token_renewed && !ctx.signed_target;
+        // A capped ladder is this viewer's own: never the verbatim bytes of another.
+        let keep_relative =
+            !ctx.token_renewed && !ctx.signed_target && self.max_height(ctx).is_none();
         let verbatim_key = match (
             keep_relative,
             session.cache.maybe_cache_key(),
@@ -719,7 +764,7 @@ impl ProxyHttp for EdgeProxy {
             (None, _) => "internal error",
         };
         if code > 0 && session.response_written().is_none() {
-            let _ = respond::error(session, code, message).await;
+            let _ = respond::error(session, code, message, &ctx.cors).await;
         }
         ctx.status = code;
         FailToProxy {

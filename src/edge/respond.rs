@@ -1,6 +1,7 @@
 //! Responses the edge writes itself: JSON errors (`{"error": "..."}`) and small helpers for
 //! headers every authorised response carries.
 
+use super::cors::Cors;
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -10,9 +11,14 @@ pub const NEW_TOKEN: &str = "X-New-Token";
 
 /// Write a complete JSON error response. Content-Length is always set so the connection can
 /// be reused.
-pub async fn error(session: &mut Session, status: u16, message: &str) -> pingora_error::Result<()> {
+pub async fn error(
+    session: &mut Session,
+    status: u16,
+    message: &str,
+    cors: &Cors,
+) -> pingora_error::Result<()> {
     let body = json_error_body(message);
-    let h = error_header(status, body.len())?;
+    let h = error_header(status, body.len(), cors)?;
     let head = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(h), head).await?;
     if !head {
@@ -24,12 +30,12 @@ pub async fn error(session: &mut Session, status: u16, message: &str) -> pingora
 }
 
 /// The header of a JSON error of `len` bytes.
-pub fn error_header(status: u16, len: usize) -> pingora_error::Result<ResponseHeader> {
+pub fn error_header(status: u16, len: usize, cors: &Cors) -> pingora_error::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(status, Some(5))?;
     h.insert_header("Content-Type", "application/json")?;
     h.insert_header("Content-Length", len.to_string())?;
     h.insert_header("Cache-Control", "no-store")?;
-    cors(&mut h)?;
+    cors.apply(&mut h)?;
     Ok(h)
 }
 
@@ -40,16 +46,6 @@ pub fn json_error_body(message: &str) -> Vec<u8> {
     json_string(message, &mut body);
     body.extend_from_slice(b"}");
     body
-}
-
-/// Headers that let browser players read responses and `X-New-Token` across origins. Token
-/// modes in the path or query carry no ambient credentials, so `*` is safe here.
-/// Every edge answer also says `nosniff`: a browser must not run what an origin sent.
-pub fn cors(h: &mut ResponseHeader) -> pingora_error::Result<()> {
-    h.insert_header("Access-Control-Allow-Origin", "*")?;
-    h.insert_header("Access-Control-Expose-Headers", NEW_TOKEN)?;
-    h.insert_header("X-Content-Type-Options", "nosniff")?;
-    Ok(())
 }
 
 fn json_string(s: &str, out: &mut Vec<u8>) {

@@ -38,6 +38,17 @@ pub struct StoreCache {
     /// entry lives: a store query that was already running when the session ended cannot
     /// put it back as live.
     ended: moka::sync::Cache<[u8; 16], ()>,
+    /// JWT viewer ids revoked, by `(stream, viewer id)`.
+    revoked: Cache<(String, String), bool>,
+    /// Playback keys users registered, by `kid`.
+    keys: Cache<String, Option<Arc<StoredKey>>>,
+}
+
+/// A playback key from the store: it may sign only for its owner's streams.
+#[derive(Debug)]
+pub struct StoredKey {
+    pub user_id: i64,
+    pub keys: crate::token::jwt::JwtKeys,
 }
 
 impl StoreCache {
@@ -51,6 +62,14 @@ impl StoreCache {
                 .build(),
             sessions: Cache::builder()
                 .max_capacity(1_000_000)
+                .time_to_live(ttl)
+                .build(),
+            revoked: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(ttl)
+                .build(),
+            keys: Cache::builder()
+                .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
             ended: moka::sync::Cache::builder()
@@ -143,6 +162,54 @@ impl StoreCache {
     pub async fn forget_stream(&self, id: i64) {
         self.streams.invalidate(&id).await;
     }
+
+    /// Whether a JWT viewer id is revoked for a stream.
+    pub async fn viewer_revoked(
+        &self,
+        stream: &str,
+        viewer: &str,
+    ) -> Result<bool, Arc<StoreError>> {
+        let key = (stream.to_owned(), viewer.to_owned());
+        if let Some(hit) = self.revoked.get(&key).await {
+            return Ok(hit);
+        }
+        self.revoked
+            .try_get_with(key.clone(), async {
+                let store = self.store.clone();
+                let (s, v) = key;
+                let r = self
+                    .run("revoked_viewer", async move {
+                        store.viewer_revoked(&s, &v).await.map(|r| r.then_some(()))
+                    })
+                    .await?;
+                Ok(r.is_some())
+            })
+            .await
+    }
+
+    /// A playback key a user registered, by `kid`.
+    pub async fn playback_key(&self, kid: &str) -> Result<Option<Arc<StoredKey>>, Arc<StoreError>> {
+        if let Some(hit) = self.keys.get(kid).await {
+            return Ok(hit);
+        }
+        self.keys
+            .try_get_with(kid.to_owned(), async {
+                let store = self.store.clone();
+                let k = kid.to_owned();
+                let rec = self
+                    .run("playback_key", async move { store.playback_key(&k).await })
+                    .await?;
+                Ok(rec.and_then(|r| {
+                    let pems = [(r.kid.clone(), r.pem.clone())].into();
+                    let keys = crate::token::jwt::JwtKeys::from_pems(&pems).ok()?;
+                    Some(Arc::new(StoredKey {
+                        user_id: r.user_id,
+                        keys,
+                    }))
+                }))
+            })
+            .await
+    }
 }
 
 /// The edge's stream for a stored record; `None` (not found) if its URL no longer parses.
@@ -156,11 +223,22 @@ pub fn to_stream(r: &StreamRecord) -> Option<Stream> {
         origin,
         playlist,
         owner: Some(r.user_id),
+        auth: None,
     })
 }
 
 #[async_trait::async_trait]
 impl Changes for StoreCache {
+    async fn viewer_revoked(&self, stream: &str, viewer: &str) {
+        self.revoked
+            .insert((stream.to_owned(), viewer.to_owned()), true)
+            .await;
+    }
+
+    async fn playback_key_changed(&self, kid: &str) {
+        self.keys.invalidate(kid).await;
+    }
+
     async fn session_ended(&self, id: [u8; 16]) {
         self.forget_session(id).await
     }

@@ -13,7 +13,10 @@
 //! Everything else is copied byte for byte: line endings (LF or CRLF), a UTF-8 BOM,
 //! blank space around a URI line, comments, unknown tags, attribute order and spacing.
 
+mod ladder;
 mod uri;
+
+pub use ladder::Ladder;
 
 pub use uri::{is_plain_relative, EdgeUris, OriginSpace};
 
@@ -78,6 +81,8 @@ pub struct Rewriter<M> {
     bytes_out: u64,
     /// Some URI came out different from how it went in.
     changed: bool,
+    /// A ladder cut the lines pass through first, and its output buffer.
+    ladder: Option<(Ladder, Vec<u8>)>,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -93,7 +98,14 @@ impl<M: UriMap> Rewriter<M> {
             bytes_in: 0,
             bytes_out: 0,
             changed: false,
+            ladder: None,
         }
+    }
+
+    /// Remove variants taller than `max_height` lines (see [`Ladder`]) before rewriting.
+    pub fn cut_ladder(mut self, max_height: u32) -> Self {
+        self.ladder = Some((Ladder::new(max_height), Vec::new()));
+        self
     }
 
     /// Whether the output so far differs from the input. `false` at the end means the
@@ -123,7 +135,18 @@ impl<M: UriMap> Rewriter<M> {
     /// last line for the next call.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), RewriteError> {
         let before = out.len();
-        let result = self.feed_lines(chunk, out);
+        let result = match self.ladder.take() {
+            None => self.feed_lines(chunk, out),
+            Some((mut ladder, mut kept)) => {
+                kept.clear();
+                let r = ladder
+                    .feed(chunk, &mut kept)
+                    .and_then(|()| self.feed_lines(&kept, out));
+                self.changed |= ladder.removed() > 0;
+                self.ladder = Some((ladder, kept));
+                r
+            }
+        };
         self.bytes_in += chunk.len() as u64;
         self.bytes_out += (out.len() - before) as u64;
         result
@@ -236,6 +259,12 @@ impl<M: UriMap> Rewriter<M> {
 
     /// Rewrite the last line if the body did not end with a newline.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), RewriteError> {
+        if let Some((mut ladder, mut kept)) = self.ladder.take() {
+            kept.clear();
+            ladder.finish(&mut kept);
+            self.changed |= ladder.removed() > 0;
+            self.feed_lines(&kept, out)?;
+        }
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             self.line(&line, out);

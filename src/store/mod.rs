@@ -115,6 +115,32 @@ pub trait Store: Send + Sync + 'static {
     async fn streams(&self, user_id: i64) -> Result<Vec<StreamRecord>>;
     /// Delete one of the user's streams; false when the user has no stream `id`.
     async fn delete_stream(&self, user_id: i64, id: i64) -> Result<bool>;
+
+    /// Register a JWT playback key. [`StoreError::Conflict`] when the `kid` is taken.
+    async fn create_playback_key(&self, k: &PlaybackKey) -> Result<()>;
+    /// The user's playback keys, oldest first.
+    async fn playback_keys(&self, user_id: i64) -> Result<Vec<PlaybackKey>>;
+    /// Any user's key by `kid`, for the edge (which checks the owner against the stream).
+    async fn playback_key(&self, kid: &str) -> Result<Option<PlaybackKey>>;
+    /// Delete one of the user's keys; false when the user has no key `kid`.
+    async fn delete_playback_key(&self, user_id: i64, kid: &str) -> Result<bool>;
+    /// Revoke a JWT `aws:viewer-id` for a stream (idempotent).
+    async fn revoke_viewer(&self, stream: &str, viewer_id: &str, now: i64) -> Result<()>;
+    async fn viewer_revoked(&self, stream: &str, viewer_id: &str) -> Result<bool>;
+}
+
+/// A public key a user registered for JWT playback tokens (`/api/playback-keys`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaybackKey {
+    pub kid: String,
+    pub user_id: i64,
+    pub name: String,
+    /// SPKI PEM.
+    pub pem: String,
+    /// SHA-256 of the key's DER, hex.
+    pub fingerprint: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
 }
 
 /// Connect to `url` (`sqlite://PATH` or `postgres://…`) and apply pending migrations.
@@ -187,6 +213,10 @@ pub trait Changes: Send + Sync {
     async fn session_ended(&self, id: [u8; 16]);
     /// A stream was created, changed or deleted.
     async fn stream_changed(&self, id: i64);
+    /// A JWT viewer id was revoked for a stream.
+    async fn viewer_revoked(&self, _stream: &str, _viewer: &str) {}
+    /// A playback key was registered or deleted.
+    async fn playback_key_changed(&self, _kid: &str) {}
 }
 
 /// No cache to tell: `hlsgate admin` alone, and tests of the admin.

@@ -2,7 +2,7 @@
 //! PostgreSQL alike); they differ in how they connect, their migrations' DDL, and how
 //! migrations are serialised between processes.
 
-use super::{Result, Session, Store, StoreError, StreamRecord, User};
+use super::{PlaybackKey, Result, Session, Store, StoreError, StreamRecord, User};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -10,10 +10,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Numbered migrations per backend, applied in order.
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_playback.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_playback.sql"),
+    ),
+];
 
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS hlsgate_migrations \
      (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";
@@ -299,8 +306,98 @@ macro_rules! sql_store {
                     .map(|r| r.rows_affected() > 0)
                     .map_err(unavailable)
             }
+
+            async fn create_playback_key(&self, k: &PlaybackKey) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO playback_keys (kid, user_id, name, pem, fingerprint, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&k.kid)
+                .bind(k.user_id)
+                .bind(&k.name)
+                .bind(&k.pem)
+                .bind(&k.fingerprint)
+                .bind(k.created_at)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(write_error)
+            }
+
+            async fn playback_keys(&self, user_id: i64) -> Result<Vec<PlaybackKey>> {
+                sqlx::query_as::<_, PlaybackKeyRow>(
+                    "SELECT kid, user_id, name, pem, fingerprint, created_at FROM playback_keys \
+                     WHERE user_id = $1 ORDER BY created_at, kid",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map(|rows| rows.into_iter().map(playback_key).collect())
+                .map_err(unavailable)
+            }
+
+            async fn playback_key(&self, kid: &str) -> Result<Option<PlaybackKey>> {
+                sqlx::query_as::<_, PlaybackKeyRow>(
+                    "SELECT kid, user_id, name, pem, fingerprint, created_at FROM playback_keys \
+                     WHERE kid = $1",
+                )
+                .bind(kid)
+                .fetch_optional(&self.pool)
+                .await
+                .map(|r| r.map(playback_key))
+                .map_err(unavailable)
+            }
+
+            async fn delete_playback_key(&self, user_id: i64, kid: &str) -> Result<bool> {
+                sqlx::query("DELETE FROM playback_keys WHERE kid = $1 AND user_id = $2")
+                    .bind(kid)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map(|r| r.rows_affected() > 0)
+                    .map_err(unavailable)
+            }
+
+            async fn revoke_viewer(&self, stream: &str, viewer_id: &str, now: i64) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO revoked_viewers (stream_id, viewer_id, revoked_at) \
+                     VALUES ($1, $2, $3) ON CONFLICT (stream_id, viewer_id) DO NOTHING",
+                )
+                .bind(stream)
+                .bind(viewer_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(write_error)
+            }
+
+            async fn viewer_revoked(&self, stream: &str, viewer_id: &str) -> Result<bool> {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT revoked_at FROM revoked_viewers WHERE stream_id = $1 AND viewer_id = $2",
+                )
+                .bind(stream)
+                .bind(viewer_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map(|r| r.is_some())
+                .map_err(unavailable)
+            }
         }
     };
+}
+
+type PlaybackKeyRow = (String, i64, String, String, String, i64);
+
+fn playback_key(r: PlaybackKeyRow) -> PlaybackKey {
+    PlaybackKey {
+        kid: r.0,
+        user_id: r.1,
+        name: r.2,
+        pem: r.3,
+        fingerprint: r.4,
+        created_at: r.5,
+    }
 }
 
 /// Embedded SQLite: one file, WAL journal (readers never wait for the writer), every

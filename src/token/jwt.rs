@@ -53,6 +53,31 @@ pub struct JwtGrant {
     pub exp: u32,
     /// A stable id for the token (its signature hashed): the viewer session it opens.
     pub session: [u8; 16],
+    /// The token's `aws:` claims beyond the channel, when it has any.
+    pub rules: Option<std::sync::Arc<Rules>>,
+}
+
+/// What a JWT's `aws:` claims add to its viewer session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// `aws:access-control-allow-origin`, split on `,` (`*` wildcards): the CORS answer.
+    pub allow_origins: Vec<String>,
+    /// `aws:strict-origin-enforcement`: requests from other `Origin`s (or none) are refused.
+    pub strict_origin: bool,
+    /// `aws:viewer-id`: revocable with `POST /api/viewers/revoke`.
+    pub viewer_id: Option<String>,
+    /// `aws:maximum-resolution` as lines: variants taller than this are removed from
+    /// master playlists.
+    pub max_height: Option<u32>,
+}
+
+impl Rules {
+    /// Whether `origin` (an `Origin` header) is one the token allows.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allow_origins
+            .iter()
+            .any(|p| super::cloudfront::wildcard_match(p, origin))
+    }
 }
 
 #[derive(Deserialize)]
@@ -62,6 +87,51 @@ struct Claims {
     #[serde(default, rename = "aws:channel-arn")]
     channel_arn: Option<String>,
     exp: u64,
+    #[serde(default, rename = "aws:access-control-allow-origin")]
+    allow_origin: Option<String>,
+    #[serde(default, rename = "aws:strict-origin-enforcement")]
+    strict_origin: Option<bool>,
+    #[serde(default, rename = "aws:viewer-id")]
+    viewer_id: Option<String>,
+    #[serde(default, rename = "aws:maximum-resolution")]
+    max_resolution: Option<String>,
+}
+
+impl Claims {
+    /// The `aws:` rules, `None` when the token has none. A value outside IVS's vocabulary
+    /// makes the token malformed.
+    fn rules(&self) -> Result<Option<Rules>, TokenError> {
+        let max_height = match self.max_resolution.as_deref() {
+            None => None,
+            Some("SD") => Some(480),
+            Some("HD") => Some(720),
+            Some("FULL_HD") => Some(1080),
+            Some(_) => return Err(TokenError::Malformed),
+        };
+        if self
+            .viewer_id
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 40)
+        {
+            return Err(TokenError::Malformed);
+        }
+        let allow_origins: Vec<String> = self
+            .allow_origin
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let rules = Rules {
+            strict_origin: self.strict_origin.unwrap_or(false),
+            allow_origins,
+            viewer_id: self.viewer_id.clone(),
+            max_height,
+        };
+        Ok((rules != Rules::default()).then_some(rules))
+    }
 }
 
 /// The curve or key type a public key PEM holds, from the OIDs in its DER.
@@ -116,6 +186,18 @@ impl JwtKeys {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid == kid)
+    }
+
+    /// The `kid` of a JWT's header, if it parses and names one.
+    pub fn kid_of(token: &str) -> Option<String> {
+        if token.len() > MAX_JWT_CHARS {
+            return None;
+        }
+        jsonwebtoken::decode_header(token).ok()?.kid
     }
 
     /// Check `token` for `stream`: shape, algorithm, signature, `exp`/`nbf` against the
@@ -177,6 +259,7 @@ impl JwtKeys {
         Ok(JwtGrant {
             exp: claims.exp.min(u32::MAX as u64) as u32,
             session,
+            rules: claims.rules()?.map(std::sync::Arc::new),
         })
     }
 }

@@ -9,7 +9,8 @@
 //! 18..22  exp, u32 big-endian unix seconds: the short expiry
 //! 22..26  session_exp, u32 unix seconds: a bound token is renewed until then
 //! 26      flags: bit 0 = bound to a client IP prefix, bit 1 = bound to a User-Agent,
-//!         bit 2 = the session is a stored login session (the edge checks it is still live)
+//!         bit 2 = the session is a stored login session (the edge checks it is still live),
+//!         bit 3 = issued in exchange for a foreign token (JWT, CloudFront, Akamai, secure_link)
 //! 27      IP prefix length in bits (IPv4 0..=32, IPv6 0..=128)
 //! 28..36  IP tag: keyed SipHash of the masked client IP (zero when unbound)
 //! 36..44  UA tag: keyed SipHash of the User-Agent (zero when unbound)
@@ -23,8 +24,11 @@
 //! (403) from a forged or malformed one (401). The tags are keyed, so a token reveals
 //! neither the viewer's address nor their User-Agent.
 
+pub mod akamai;
+pub mod cloudfront;
 pub mod jwt;
 mod keys;
+pub mod secure_link;
 
 pub use keys::{KeyError, Keyring};
 
@@ -45,6 +49,7 @@ pub const MAX_TOKEN_CHARS: usize = (MAX_TOKEN_BYTES * 4).div_ceil(3);
 const FLAG_IP: u8 = 1;
 const FLAG_UA: u8 = 2;
 const FLAG_SESSION: u8 = 4;
+const FLAG_EXCHANGED: u8 = 8;
 
 /// Who a token is bound to. `None` means "any".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,6 +71,8 @@ pub struct Grant {
     /// `session` names a login session in the store (issued by the admin): the edge refuses
     /// the token (403) once that session has ended. Tokens from `hlsgate token` have none.
     pub stored_session: bool,
+    /// Issued at the door for a foreign token (a mode other than path).
+    pub exchanged: bool,
 }
 
 /// The viewer presenting a token, as the edge sees them.
@@ -96,6 +103,51 @@ impl Verified {
     /// Whether the token's session is a stored login session that must still be live.
     pub fn stored_session(&self) -> bool {
         self.flags & FLAG_SESSION != 0
+    }
+
+    /// Whether the token was issued for a foreign token (see [`Grant::exchanged`]).
+    pub fn exchanged(&self) -> bool {
+        self.flags & FLAG_EXCHANGED != 0
+    }
+}
+
+/// The ways a viewer can be admitted (SPEC "More ways in"). A mode is on when its keys are
+/// configured; `streams.NAME.auth` narrows them per stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `/api/hls/{token}/...`: the edge's own token (the Go seed).
+    Path,
+    /// `?token=JWT` (IVS).
+    Jwt,
+    /// CloudFront signed URLs and cookies.
+    CloudFront,
+    /// Akamai EdgeAuth `hdnts` / `__token__`.
+    Akamai,
+    /// nginx `secure_link` `md5`/`expires`.
+    SecureLink,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 5] = [
+        Mode::Path,
+        Mode::Jwt,
+        Mode::CloudFront,
+        Mode::Akamai,
+        Mode::SecureLink,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Path => "path",
+            Mode::Jwt => "jwt",
+            Mode::CloudFront => "cloudfront",
+            Mode::Akamai => "akamai",
+            Mode::SecureLink => "secure_link",
+        }
+    }
+
+    pub fn from_name(n: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == n)
     }
 }
 
@@ -195,6 +247,9 @@ impl Keyring {
         buf[18..22].copy_from_slice(&g.exp.to_be_bytes());
         buf[22..26].copy_from_slice(&g.session_exp.to_be_bytes());
         let mut flags = if g.stored_session { FLAG_SESSION } else { 0 };
+        if g.exchanged {
+            flags |= FLAG_EXCHANGED;
+        }
         if let Some((ip, prefix)) = g.binding.ip {
             flags |= FLAG_IP;
             let input = tag_input(ip, prefix);
@@ -309,6 +364,7 @@ impl Keyring {
             session_exp: v.session_exp,
             binding,
             stored_session: v.stored_session(),
+            exchanged: v.exchanged(),
         })
     }
 
@@ -415,6 +471,7 @@ mod tests {
                 Binding::default()
             },
             stored_session: false,
+            exchanged: false,
         }
     }
 

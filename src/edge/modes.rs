@@ -1,0 +1,177 @@
+//! The foreign token modes (SPEC "More ways in"): one verifier per mode, tried in the order
+//! of [`VERIFIERS`]. Each looks for its own credentials in the request (query parameters or
+//! cookies) and, when it finds them, checks them against its keys. The first mode whose
+//! credentials are present decides; its grant is exchanged for a native token by
+//! `admission` so that the rest of the way (segments, renewals, the rewritten playlist's
+//! URIs) is path mode.
+//!
+//! Adding a mode: a verifier in `token/`, a function here, an entry in `VERIFIERS` and in
+//! `token::Mode`.
+
+use super::admission::Request;
+use super::EdgeState;
+use crate::playback::Query;
+use crate::token::{akamai, cloudfront, secure_link, Mode, TokenError, Viewer};
+use std::sync::Arc;
+
+/// What a foreign token proved.
+#[derive(Debug, Clone)]
+pub struct Foreign {
+    pub mode: Mode,
+    /// Unix seconds: the end of the viewer session it opens.
+    pub exp: u32,
+    /// The viewer session (stable for one token).
+    pub session: [u8; 16],
+    /// What a JWT's `aws:` claims add (allowed origins, viewer id, resolution cap).
+    pub rules: Option<Arc<crate::token::jwt::Rules>>,
+    /// The token was signed with a key a user registered: it opens only that user's
+    /// streams.
+    pub owner: Option<i64>,
+}
+
+/// Everything a verifier may read.
+pub struct Facts<'r, 'a> {
+    pub st: &'r EdgeState,
+    pub req: &'r Request<'a>,
+    pub query: &'r Query<'a>,
+    pub viewer: &'r Viewer<'a>,
+    /// The registered playback key a JWT's `kid` names (read from the store beforehand).
+    pub stored_key: Option<Arc<super::store_cache::StoredKey>>,
+}
+
+impl Facts<'_, '_> {
+    /// `(name, value)` of every cookie sent.
+    fn cookies(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.req
+            .cookies
+            .iter()
+            .flat_map(|h| h.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+    }
+
+    fn query_param(&self, name: &str) -> Option<&str> {
+        self.req.query.and_then(|q| {
+            q.split('&')
+                .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+        })
+    }
+}
+
+type Verifier = fn(&Facts<'_, '_>) -> Option<Result<Foreign, TokenError>>;
+
+/// The modes, in the order their credentials are looked for.
+pub const VERIFIERS: [(Mode, Verifier); 4] = [
+    (Mode::Jwt, jwt),
+    (Mode::CloudFront, cloudfront),
+    (Mode::Akamai, akamai),
+    (Mode::SecureLink, secure_link),
+];
+
+/// The first mode whose credentials the request carries, and its answer; `None`: no
+/// foreign credentials at all.
+pub fn verify(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
+    VERIFIERS.iter().find_map(|(_, v)| v(f))
+}
+
+fn jwt(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
+    let token = f.query.token?;
+    let configured = &f.st.cfg.tokens.jwt;
+    let (keys, owner) = match &f.stored_key {
+        Some(k) => (&k.keys, Some(k.user_id)),
+        None if configured.is_empty() && f.st.directory.is_none() => return None,
+        None => (&**configured, None),
+    };
+    let stream = f.viewer.stream;
+    let (g, owner) = match f.st.jwt_seen.get(token) {
+        Some((s, g, o)) if s == stream && f.viewer.now < g.exp => (g, o),
+        Some((s, _, _)) if s != stream => return Some(Err(TokenError::WrongStream)),
+        _ => match keys.verify(token, stream) {
+            Ok(g) => {
+                f.st.jwt_seen
+                    .insert(token.to_owned(), (stream.to_owned(), g.clone(), owner));
+                (g, owner)
+            }
+            Err(e) => return Some(Err(e)),
+        },
+    };
+    Some(Ok(Foreign {
+        mode: Mode::Jwt,
+        exp: g.exp,
+        session: g.session,
+        rules: g.rules.clone(),
+        owner,
+    }))
+}
+
+fn cloudfront(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
+    let native = &f.st.cloudfront_native;
+    let (signed, rest) = match f.req.query.and_then(cloudfront::Signed::from_query) {
+        Some((s, rest)) => (s, rest),
+        None => (
+            cloudfront::Signed::from_cookies(f.cookies())?,
+            String::new(),
+        ),
+    };
+    let t = cloudfront::Target {
+        host: f.req.host.unwrap_or(""),
+        path: f.req.path,
+        rest_query: &rest,
+        ip: f.viewer.ip,
+        now: f.viewer.now,
+    };
+    Some(
+        f.st.cfg
+            .tokens
+            .cloudfront
+            .verify(&signed, &t, native)
+            .map(|g| Foreign {
+                mode: Mode::CloudFront,
+                exp: g.exp,
+                session: g.session,
+                rules: None,
+                owner: None,
+            }),
+    )
+}
+
+fn akamai(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
+    let key = f.st.cfg.tokens.akamai.as_ref()?;
+    let token = f
+        .query_param("hdnts")
+        .or_else(|| f.query_param("__token__"))
+        .or_else(|| f.cookies().find(|(n, _)| *n == "__token__").map(|(_, v)| v))?;
+    let token = percent_encoding::percent_decode_str(token).decode_utf8_lossy();
+    Some(
+        akamai::verify(&key.0, &token, f.req.path, f.viewer.ip, f.viewer.now).map(|g| Foreign {
+            mode: Mode::Akamai,
+            exp: g.exp,
+            session: g.session,
+            rules: None,
+            owner: None,
+        }),
+    )
+}
+
+fn secure_link(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
+    let secret = f.st.cfg.tokens.secure_link.as_ref()?;
+    let md5 = f.query_param("md5")?;
+    // nginx's `$uri`: the decoded path.
+    let uri = percent_encoding::percent_decode_str(f.req.path).decode_utf8_lossy();
+    Some(
+        secure_link::verify(
+            &secret.0,
+            md5,
+            f.query_param("expires"),
+            &uri,
+            f.viewer.ip,
+            f.viewer.now,
+        )
+        .map(|g| Foreign {
+            mode: Mode::SecureLink,
+            exp: g.exp,
+            session: g.session,
+            rules: None,
+            owner: None,
+        }),
+    )
+}

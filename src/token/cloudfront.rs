@@ -1,0 +1,614 @@
+//! CloudFront signed URLs and signed cookies, verified exactly as CloudFront does, so the
+//! code a platform already signs with (botocore's `CloudFrontSigner`, the AWS SDKs) works
+//! unchanged against the edge.
+//!
+//! - Parameters: `Policy` (custom) or `Expires` (canned), `Signature`, `Key-Pair-Id`, as
+//!   query parameters (signed URLs) or as the cookies `CloudFront-Policy` /
+//!   `CloudFront-Expires`, `CloudFront-Signature`, `CloudFront-Key-Pair-Id`.
+//! - CloudFront's URL-safe base64: `+`→`-`, `=`→`_`, `/`→`~`.
+//! - Signatures: RSA PKCS#1 v1.5 with SHA-1 (what CloudFront and botocore use), or SHA-256
+//!   when `Hash-Algorithm=SHA256` is given; ECDSA P-256 SHA-256 for EC key pairs.
+//! - A custom policy has one statement: `Resource` (`*` and `?` wildcards) is matched
+//!   against the request's URL, `http://` or `https://` + `Host` + path (+ query for signed
+//!   URLs, without the signing parameters); `DateLessThan` is required,
+//!   `DateGreaterThan` and `IpAddress.AWS:SourceIp` (CIDR) are honoured. A canned policy is
+//!   rebuilt from the request URL and `Expires`, as CloudFront does.
+//! - Key pairs by `Key-Pair-Id` from `tokens.cloudfront.keys`; `hlsgate-<kid>` names the
+//!   edge's own HMAC-SHA256 key (derived from the token key file), which the admin's
+//!   `/api/stream-cookies` signs with.
+//!
+//! Pure: no I/O.
+
+use super::TokenError;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use ring::signature::{self, UnparsedPublicKey};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// Longest policy (decoded) accepted: CloudFront's own cookie limits keep real ones far
+/// shorter.
+pub const MAX_POLICY_BYTES: usize = 4096;
+
+/// The label the edge's own cookie key is derived under (`Keyring::derive`).
+pub const NATIVE_LABEL: &str = "cloudfront-cookie";
+/// The `Key-Pair-Id` prefix of the edge's own cookies.
+pub const NATIVE_PREFIX: &str = "hlsgate-";
+
+/// Registered CloudFront public keys, by key pair id.
+#[derive(Clone, Default)]
+pub struct CloudFrontKeys {
+    keys: BTreeMap<String, PublicKey>,
+}
+
+#[derive(Clone)]
+enum PublicKey {
+    /// PKCS#1 `RSAPublicKey` DER.
+    Rsa(Vec<u8>),
+    /// An uncompressed P-256 point.
+    P256(Vec<u8>),
+}
+
+impl fmt::Debug for CloudFrontKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.keys.keys()).finish()
+    }
+}
+
+/// The signed parameters of one request, as found in its query or its cookies.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Signed<'a> {
+    pub policy: Option<&'a str>,
+    pub expires: Option<&'a str>,
+    pub signature: &'a str,
+    pub key_pair_id: &'a str,
+    pub sha256: bool,
+    /// From a query (a signed URL: the canned resource includes the rest of the query).
+    pub in_query: bool,
+}
+
+impl<'a> Signed<'a> {
+    /// The signing parameters of a query, and the query without them (in order).
+    pub fn from_query(q: &'a str) -> Option<(Signed<'a>, String)> {
+        let mut s = Signed {
+            in_query: true,
+            ..Signed::default()
+        };
+        let (mut sig, mut kp) = (None, None);
+        let mut rest = Vec::new();
+        for p in q.split('&').filter(|p| !p.is_empty()) {
+            let (n, v) = p.split_once('=').unwrap_or((p, ""));
+            match n {
+                "Policy" => s.policy = Some(v),
+                "Expires" => s.expires = Some(v),
+                "Signature" => sig = Some(v),
+                "Key-Pair-Id" => kp = Some(v),
+                "Hash-Algorithm" => s.sha256 = v == "SHA256",
+                _ => rest.push(p),
+            }
+        }
+        s.signature = sig?;
+        s.key_pair_id = kp?;
+        Some((s, rest.join("&")))
+    }
+
+    /// The CloudFront cookies among `(name, value)` pairs.
+    pub fn from_cookies(cookies: impl Iterator<Item = (&'a str, &'a str)>) -> Option<Signed<'a>> {
+        let mut s = Signed::default();
+        let (mut sig, mut kp) = (None, None);
+        for (n, v) in cookies {
+            match n {
+                "CloudFront-Policy" => s.policy = Some(v),
+                "CloudFront-Expires" => s.expires = Some(v),
+                "CloudFront-Signature" => sig = Some(v),
+                "CloudFront-Key-Pair-Id" => kp = Some(v),
+                "CloudFront-Hash-Algorithm" => s.sha256 = v == "SHA256",
+                _ => {}
+            }
+        }
+        s.signature = sig?;
+        s.key_pair_id = kp?;
+        Some(s)
+    }
+}
+
+/// The request being admitted.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The `Host` header.
+    pub host: &'a str,
+    /// The path as requested (percent-encoded).
+    pub path: &'a str,
+    /// A signed URL's query without the signing parameters.
+    pub rest_query: &'a str,
+    pub ip: IpAddr,
+    pub now: u32,
+}
+
+/// What a valid signature grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudFrontGrant {
+    pub exp: u32,
+    /// The viewer session (the signature hashed).
+    pub session: [u8; 16],
+}
+
+#[derive(Deserialize)]
+struct Policy {
+    #[serde(rename = "Statement")]
+    statement: Vec<Statement>,
+}
+
+#[derive(Deserialize)]
+struct Statement {
+    #[serde(rename = "Resource")]
+    resource: Option<String>,
+    #[serde(rename = "Condition")]
+    condition: Condition,
+}
+
+#[derive(Deserialize)]
+struct Condition {
+    #[serde(rename = "DateLessThan")]
+    less_than: Option<Epoch>,
+    #[serde(rename = "DateGreaterThan")]
+    greater_than: Option<Epoch>,
+    #[serde(rename = "IpAddress")]
+    ip: Option<SourceIp>,
+}
+
+#[derive(Deserialize)]
+struct Epoch {
+    #[serde(rename = "AWS:EpochTime")]
+    t: u64,
+}
+
+#[derive(Deserialize)]
+struct SourceIp {
+    #[serde(rename = "AWS:SourceIp")]
+    cidr: String,
+}
+
+/// Decode CloudFront's URL-safe base64.
+pub fn decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() > MAX_POLICY_BYTES * 2 {
+        return None;
+    }
+    let std: String = s
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '=',
+            '~' => '/',
+            c => c,
+        })
+        .collect();
+    STANDARD.decode(std).ok()
+}
+
+/// Encode in CloudFront's URL-safe base64.
+pub fn encode(b: &[u8]) -> String {
+    STANDARD
+        .encode(b)
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '=' => '_',
+            '/' => '~',
+            c => c,
+        })
+        .collect()
+}
+
+/// `*` any run of characters, `?` one character.
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// The key of a public key PEM: SPKI (`PUBLIC KEY`, RSA or P-256) or PKCS#1
+/// (`RSA PUBLIC KEY`).
+fn public_key(pem: &str) -> Result<PublicKey, &'static str> {
+    if pem.contains("PRIVATE KEY") {
+        return Err("a private key: register the public key only");
+    }
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    let der = STANDARD.decode(body).map_err(|_| "not a PEM")?;
+    if pem.contains("BEGIN RSA PUBLIC KEY") {
+        return Ok(PublicKey::Rsa(der));
+    }
+    const RSA: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01];
+    const P256: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+    let (alg, bits) = spki(&der).ok_or("not a public key PEM (SPKI)")?;
+    let has = |oid: &[u8]| alg.windows(oid.len()).any(|w| w == oid);
+    if has(RSA) {
+        Ok(PublicKey::Rsa(bits.to_vec()))
+    } else if has(P256) {
+        Ok(PublicKey::P256(bits.to_vec()))
+    } else {
+        Err("not an RSA or P-256 public key")
+    }
+}
+
+/// One DER element at the start of `b`: `(tag, contents, rest)`.
+fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&l0, mut b) = b.split_first()?;
+    let len = if l0 < 0x80 {
+        l0 as usize
+    } else {
+        let n = (l0 & 0x7f) as usize;
+        if n == 0 || n > 3 || b.len() < n {
+            return None;
+        }
+        let len = b[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
+        b = &b[n..];
+        len
+    };
+    (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+}
+
+/// `SubjectPublicKeyInfo`: the algorithm identifier's contents and the key bits.
+fn spki(d: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (0x30, inner, _) = der(d)? else {
+        return None;
+    };
+    let (0x30, alg, rest) = der(inner)? else {
+        return None;
+    };
+    let (0x03, bits, _) = der(rest)? else {
+        return None;
+    };
+    let (&0, bits) = bits.split_first()? else {
+        return None;
+    };
+    Some((alg, bits))
+}
+
+impl CloudFrontKeys {
+    /// Keys from `KEY_PAIR_ID -> public key PEM`. An error names the id and the problem.
+    pub fn from_pems(pems: &BTreeMap<String, String>) -> Result<CloudFrontKeys, (String, String)> {
+        let mut keys = BTreeMap::new();
+        for (id, pem) in pems {
+            if id.starts_with(NATIVE_PREFIX) {
+                return Err((
+                    id.clone(),
+                    format!("{NATIVE_PREFIX}* ids are the edge's own"),
+                ));
+            }
+            let k = public_key(pem).map_err(|p| (id.clone(), p.to_owned()))?;
+            keys.insert(id.clone(), k);
+        }
+        Ok(CloudFrontKeys { keys })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Check a signed request. `native` holds the edge's own cookie keys (`(kid, secret)`).
+    /// Forged or malformed: 401; expired: 401; the resource does not cover this URL: 403
+    /// (wrong stream); the source IP is outside the policy's: 403 (wrong viewer).
+    pub fn verify(
+        &self,
+        s: &Signed<'_>,
+        t: &Target<'_>,
+        native: &[(u8, [u8; 32])],
+    ) -> Result<CloudFrontGrant, TokenError> {
+        let sig = decode(s.signature).ok_or(TokenError::Malformed)?;
+        if sig.is_empty() || sig.len() > 1024 || s.key_pair_id.len() > 128 {
+            return Err(TokenError::Malformed);
+        }
+        let check = |msg: &[u8]| -> Result<(), TokenError> {
+            if let Some(kid) = s.key_pair_id.strip_prefix(NATIVE_PREFIX) {
+                let kid: u8 = kid.parse().map_err(|_| TokenError::Forged)?;
+                let (_, secret) = native
+                    .iter()
+                    .find(|(k, _)| *k == kid)
+                    .ok_or(TokenError::Forged)?;
+                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+                return ring::hmac::verify(&key, msg, &sig).map_err(|_| TokenError::Forged);
+            }
+            let alg: &dyn signature::VerificationAlgorithm;
+            let key = match self.keys.get(s.key_pair_id).ok_or(TokenError::Forged)? {
+                PublicKey::Rsa(k) => {
+                    alg = if s.sha256 {
+                        &signature::RSA_PKCS1_2048_8192_SHA256
+                    } else {
+                        &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
+                    };
+                    k
+                }
+                PublicKey::P256(k) => {
+                    alg = &signature::ECDSA_P256_SHA256_ASN1;
+                    k
+                }
+            };
+            UnparsedPublicKey::new(alg, key)
+                .verify(msg, &sig)
+                .map_err(|_| TokenError::Forged)
+        };
+        let urls = request_urls(t, s.in_query);
+        let exp = if let Some(p) = s.policy {
+            let text = decode(p).ok_or(TokenError::Malformed)?;
+            if text.len() > MAX_POLICY_BYTES {
+                return Err(TokenError::Malformed);
+            }
+            check(&text)?;
+            let policy: Policy =
+                serde_json::from_slice(&text).map_err(|_| TokenError::Malformed)?;
+            let [st] = policy.statement.as_slice() else {
+                return Err(TokenError::Malformed);
+            };
+            let c = &st.condition;
+            let exp = c.less_than.as_ref().ok_or(TokenError::Malformed)?.t;
+            if u64::from(t.now) >= exp {
+                return Err(TokenError::Expired);
+            }
+            if let Some(g) = &c.greater_than {
+                if u64::from(t.now) <= g.t {
+                    return Err(TokenError::NotYetValid);
+                }
+            }
+            // No `Resource` covers every URL (CloudFront's default).
+            if let Some(r) = &st.resource {
+                if !urls.iter().any(|u| wildcard_match(r, u)) {
+                    return Err(TokenError::WrongStream);
+                }
+            }
+            if let Some(ip) = &c.ip {
+                let net: ipnet::IpNet = ip
+                    .cidr
+                    .parse()
+                    .or_else(|_| ip.cidr.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| TokenError::Malformed)?;
+                if !net.contains(&t.ip) {
+                    return Err(TokenError::WrongViewer);
+                }
+            }
+            exp
+        } else {
+            let exp_text = s.expires.ok_or(TokenError::Malformed)?;
+            let exp: u64 = exp_text.parse().map_err(|_| TokenError::Malformed)?;
+            if !exp_text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(TokenError::Malformed);
+            }
+            // A canned policy names one URL: it must be this one.
+            let signed = urls
+                .iter()
+                .any(|u| check(canned_policy(u, exp).as_bytes()).is_ok());
+            if !signed {
+                return Err(TokenError::Forged);
+            }
+            if u64::from(t.now) >= exp {
+                return Err(TokenError::Expired);
+            }
+            exp
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, &sig);
+        let mut session = [0u8; 16];
+        session.copy_from_slice(&digest.as_ref()[..16]);
+        Ok(CloudFrontGrant {
+            exp: exp.min(u32::MAX as u64) as u32,
+            session,
+        })
+    }
+}
+
+/// The canned policy CloudFront signs for `url` until `exp`.
+pub fn canned_policy(url: &str, exp: u64) -> String {
+    format!(
+        r#"{{"Statement":[{{"Resource":"{url}","Condition":{{"DateLessThan":{{"AWS:EpochTime":{exp}}}}}}}]}}"#
+    )
+}
+
+/// The URLs a policy's resource may name for this request.
+fn request_urls(t: &Target<'_>, with_query: bool) -> [String; 2] {
+    let q = if with_query && !t.rest_query.is_empty() {
+        format!("?{}", t.rest_query)
+    } else {
+        String::new()
+    };
+    [
+        format!("https://{}{}{q}", t.host, t.path),
+        format!("http://{}{}{q}", t.host, t.path),
+    ]
+}
+
+/// Sign `policy` with the edge's own cookie key (`(kid, secret)`): the three cookie values
+/// `(Policy, Signature, Key-Pair-Id)`.
+pub fn sign_native(policy: &str, kid: u8, secret: &[u8; 32]) -> (String, String, String) {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let sig = ring::hmac::sign(&key, policy.as_bytes());
+    (
+        encode(policy.as_bytes()),
+        encode(sig.as_ref()),
+        format!("{NATIVE_PREFIX}{kid}"),
+    )
+}
+
+/// A custom policy for every object under `resource` until `exp` (unix seconds).
+pub fn custom_policy(resource: &str, exp: u32) -> String {
+    serde_json::json!({"Statement": [{
+        "Resource": resource,
+        "Condition": {"DateLessThan": {"AWS:EpochTime": exp}}
+    }]})
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u32 = 1_700_000_000;
+
+    fn target<'a>(path: &'a str, rest: &'a str) -> Target<'a> {
+        Target {
+            host: "edge.example",
+            path,
+            rest_query: rest,
+            ip: "192.0.2.7".parse().unwrap(),
+            now: NOW,
+        }
+    }
+
+    fn native() -> Vec<(u8, [u8; 32])> {
+        vec![(1, [9; 32])]
+    }
+
+    fn signed<'a>(p: &'a str, s: &'a str, k: &'a str) -> Signed<'a> {
+        Signed {
+            policy: Some(p),
+            signature: s,
+            key_pair_id: k,
+            ..Signed::default()
+        }
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match(
+            "https://h/hls/a/*",
+            "https://h/hls/a/x/y.ts"
+        ));
+        assert!(wildcard_match("http*://h/hls/a/*", "http://h/hls/a/"));
+        assert!(wildcard_match(
+            "https://h/hls/?/i.m3u8",
+            "https://h/hls/a/i.m3u8"
+        ));
+        assert!(!wildcard_match(
+            "https://h/hls/?/i.m3u8",
+            "https://h/hls/ab/i.m3u8"
+        ));
+        assert!(!wildcard_match(
+            "https://h/hls/a/*",
+            "https://h/hls/b/i.m3u8"
+        ));
+        assert!(wildcard_match("*", ""));
+        assert!(!wildcard_match("a*b*c", "aXbY"));
+        assert!(wildcard_match(&"*a".repeat(20), &"a".repeat(40)));
+    }
+
+    #[test]
+    fn the_edges_own_cookies_verify_and_every_condition_holds() {
+        let keys = CloudFrontKeys::default();
+        let n = native();
+        let pol = custom_policy("https://edge.example/hls/s1/*", NOW + 60);
+        let (p, s, k) = sign_native(&pol, 1, &n[0].1);
+        let ok = keys.verify(&signed(&p, &s, &k), &target("/hls/s1/i.m3u8", ""), &n);
+        assert_eq!(ok.map(|g| g.exp), Ok(NOW + 60));
+        assert_eq!(
+            keys.verify(&signed(&p, &s, &k), &target("/hls/s2/i.m3u8", ""), &n),
+            Err(TokenError::WrongStream)
+        );
+        let mut forged = s.clone();
+        forged.replace_range(0..1, if s.starts_with('A') { "B" } else { "A" });
+        assert_eq!(
+            keys.verify(&signed(&p, &forged, &k), &target("/hls/s1/i.m3u8", ""), &n),
+            Err(TokenError::Forged)
+        );
+        assert_eq!(
+            keys.verify(
+                &signed(&p, &s, "hlsgate-2"),
+                &target("/hls/s1/i.m3u8", ""),
+                &n
+            ),
+            Err(TokenError::Forged)
+        );
+        let old = custom_policy("https://edge.example/hls/s1/*", NOW);
+        let (p, s, k) = sign_native(&old, 1, &n[0].1);
+        assert_eq!(
+            keys.verify(&signed(&p, &s, &k), &target("/hls/s1/i.m3u8", ""), &n),
+            Err(TokenError::Expired)
+        );
+        let ip = serde_json::json!({"Statement": [{"Resource": "http*://edge.example/hls/s1/*",
+            "Condition": {"DateLessThan": {"AWS:EpochTime": NOW + 60},
+                "DateGreaterThan": {"AWS:EpochTime": NOW - 60},
+                "IpAddress": {"AWS:SourceIp": "198.51.100.0/24"}}}]})
+        .to_string();
+        let (p, s, k) = sign_native(&ip, 1, &n[0].1);
+        assert_eq!(
+            keys.verify(&signed(&p, &s, &k), &target("/hls/s1/i.m3u8", ""), &n),
+            Err(TokenError::WrongViewer)
+        );
+        let later = serde_json::json!({"Statement": [{"Resource": "*",
+            "Condition": {"DateLessThan": {"AWS:EpochTime": NOW + 60},
+                "DateGreaterThan": {"AWS:EpochTime": NOW + 10}}}]})
+        .to_string();
+        let (p, s, k) = sign_native(&later, 1, &n[0].1);
+        assert_eq!(
+            keys.verify(&signed(&p, &s, &k), &target("/hls/s1/i.m3u8", ""), &n),
+            Err(TokenError::NotYetValid)
+        );
+        let no_exp = r#"{"Statement":[{"Resource":"*","Condition":{}}]}"#;
+        let (p, s, k) = sign_native(no_exp, 1, &n[0].1);
+        assert_eq!(
+            keys.verify(&signed(&p, &s, &k), &target("/hls/s1/i.m3u8", ""), &n),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn query_and_cookie_parameters_are_found() {
+        let (s, rest) =
+            Signed::from_query("a=1&Expires=5&Signature=x~y_&Key-Pair-Id=K&b=2").unwrap();
+        assert_eq!(
+            (s.expires, s.signature, s.key_pair_id),
+            (Some("5"), "x~y_", "K")
+        );
+        assert_eq!(rest, "a=1&b=2");
+        assert!(Signed::from_query("Expires=5&Signature=x").is_none());
+        let c = Signed::from_cookies(
+            [
+                ("CloudFront-Policy", "P"),
+                ("x", "y"),
+                ("CloudFront-Signature", "S"),
+                ("CloudFront-Key-Pair-Id", "K"),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!((c.policy, c.signature, c.in_query), (Some("P"), "S", false));
+        assert_eq!(decode(&encode(b"\xfb\xff?>")).unwrap(), b"\xfb\xff?>");
+    }
+
+    #[test]
+    fn private_and_unknown_keys_are_refused() {
+        let bad = |pem: &str| {
+            CloudFrontKeys::from_pems(&[("K".to_owned(), pem.to_owned())].into()).unwrap_err()
+        };
+        assert!(
+            bad("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
+                .1
+                .contains("private")
+        );
+        assert!(
+            bad("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----")
+                .1
+                .contains("SPKI")
+        );
+    }
+}
