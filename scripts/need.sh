@@ -95,3 +95,14 @@ as_postgres() {
         sudo -u postgres sh -c "$1"
     fi
 }
+
+# A Python virtualenv at target/pyvenv holding the PyPI signers the tests call that Debian
+# does not package (Akamai's EdgeAuth library).
+need_pyvenv() {
+    local venv=target/pyvenv
+    "$venv/bin/python" -c "import akamai.edgeauth" >/dev/null 2>&1 && return 0
+    need_pymod ensurepip python3-venv
+    echo ">> installing akamai-edgeauth (PyPI) into $venv" >&2
+    /usr/bin/python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "akamai-edgeauth==0.3.2" >&2
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite, as CI runs it: installs what the tests need when missing (Rust, a C
 # compiler, cmake, ffmpeg for the real HLS streams and client, PostgreSQL for the store
-# tests, started on loopback, openssl and PyJWT for the third-party-signed JWT tests), then
+# tests, started on loopback, openssl, PyJWT, botocore and Akamai's EdgeAuth (PyPI, in a
+# virtualenv) for the third-party-signed token tests), then
 # runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ need promtool prometheus
 need openssl openssl
 need_pymod cryptography python3-cryptography
 need_pymod jwt python3-jwt
+need_pymod botocore python3-botocore
+need_pyvenv
 need_postgres
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

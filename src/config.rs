@@ -196,6 +196,7 @@ struct FileAdmin {
     #[serde(deserialize_with = "socket_addr")]
     listen: SocketAddr,
     public_edge_url: String,
+    cookie_domain: Option<String>,
     max_sessions_per_user: u32,
     login_attempts_per_ip: u32,
     login_attempts_per_user: u32,
@@ -210,6 +211,7 @@ impl Default for FileAdmin {
         FileAdmin {
             listen: ([127, 0, 0, 1], 8081).into(),
             public_edge_url: "http://127.0.0.1:8080".into(),
+            cookie_domain: None,
             max_sessions_per_user: 10,
             login_attempts_per_ip: 20,
             login_attempts_per_user: 10,
@@ -367,6 +369,8 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Without a trailing `/`.
     pub public_edge_url: String,
+    /// `admin.cookie_domain`: the `Domain` of cookie-mode cookies (`None`: host-only).
+    pub cookie_domain: Option<String>,
     /// Oldest sessions beyond this many per user are ended at login; 0: no cap.
     pub max_sessions_per_user: u32,
     /// Login (and register) attempts a minute from one client IP; 0: no limit.
@@ -617,6 +621,16 @@ impl Config {
             ));
         }
         let secure_link = secure_link.map(|s| Secret(std::sync::Arc::new(s)));
+        if let Some(d) = &f.admin.cookie_domain {
+            if d.is_empty()
+                || d.len() > 253
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            {
+                return Err(err("admin.cookie_domain", "must be a domain name".into()));
+            }
+        }
         for o in &f.edge.cors.allow_origins {
             let ok = o == "*"
                 || ((o.starts_with("http://") || o.starts_with("https://"))
@@ -775,6 +789,7 @@ impl Config {
             admin: Admin {
                 listen: f.admin.listen,
                 public_edge_url: public,
+                cookie_domain: f.admin.cookie_domain,
                 max_sessions_per_user: f.admin.max_sessions_per_user,
                 login_attempts_per_ip: f.admin.login_attempts_per_ip,
                 login_attempts_per_user: f.admin.login_attempts_per_user,

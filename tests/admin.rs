@@ -706,6 +706,13 @@ fn openapi_lists_every_route(backend: Backend) {
         ("/api/stream", "get"),
         ("/api/sessions", "get"),
         ("/api/sessions/{id}", "delete"),
+        ("/api/playback-keys", "get"),
+        ("/api/playback-keys", "post"),
+        ("/api/playback-keys/{kid}", "delete"),
+        ("/api/playback-token", "post"),
+        ("/api/stream-cookies", "get"),
+        ("/api/signout", "post"),
+        ("/api/viewers/revoke", "post"),
     ] {
         assert!(v["paths"][path][method].is_object(), "{method} {path}");
     }

@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-type St = State<Arc<AdminState>>;
-type ApiResult = Result<Response, ApiError>;
+pub(super) type St = State<Arc<AdminState>>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
 
@@ -42,6 +42,18 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/stream", get(playback_url))
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", delete(revoke_session))
+        .route(
+            "/api/playback-keys",
+            get(super::playback::list_keys).post(super::playback::create_key),
+        )
+        .route(
+            "/api/playback-keys/{kid}",
+            delete(super::playback::delete_key),
+        )
+        .route("/api/playback-token", post(super::playback::playback_token))
+        .route("/api/stream-cookies", get(super::playback::stream_cookies))
+        .route("/api/signout", post(super::playback::signout))
+        .route("/api/viewers/revoke", post(super::playback::revoke_viewer))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -89,22 +101,22 @@ async fn openapi() -> Response {
 
 // ---- request plumbing ---------------------------------------------------------------------
 
-fn bad(message: impl Into<String>) -> ApiError {
+pub(super) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
 /// A request body, or why it could not be read (too large: 413).
-type Body = Result<Bytes, BytesRejection>;
+pub(super) type Body = Result<Bytes, BytesRejection>;
 
 /// Parse a JSON body; any problem is a 400 naming it (the seed's "Cannot parse JSON"), a
 /// body over the 64 KiB limit a 413, both as JSON.
-fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+pub(super) fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
     serde_json::from_slice(&body).map_err(|e| bad(format!("Cannot parse JSON: {e}")))
 }
 
 /// The client as the admin sees it: TCP peer, or X-Forwarded-For from a trusted proxy.
-fn client(st: &AdminState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+pub(super) fn client(st: &AdminState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     let xff = headers
         .get_all("x-forwarded-for")
         .iter()
@@ -153,12 +165,12 @@ async fn hashing<T: Send + 'static>(
 }
 
 /// The logged-in caller: a valid JWT naming a live session of its user.
-struct Caller {
-    user_id: i64,
-    session: Session,
+pub(super) struct Caller {
+    pub user_id: i64,
+    pub session: Session,
 }
 
-async fn caller(st: &AdminState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(super) async fn caller(st: &AdminState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let jwt = headers
         .get(header::AUTHORIZATION)
@@ -440,7 +452,7 @@ async fn create_stream(State(st): St, headers: HeaderMap, body: Body) -> ApiResu
     Ok((StatusCode::CREATED, Json(stream_json(&s))).into_response())
 }
 
-fn stream_not_found() -> ApiError {
+pub(super) fn stream_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Stream not found")
 }
 
@@ -491,7 +503,7 @@ async fn delete_stream(State(st): St, headers: HeaderMap, Path(id): Path<String>
 }
 
 /// The seed's `streamID`: a number, or a string of digits. Absent or 0: a new stream.
-fn stream_id_value(v: &Option<Value>) -> Result<i64, ApiError> {
+pub(super) fn stream_id_value(v: &Option<Value>) -> Result<i64, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(0),
         Some(Value::Number(n)) => n

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod playback;
 
 use crate::config::Config;
 use crate::store::{Changes, Store};

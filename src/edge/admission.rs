@@ -261,7 +261,7 @@ async fn exchange(
     // A JWT naming a key that is not configured may name one a user registered.
     let stored_key = match (&st.directory, query.token) {
         (Some(d), Some(t)) => match crate::token::jwt::JwtKeys::kid_of(t) {
-            Some(kid) if !st.cfg.tokens.jwt.has_kid(&kid) => d
+            Some(kid) if !st.jwt_keys.has_kid(&kid) => d
                 .playback_key(&kid)
                 .await
                 .map_err(|_| Denial::new(503, "store_unavailable", "store unavailable"))?,

@@ -53,6 +53,9 @@ pub struct EdgeState {
     /// playlist refresh, so it is verified once and its `exp` checked each time.
     /// The owner is the user whose registered key signed it (`None`: a configured key).
     pub jwt_seen: moka::sync::Cache<String, (String, crate::token::jwt::JwtGrant, Option<i64>)>,
+    /// JWT playback keys: `tokens.jwt.keys` and the edge's own (`hlsgate-<kid>`, which the
+    /// admin's `/api/playback-token` signs with).
+    pub jwt_keys: crate::token::jwt::JwtKeys,
     /// The edge's own CloudFront-format cookie keys (`Keyring::derive`).
     pub cloudfront_native: Vec<(u8, [u8; 32])>,
     /// A JWT's `aws:` rules by the viewer session it opened: requests with the exchanged
@@ -85,6 +88,9 @@ impl EdgeState {
         );
         let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
         let cloudfront_native = keyring.derive(crate::token::cloudfront::NATIVE_LABEL);
+        let jwt_keys = cfg.tokens.jwt.merged(&crate::token::jwt::native_public(
+            &keyring.derive(crate::token::jwt::NATIVE_LABEL),
+        ));
         EdgeState {
             cfg,
             keyring,
@@ -102,6 +108,7 @@ impl EdgeState {
                 .time_to_idle(std::time::Duration::from_secs(600))
                 .build(),
             cloudfront_native,
+            jwt_keys,
             session_rules: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_idle(std::time::Duration::from_secs(3600))

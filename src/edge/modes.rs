@@ -75,11 +75,9 @@ pub fn verify(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
 
 fn jwt(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
     let token = f.query.token?;
-    let configured = &f.st.cfg.tokens.jwt;
     let (keys, owner) = match &f.stored_key {
         Some(k) => (&k.keys, Some(k.user_id)),
-        None if configured.is_empty() && f.st.directory.is_none() => return None,
-        None => (&**configured, None),
+        None => (&f.st.jwt_keys, None),
     };
     let stream = f.viewer.stream;
     let (g, owner) = match f.st.jwt_seen.get(token) {

@@ -134,6 +134,38 @@ impl Claims {
     }
 }
 
+/// The `kid` prefix of the edge's own playback-token keys.
+pub const NATIVE_KID_PREFIX: &str = "hlsgate-";
+
+/// The edge's own ES256 playback-token key pairs, derived from the token key file's keys
+/// (`Keyring::derive` under [`NATIVE_LABEL`]), so every node with the same key file
+/// signs and verifies the same tokens: `(kid, private PKCS#8 PEM, public SPKI PEM)`, the
+/// active key first.
+pub fn native_keys(derived: &[(u8, [u8; 32])]) -> Vec<(String, String, String)> {
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    derived
+        .iter()
+        .filter_map(|(kid, secret)| {
+            let sk = p256::SecretKey::from_slice(secret).ok()?;
+            let private = sk.to_pkcs8_pem(LineEnding::LF).ok()?.to_string();
+            let public = sk.public_key().to_public_key_pem(LineEnding::LF).ok()?;
+            Some((format!("{NATIVE_KID_PREFIX}{kid}"), private, public))
+        })
+        .collect()
+}
+
+/// The label the native keys are derived under.
+pub const NATIVE_LABEL: &str = "jwt-playback-es256";
+
+/// The public halves of [`native_keys`].
+pub fn native_public(derived: &[(u8, [u8; 32])]) -> JwtKeys {
+    let pems = native_keys(derived)
+        .into_iter()
+        .map(|(kid, _, public)| (kid, public))
+        .collect();
+    JwtKeys::from_pems(&pems).unwrap_or_default()
+}
+
 /// The curve or key type a public key PEM holds, from the OIDs in its DER.
 fn algorithm_of(pem: &str) -> Option<Algorithm> {
     const P256: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
@@ -186,6 +218,13 @@ impl JwtKeys {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// These keys and `other`'s.
+    pub fn merged(&self, other: &JwtKeys) -> JwtKeys {
+        let mut keys = self.keys.clone();
+        keys.extend(other.keys.iter().cloned());
+        JwtKeys { keys }
     }
 
     pub fn has_kid(&self, kid: &str) -> bool {

@@ -229,6 +229,20 @@ pub fn make_streams(root: &Path, origin_port: u16) {
 /// Play `url` to the end with ffmpeg as the client: every playlist, key, init segment and
 /// segment is fetched. Returns (success, stderr).
 pub fn ffmpeg_play(url: &str, ua: &str) -> (bool, String) {
+    ffmpeg_play_with(url, ua, &[])
+}
+
+/// [`ffmpeg_play`] sending more request headers (`-headers`, e.g. cookies).
+pub fn ffmpeg_play_with(url: &str, ua: &str, headers: &[(&str, &str)]) -> (bool, String) {
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let header_args: Vec<&str> = if extra.is_empty() {
+        Vec::new()
+    } else {
+        vec!["-headers", &extra]
+    };
     let out = Command::new("timeout")
         .args([
             "60",
@@ -238,9 +252,9 @@ pub fn ffmpeg_play(url: &str, ua: &str) -> (bool, String) {
             "error",
             "-user_agent",
             ua,
-            "-i",
-            url,
         ])
+        .args(&header_args)
+        .args(["-i", url])
         .args(["-map", "0", "-c", "copy", "-f", "null", "-"])
         .output()
         .unwrap();
