@@ -1,7 +1,9 @@
 //! Token costs: verify (the per-request check), issue, and the per-URI path signature.
 //! `cargo bench --bench token`
 use criterion::{criterion_group, criterion_main, Criterion};
+use hlsgate::token::cloudfront::{self, CloudFrontKeys};
 use hlsgate::token::jwt::JwtKeys;
+use hlsgate::token::{akamai, secure_link};
 use hlsgate::token::{Binding, Grant, Keyring, Viewer};
 
 /// A throwaway P-384 key pair for the JWT bench (no secret: made for this file).
@@ -16,6 +18,20 @@ MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEfE7EmMIrYXAf6EJhLCjNWrjhUJjBGnk8
 7cf7UvYEDCHbhQRBtueUhR7UngNyLlZJEgh/XLag9cOI4X1kX+OC4xV2f6AsqSoe
 RCW8PY/TqwyPe3b1zGpG8MI1HyYfWXQV
 -----END PUBLIC KEY-----";
+
+/// A CloudFront key pair's public half and cookies botocore's CloudFrontSigner made with its
+/// private half (custom policy `http*://edge.example/hls/channel-42/*`, RSA-SHA1).
+const CF_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAlXd2vs18rV4g26/6FNUr
+MpjNup1ltWvf6jfVgJ65RuFrZjRGQGo1Df27lbq041Q60PwwVKQpzQk4qTCL9azN
+LBlEDz/gyhfeeDTBRKyRwxDNENdeHWIhwUxI5kz5pPoeGXcTDIvnnb5bjS1zHFaa
+EcscPUsc2KlLBIFKlXa8zCuX0u9vgNmIUd1fDTOeD1S8IgTpTjLS4u4mWpc0s4ED
+ASnTghhVUh5s0xXJDhcA9Ob/BnvqATHjelULEaiUlPmLcinC/5FaKDwddFAyj4VF
+7sQ3nA1kKDhv/1pnmzc7khDjZUHI5CEyi+wfGaW3yyJPliHMjSyMRw8UVthWmAIt
+gQIDAQAB
+-----END PUBLIC KEY-----";
+const CF_POLICY: &str = "eyJTdGF0ZW1lbnQiOlt7IlJlc291cmNlIjoiaHR0cCo6Ly9lZGdlLmV4YW1wbGUvaGxzL2NoYW5uZWwtNDIvKiIsIkNvbmRpdGlvbiI6eyJEYXRlTGVzc1RoYW4iOnsiQVdTOkVwb2NoVGltZSI6NDAwMDAwMDAwMH19fV19";
+const CF_SIGNATURE: &str = "iALXZwDNPq~HQKCZs8J2or4MwRlTTN0euTxP1kRC7vrJtz~aqS9IPmMeINpb7QV6opZUT7KId5lTyF15HivGJb4AeIwSxzPb2321j-~wzCw3uXdeLZMFLVPaOXvHdcbPXBlK0bJF9x3NsaEe9vR1ezY4g6PCa3jjfECH5vLIpE7D00sGzVlsCVv0ADX5leVQNIHLzdbzk~N7gyVQLM5fiUK4uGAQMkrhgTcZ4AUXAABgOYooRQQapt7GLgK3ZnZHNmEDJPzKiOQDafkOzt4HUtwlpqQ-6qIH71X~oQB3j9XczyulofbqoJC00q-5ygMQFcAs9tT3unM5xaWx2hfaZQ__";
 
 fn bench(c: &mut Criterion) {
     let k =
@@ -70,6 +86,87 @@ fn bench(c: &mut Criterion) {
     assert!(keys.verify(&jwt, "channel-42").is_ok());
     c.bench_function("token/jwt_verify_es384", |b| {
         b.iter(|| keys.verify(criterion::black_box(&jwt), "channel-42"))
+    });
+    // CloudFront: the policy of botocore's cookies (RSA-2048, SHA-1), then the edge's own
+    // HMAC cookies; Akamai EdgeAuth; nginx secure_link. Each is checked once per viewer
+    // session (the first playlist request), then exchanged for a native token.
+    let cf =
+        CloudFrontKeys::from_pems(&[("KBENCH".to_owned(), CF_PUBLIC.to_owned())].into()).unwrap();
+    let signed = cloudfront::Signed {
+        policy: Some(CF_POLICY),
+        signature: CF_SIGNATURE,
+        key_pair_id: "KBENCH",
+        ..Default::default()
+    };
+    let target = cloudfront::Target {
+        host: "edge.example",
+        path: "/hls/channel-42/index.m3u8",
+        rest_query: "",
+        ip: "203.0.113.9".parse().unwrap(),
+        now: 1_900_000_000,
+    };
+    assert!(cf.verify(&signed, &target, &[]).is_ok());
+    c.bench_function("token/cloudfront_verify_rsa2048_custom", |b| {
+        b.iter(|| cf.verify(criterion::black_box(&signed), &target, &[]))
+    });
+    let native = k.derive(cloudfront::NATIVE_LABEL);
+    let policy = cloudfront::custom_policy("http*://edge.example/hls/channel-42/*", 4_000_000_000);
+    let (p, sig, kp) = cloudfront::sign_native(&policy, native[0].0, &native[0].1);
+    let own = cloudfront::Signed {
+        policy: Some(&p),
+        signature: &sig,
+        key_pair_id: &kp,
+        ..Default::default()
+    };
+    assert!(cf.verify(&own, &target, &native).is_ok());
+    c.bench_function("token/cloudfront_verify_native_hmac", |b| {
+        b.iter(|| cf.verify(criterion::black_box(&own), &target, &native))
+    });
+    let ak_key = akamai::key_from_hex("4f2b1c9d8e7a6b5c4d3e2f1a0b9c8d7e").unwrap();
+    let fields = "st=1800000000~exp=4000000000~acl=/hls/channel-42/*";
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &ak_key),
+        fields.as_bytes(),
+    );
+    let hex: String = mac.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let ak = format!("{fields}~hmac={hex}");
+    let ip = "203.0.113.9".parse().unwrap();
+    assert!(akamai::verify(
+        &ak_key,
+        &ak,
+        "/hls/channel-42/index.m3u8",
+        ip,
+        1_900_000_000
+    )
+    .is_ok());
+    c.bench_function("token/akamai_verify", |b| {
+        b.iter(|| {
+            akamai::verify(
+                &ak_key,
+                criterion::black_box(&ak),
+                "/hls/channel-42/index.m3u8",
+                ip,
+                1_900_000_000,
+            )
+        })
+    });
+    let md5 = secure_link::hash(
+        "nginx-secret-123",
+        "4000000000",
+        "/hls/channel-42/index.m3u8",
+        ip,
+    );
+    c.bench_function("token/secure_link_verify", |b| {
+        b.iter(|| {
+            secure_link::verify(
+                "nginx-secret-123",
+                criterion::black_box(&md5),
+                Some("4000000000"),
+                "/hls/channel-42/index.m3u8",
+                ip,
+                1_900_000_000,
+            )
+        })
     });
     c.bench_function("token/sign_path", |b| {
         b.iter(|| k.sign_path("channel-42", criterion::black_box("/keys/2026/k1.bin")))

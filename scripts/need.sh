@@ -106,3 +106,14 @@ need_pyvenv() {
     /usr/bin/python3 -m venv "$venv" >&2
     "$venv/bin/pip" install -q --disable-pip-version-check "akamai-edgeauth==0.3.2" >&2
 }
+
+# A browser player for tests/browser.rs: Debian's chromium, node + npm, and the pinned npm
+# packages of tests/browser (playwright-core drives chromium; hls.js is the player).
+need_browser() {
+    need chromium chromium
+    need node nodejs
+    need npm npm
+    [ -d tests/browser/node_modules/playwright-core ] && [ -d tests/browser/node_modules/hls.js ] && return 0
+    echo ">> installing tests/browser's npm packages (playwright-core, hls.js)" >&2
+    (cd tests/browser && npm ci --no-audit --no-fund --silent) >&2
+}

@@ -2,7 +2,8 @@
 # The test suite, as CI runs it: installs what the tests need when missing (Rust, a C
 # compiler, cmake, ffmpeg for the real HLS streams and client, PostgreSQL for the store
 # tests, started on loopback, openssl, PyJWT, botocore and Akamai's EdgeAuth (PyPI, in a
-# virtualenv) for the third-party-signed token tests), then
+# virtualenv) for the third-party-signed token tests, chromium + npm playwright-core and
+# hls.js for the browser player test), then
 # runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ need_pymod cryptography python3-cryptography
 need_pymod jwt python3-jwt
 need_pymod botocore python3-botocore
 need_pyvenv
+need_browser
 need_postgres
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

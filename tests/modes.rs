@@ -699,6 +699,11 @@ fn registered_playback_keys_open_only_their_owners_streams() {
         status(h, &format!("/hls/{mine}/index.m3u8?token={fresh}"), &[]).0,
         401
     );
+    // the token verified before is not remembered past its key
+    assert_eq!(
+        status(h, &format!("/hls/{mine}/index.m3u8?token={ok}"), &[]).0,
+        401
+    );
 }
 
 #[test]

@@ -258,6 +258,15 @@ async fn exchange(
     if !crate::stream::valid_stream_id(viewer.stream) {
         return Err(Denial::new(404, "unknown_stream", "unknown stream"));
     }
+    // A player re-requesting the same URL (a media playlist's refresh carries the foreign
+    // token again) gets the token it was given while that is in the first half of its
+    // life: no signature check, no new token, and the same URIs in its playlist.
+    let key = exchange_key(req, viewer);
+    if let Some((token, f, exp)) = st.exchanges.get(&key) {
+        if exp.saturating_sub(viewer.now) > st.ttl / 2 && viewer.now < f.exp {
+            return Ok((token, f));
+        }
+    }
     // A JWT naming a key that is not configured may name one a user registered.
     let stored_key = match (&st.directory, query.token) {
         (Some(d), Some(t)) => match crate::token::jwt::JwtKeys::kid_of(t) {
@@ -282,10 +291,11 @@ async fn exchange(
     if let Some(r) = &f.rules {
         st.session_rules.insert(f.session, r.clone());
     }
+    let exp = f.exp.min(viewer.now.saturating_add(st.ttl));
     let token = st.keyring.issue(&TokenGrant {
         stream: viewer.stream.to_owned(),
         session: f.session,
-        exp: f.exp.min(viewer.now.saturating_add(st.ttl)),
+        exp,
         session_exp: f.exp,
         binding: Binding {
             ip: Some((viewer.ip, st.cfg.tokens.prefix_for(viewer.ip))),
@@ -294,7 +304,38 @@ async fn exchange(
         stored_session: false,
         exchanged: true,
     });
+    // A user's registered key may be deleted: those are checked against the store each time.
+    if f.owner.is_none() {
+        st.exchanges.insert(key, (token.clone(), f.clone(), exp));
+    }
     Ok((token, f))
+}
+
+/// What an exchange depends on: the path (CloudFront, Akamai and secure_link credentials
+/// may open one path only), the viewer, and every credential the request carries (the
+/// query and the cookies).
+fn exchange_key(req: &Request<'_>, viewer: &Viewer<'_>) -> String {
+    let mut k = String::with_capacity(
+        req.path.len()
+            + viewer.ua.len()
+            + req.query.map_or(0, str::len)
+            + req.cookies.iter().map(|c| c.len() + 1).sum::<usize>()
+            + 48,
+    );
+    use std::fmt::Write;
+    let _ = write!(
+        k,
+        "{}\0{}\0{}\0{}",
+        req.path,
+        viewer.ip,
+        viewer.ua,
+        req.query.unwrap_or("")
+    );
+    for c in &req.cookies {
+        k.push('\0');
+        k.push_str(c);
+    }
+    k
 }
 
 #[cfg(test)]

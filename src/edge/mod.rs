@@ -61,6 +61,9 @@ pub struct EdgeState {
     /// A JWT's `aws:` rules by the viewer session it opened: requests with the exchanged
     /// native token keep them (allowed origins, viewer id, resolution cap).
     pub session_rules: moka::sync::Cache<[u8; 16], Arc<crate::token::jwt::Rules>>,
+    /// Recent exchanges of a foreign credential for a native token, by everything they
+    /// depend on (see `admission::exchange`): `(native token, grant, native exp)`.
+    pub exchanges: moka::sync::Cache<String, (String, modes::Foreign, u32)>,
 }
 
 /// A cached object's identity (key and when it was stored) and the stream it is seen
@@ -109,6 +112,10 @@ impl EdgeState {
                 .build(),
             cloudfront_native,
             jwt_keys,
+            exchanges: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(ttl.max(2) as u64 / 2))
+                .build(),
             session_rules: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_idle(std::time::Duration::from_secs(3600))

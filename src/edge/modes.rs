@@ -81,7 +81,14 @@ fn jwt(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
     };
     let stream = f.viewer.stream;
     let (g, owner) = match f.st.jwt_seen.get(token) {
-        Some((s, g, o)) if s == stream && f.viewer.now < g.exp => (g, o),
+        // A token a user's key signed holds only while that key is registered.
+        Some((s, g, o))
+            if s == stream
+                && f.viewer.now < g.exp
+                && (o.is_none() || o == f.stored_key.as_ref().map(|k| k.user_id)) =>
+        {
+            (g, o)
+        }
         Some((s, _, _)) if s != stream => return Some(Err(TokenError::WrongStream)),
         _ => match keys.verify(token, stream) {
             Ok(g) => {
