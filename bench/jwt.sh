@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The cached live playlist in query-JWT mode (IVS style) against path mode, same build,
-# interleaved: the JWT (ES384, signed by PyJWT) is verified once and remembered; each
-# request is then a lookup, the exchange for a native token, and a full rewrite (every URI
-# gets the native token's prefix).
+# The cached live playlist in JWT mode (IVS style) against path mode, same build,
+# interleaved: the JWT (ES384, signed by PyJWT) is verified once and its exchanged native
+# token reused by the same viewer (one lookup per request); each request is then a full
+# rewrite (every URI gets the native token's prefix), where path mode sends the cached bytes.
 #
 #   ROUNDS=5 DURATION=8s bench/jwt.sh
 set -euo pipefail
