@@ -117,3 +117,12 @@ need_browser() {
     echo ">> installing tests/browser's npm packages (playwright-core, hls.js)" >&2
     (cd tests/browser && npm ci --no-audit --no-fund --silent) >&2
 }
+
+# nginx with its RTMP module for tests/publish.rs (the real nginx-rtmp calling hlsgate's
+# publishing callbacks).
+need_rtmp() {
+    need nginx nginx
+    [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] && return 0
+    echo ">> the nginx RTMP module is missing: installing Debian package libnginx-mod-rtmp" >&2
+    apt_install libnginx-mod-rtmp
+}

@@ -3,7 +3,8 @@
 # compiler, cmake, ffmpeg for the real HLS streams and client, PostgreSQL for the store
 # tests, started on loopback, openssl, PyJWT, botocore and Akamai's EdgeAuth (PyPI, in a
 # virtualenv) for the third-party-signed token tests, chromium + npm playwright-core and
-# hls.js for the browser player test), then
+# hls.js for the browser player test, nginx with libnginx-mod-rtmp for the publishing
+# test), then
 # runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ need_pymod jwt python3-jwt
 need_pymod botocore python3-botocore
 need_pyvenv
 need_browser
+need_rtmp
 need_postgres
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

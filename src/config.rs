@@ -105,7 +105,27 @@ struct FileConfig {
     tokens: FileTokens,
     origins: FileOrigins,
     cache: FileCache,
+    hooks: FileHooks,
     streams: BTreeMap<String, FileStream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileHooks {
+    rtmp_relay: String,
+    rtmp_publish_url: String,
+    #[serde(deserialize_with = "nets")]
+    allow_from: Vec<IpNet>,
+}
+
+impl Default for FileHooks {
+    fn default() -> Self {
+        FileHooks {
+            rtmp_relay: "rtmp://127.0.0.1:1935/hls/".into(),
+            rtmp_publish_url: "rtmp://127.0.0.1:1935/live".into(),
+            allow_from: vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()],
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -341,6 +361,19 @@ pub struct Config {
     /// fetching it too.
     pub cache_lock_timeout: Duration,
     pub streams: BTreeMap<String, Stream>,
+    pub hooks: Hooks,
+}
+
+/// `hooks`: publishing callbacks (nginx-rtmp, SRS) on the admin listener.
+#[derive(Debug, Clone)]
+pub struct Hooks {
+    /// `Location` prefix of an accepted `on_publish` (the stream id is appended): nginx-rtmp
+    /// relays the stream there, into its packaging application, under the public id.
+    pub rtmp_relay: String,
+    /// Where publishers send their stream: `publishUrl` is this + `/` + the key.
+    pub rtmp_publish_url: String,
+    /// Peers whose callbacks are believed (the media servers).
+    pub allow_from: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -621,6 +654,16 @@ impl Config {
             ));
         }
         let secure_link = secure_link.map(|s| Secret(std::sync::Arc::new(s)));
+        for (key, v) in [
+            ("hooks.rtmp_relay", &f.hooks.rtmp_relay),
+            ("hooks.rtmp_publish_url", &f.hooks.rtmp_publish_url),
+        ] {
+            if !(v.starts_with("rtmp://") || v.starts_with("rtmps://"))
+                || v.contains(char::is_whitespace)
+            {
+                return Err(err(key, "must be an rtmp:// URL".into()));
+            }
+        }
         if let Some(d) = &f.admin.cookie_domain {
             if d.is_empty()
                 || d.len() > 253
@@ -821,6 +864,11 @@ impl Config {
             },
             cache_lock_timeout: f.cache.lock_timeout,
             streams,
+            hooks: Hooks {
+                rtmp_relay: f.hooks.rtmp_relay,
+                rtmp_publish_url: f.hooks.rtmp_publish_url.trim_end_matches('/').to_owned(),
+                allow_from: f.hooks.allow_from,
+            },
         })
     }
 }

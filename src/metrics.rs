@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Queries the edge made to the store (what: session, stream; result: found,
     /// not_found, error): at most one per key per `store.cache_ttl`, however many viewers.
     pub store_queries: IntCounterVec,
+    /// Streams being published now (as this process's publishing callbacks saw them).
+    pub streams_live: IntGauge,
+    /// Publishing callbacks by event (publish, publish_denied, publish_done, update_denied).
+    pub publish_events: IntCounterVec,
     sessions: moka::sync::Cache<[u8; 16], ()>,
 }
 
@@ -81,6 +85,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "hlsgate_auth_denials_total",
             "Requests refused by the edge's checks, by reason.",
             &["reason"],
+        ),
+        streams_live: gauge(
+            &r,
+            "hlsgate_streams_live",
+            "Streams being published now (publishing callbacks this process answered).",
+        ),
+        publish_events: counter_vec(
+            &r,
+            "hlsgate_publish_events_total",
+            "Publishing callbacks by event (publish, publish_denied, publish_done, update_denied).",
+            &["event"],
         ),
         store_queries: counter_vec(
             &r,

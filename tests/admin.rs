@@ -713,6 +713,9 @@ fn openapi_lists_every_route(backend: Backend) {
         ("/api/stream-cookies", "get"),
         ("/api/signout", "post"),
         ("/api/viewers/revoke", "post"),
+        ("/api/streams/{id}/key", "post"),
+        ("/hooks/rtmp/on_publish", "post"),
+        ("/hooks/rtmp/on_update", "post"),
     ] {
         assert!(v["paths"][path][method].is_object(), "{method} {path}");
     }

@@ -54,12 +54,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/stream-cookies", get(super::playback::stream_cookies))
         .route("/api/signout", post(super::playback::signout))
         .route("/api/viewers/revoke", post(super::playback::revoke_viewer))
+        .route("/api/streams/{id}/key", post(super::publish::new_key))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::from_fn(require_json))
+        // The media servers' callbacks are form-encoded (nginx-rtmp) or JSON (SRS).
+        .merge(super::publish::hooks())
         .layer(axum::middleware::from_fn(
             |req: axum::extract::Request, next: axum::middleware::Next| async move {
                 match tokio::time::timeout(super::REQUEST_TIMEOUT, next.run(req)).await {
@@ -387,6 +390,16 @@ async fn revoke_session(State(st): St, headers: HeaderMap, Path(id): Path<String
 // ---- streams ------------------------------------------------------------------------------
 
 /// The stream as JSON: `id` and `url` (SPEC), and the seed's GORM fields for its clients.
+/// A stream as the API shows it, with whether it is being published now.
+async fn stream_view(st: &AdminState, s: &StreamRecord) -> Result<Value, ApiError> {
+    let live = st.store.live(s.id).await?;
+    let mut v = stream_json(s);
+    v["live"] = json!(live.is_some());
+    v["publisherIp"] = json!(live.as_ref().map(|l| &l.publisher_ip));
+    v["liveSince"] = json!(live.as_ref().map(|l| l.since / 1000));
+    Ok(v)
+}
+
 fn stream_json(s: &StreamRecord) -> Value {
     json!({
         "id": s.id,
@@ -426,13 +439,10 @@ async fn check_origin_url(st: &AdminState, url: &str) -> Result<(String, String)
 
 async fn list_streams(State(st): St, headers: HeaderMap) -> ApiResult {
     let c = caller(&st, &headers).await?;
-    let list: Vec<Value> = st
-        .store
-        .streams(c.user_id)
-        .await?
-        .iter()
-        .map(stream_json)
-        .collect();
+    let mut list: Vec<Value> = Vec::new();
+    for s in st.store.streams(c.user_id).await? {
+        list.push(stream_view(&st, &s).await?);
+    }
     Ok(Json(json!({ "streams": list })).into_response())
 }
 
@@ -449,14 +459,14 @@ async fn create_stream(State(st): St, headers: HeaderMap, body: Body) -> ApiResu
         .store
         .create_stream(c.user_id, &base, &endpoint, now_ms())
         .await?;
-    Ok((StatusCode::CREATED, Json(stream_json(&s))).into_response())
+    Ok((StatusCode::CREATED, Json(stream_view(&st, &s).await?)).into_response())
 }
 
 pub(super) fn stream_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Stream not found")
 }
 
-fn path_id(id: &str) -> Result<i64, ApiError> {
+pub(super) fn path_id(id: &str) -> Result<i64, ApiError> {
     id.parse::<i64>()
         .ok()
         .filter(|n| *n > 0)
@@ -470,7 +480,7 @@ async fn read_stream(State(st): St, headers: HeaderMap, Path(id): Path<String>) 
         .user_stream(c.user_id, path_id(&id)?)
         .await?
         .ok_or_else(stream_not_found)?;
-    Ok(Json(stream_json(&s)).into_response())
+    Ok(Json(stream_view(&st, &s).await?).into_response())
 }
 
 async fn update_stream(
@@ -489,7 +499,7 @@ async fn update_stream(
         .await?
         .ok_or_else(stream_not_found)?;
     st.changes.stream_changed(id).await;
-    Ok(Json(stream_json(&s)).into_response())
+    Ok(Json(stream_view(&st, &s).await?).into_response())
 }
 
 async fn delete_stream(State(st): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
@@ -559,7 +569,7 @@ async fn seed_update_stream(State(st): St, headers: HeaderMap, body: Body) -> Ap
         "message": "Stream URL updated successfully",
         "streamID": s.id,
         "created": created,
-        "stream": stream_json(&s),
+        "stream": stream_view(&st, &s).await?,
     }))
     .into_response())
 }

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod auth;
 pub mod playback;
+pub mod publish;
 
 use crate::config::Config;
 use crate::store::{Changes, Store};
@@ -40,6 +41,9 @@ pub struct AdminState {
     /// argon2 runs (19 MiB each) at once: one per CPU; more callers wait their turn, so a
     /// burst of logins cannot take the machine's memory or starve the edge.
     pub hash_slots: tokio::sync::Semaphore,
+    /// Publishers let in, by the media server's client id: their stream, so callbacks
+    /// after a key rotation still find it.
+    pub publishers: moka::sync::Cache<String, i64>,
 }
 
 impl AdminState {
@@ -59,6 +63,10 @@ impl AdminState {
             hash_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
+            publishers: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(24 * 3600))
+                .build(),
             store,
             changes,
             cfg,

@@ -127,6 +127,27 @@ pub trait Store: Send + Sync + 'static {
     /// Revoke a JWT `aws:viewer-id` for a stream (idempotent).
     async fn revoke_viewer(&self, stream: &str, viewer_id: &str, now: i64) -> Result<()>;
     async fn viewer_revoked(&self, stream: &str, viewer_id: &str) -> Result<bool>;
+
+    /// Set (or replace: rotation) a stream's key hash.
+    async fn set_stream_key(&self, stream_id: i64, key_hash: &str, now: i64) -> Result<()>;
+    /// The stream a key hash belongs to.
+    async fn stream_by_key(&self, key_hash: &str) -> Result<Option<i64>>;
+    /// Mark a stream live (a publisher was let in).
+    async fn set_live(&self, stream_id: i64, ip: &str, client_id: &str, now: i64) -> Result<()>;
+    /// Mark a stream not live; false when it was not.
+    async fn clear_live(&self, stream_id: i64) -> Result<bool>;
+    /// Who publishes a stream now.
+    async fn live(&self, stream_id: i64) -> Result<Option<Live>>;
+}
+
+/// A stream being published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    pub publisher_ip: String,
+    /// nginx-rtmp's `clientid` (or SRS's `client_id`).
+    pub client_id: String,
+    /// Unix milliseconds.
+    pub since: i64,
 }
 
 /// A public key a user registered for JWT playback tokens (`/api/playback-keys`).

@@ -2,7 +2,7 @@
 //! PostgreSQL alike); they differ in how they connect, their migrations' DDL, and how
 //! migrations are serialised between processes.
 
-use super::{PlaybackKey, Result, Session, Store, StoreError, StreamRecord, User};
+use super::{Live, PlaybackKey, Result, Session, Store, StoreError, StreamRecord, User};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -13,12 +13,17 @@ use std::time::Duration;
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_playback.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_publish.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
         include_str!("../../migrations/postgres/0002_playback.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_publish.sql"),
     ),
 ];
 
@@ -370,6 +375,70 @@ macro_rules! sql_store {
                 .await
                 .map(|_| ())
                 .map_err(write_error)
+            }
+
+            async fn set_stream_key(&self, stream_id: i64, key_hash: &str, now: i64) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO stream_keys (stream_id, key_hash, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (stream_id) DO UPDATE SET key_hash = $2, created_at = $3",
+                )
+                .bind(stream_id)
+                .bind(key_hash)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(write_error)
+            }
+
+            async fn stream_by_key(&self, key_hash: &str) -> Result<Option<i64>> {
+                sqlx::query_scalar::<_, i64>("SELECT stream_id FROM stream_keys WHERE key_hash = $1")
+                    .bind(key_hash)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)
+            }
+
+            async fn set_live(&self, stream_id: i64, ip: &str, client_id: &str, now: i64) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO stream_live (stream_id, publisher_ip, client_id, live_since) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (stream_id) DO UPDATE \
+                     SET publisher_ip = $2, client_id = $3, live_since = $4",
+                )
+                .bind(stream_id)
+                .bind(ip)
+                .bind(client_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(write_error)
+            }
+
+            async fn clear_live(&self, stream_id: i64) -> Result<bool> {
+                sqlx::query("DELETE FROM stream_live WHERE stream_id = $1")
+                    .bind(stream_id)
+                    .execute(&self.pool)
+                    .await
+                    .map(|r| r.rows_affected() > 0)
+                    .map_err(unavailable)
+            }
+
+            async fn live(&self, stream_id: i64) -> Result<Option<Live>> {
+                sqlx::query_as::<_, (String, String, i64)>(
+                    "SELECT publisher_ip, client_id, live_since FROM stream_live WHERE stream_id = $1",
+                )
+                .bind(stream_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map(|r| {
+                    r.map(|(publisher_ip, client_id, since)| Live {
+                        publisher_ip,
+                        client_id,
+                        since,
+                    })
+                })
+                .map_err(unavailable)
             }
 
             async fn viewer_revoked(&self, stream: &str, viewer_id: &str) -> Result<bool> {
