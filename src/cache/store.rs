@@ -126,6 +126,14 @@ impl SegmentStore {
         }
     }
 
+    /// The body of a complete object, if the object under `key` is the one stored at
+    /// `created` (the hit being served): lets a small playlist hit be rewritten whole before
+    /// its header leaves, so it goes out with a `Content-Length` in one write.
+    pub fn complete_body(&self, key: &CacheKey, created: SystemTime) -> Option<Bytes> {
+        let e = self.done.get(&key_of(key))?;
+        (e.meta.created == created).then(|| e.body.clone())
+    }
+
     /// Bytes of objects still arriving from origins.
     pub fn inflight_bytes(&self) -> u64 {
         self.inflight.load(Ordering::Relaxed)

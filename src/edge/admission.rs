@@ -14,7 +14,7 @@ use crate::origin::Origin;
 use crate::playback::{self, Query, Route, Target};
 use crate::stream::Stream;
 use crate::token::jwt::Rules;
-use crate::token::{Binding, Grant as TokenGrant, Mode, TokenError, Viewer};
+use crate::token::{Binding, Grant as TokenGrant, Mode, TokenError, Verified, Viewer};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -152,19 +152,22 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         Some(_) => None,
         None => Some(exchange(st, req, &query, &viewer).await?),
     };
-    let tok = path_token
-        .or(exchanged.as_ref().map(|(t, _)| t.as_str()))
-        .unwrap_or_default();
-    let verified = st.keyring.verify(tok, &viewer).map_err(Denial::token)?;
+    let (tok, verified) = match (&exchanged, path_token) {
+        (Some((t, _, v)), _) => (t.as_str(), v.clone()),
+        (None, tok) => {
+            let tok = tok.unwrap_or_default();
+            (tok, st.keyring.verify(tok, &viewer).map_err(Denial::token)?)
+        }
+    };
     let stream = st.lookup(stream_id, &verified).await?;
     // The mode that let this viewer in must be one the stream admits. A token issued at
     // the door was checked when it was issued.
     let mode = match &exchanged {
-        Some((_, f)) => Some(f.mode),
+        Some((_, f, _)) => Some(f.mode),
         None => (!verified.exchanged()).then_some(Mode::Path),
     };
     // A key a user registered opens only that user's streams.
-    if let Some((_, f)) = &exchanged {
+    if let Some((_, f, _)) = &exchanged {
         if f.owner.is_some() && f.owner != stream.owner {
             return Err(Denial::token(TokenError::WrongStream));
         }
@@ -177,7 +180,7 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         ));
     }
     let rules = match &exchanged {
-        Some((_, f)) => f.rules.clone(),
+        Some((_, f, _)) => f.rules.clone(),
         None if verified.exchanged() => st.session_rules.get(&verified.session),
         None => None,
     };
@@ -254,17 +257,18 @@ async fn exchange(
     req: &Request<'_>,
     query: &Query<'_>,
     viewer: &Viewer<'_>,
-) -> Result<(String, super::modes::Foreign), Denial> {
+) -> Result<(String, super::modes::Foreign, Verified), Denial> {
     if !crate::stream::valid_stream_id(viewer.stream) {
         return Err(Denial::new(404, "unknown_stream", "unknown stream"));
     }
     // A player re-requesting the same URL (a media playlist's refresh carries the foreign
     // token again) gets the token it was given while that is in the first half of its
     // life: no signature check, no new token, and the same URIs in its playlist.
-    let key = exchange_key(req, viewer);
-    if let Some((token, f, exp)) = st.exchanges.get(&key) {
-        if exp.saturating_sub(viewer.now) > st.ttl / 2 && viewer.now < f.exp {
-            return Ok((token, f));
+    let key = exchange_key(st, req, viewer);
+    if let Some((token, f, v)) = st.exchanges.get(&key) {
+        // The same address and User-Agent (they are in the key), so the binding holds.
+        if v.exp.saturating_sub(viewer.now) > st.ttl / 2 && viewer.now < f.exp {
+            return Ok((token, f, v));
         }
     }
     // A JWT naming a key that is not configured may name one a user registered.
@@ -304,38 +308,37 @@ async fn exchange(
         stored_session: false,
         exchanged: true,
     });
+    let v = st.keyring.verify(&token, viewer).map_err(Denial::token)?;
     // A user's registered key may be deleted: those are checked against the store each time.
     if f.owner.is_none() {
-        st.exchanges.insert(key, (token.clone(), f.clone(), exp));
+        st.exchanges
+            .insert(key, (token.clone(), f.clone(), v.clone()));
     }
-    Ok((token, f))
+    Ok((token, f, v))
 }
 
 /// What an exchange depends on: the path (CloudFront, Akamai and secure_link credentials
 /// may open one path only), the viewer, and every credential the request carries (the
-/// query and the cookies).
-fn exchange_key(req: &Request<'_>, viewer: &Viewer<'_>) -> String {
-    let mut k = String::with_capacity(
-        req.path.len()
-            + viewer.ua.len()
-            + req.query.map_or(0, str::len)
-            + req.cookies.iter().map(|c| c.len() + 1).sum::<usize>()
-            + 48,
-    );
-    use std::fmt::Write;
-    let _ = write!(
-        k,
-        "{}\0{}\0{}\0{}",
-        req.path,
-        viewer.ip,
-        viewer.ua,
-        req.query.unwrap_or("")
-    );
-    for c in &req.cookies {
-        k.push('\0');
-        k.push_str(c);
+/// query and the cookies), hashed to 128 bits with a key random per process (SipHash: a
+/// viewer cannot aim a collision at another's entry).
+fn exchange_key(st: &EdgeState, req: &Request<'_>, viewer: &Viewer<'_>) -> u128 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip128::SipHasher13::new_with_key(&st.exchange_key);
+    let mut field = |b: &[u8]| {
+        h.write_usize(b.len());
+        h.write(b);
+    };
+    field(req.path.as_bytes());
+    match viewer.ip {
+        IpAddr::V4(a) => field(&a.octets()),
+        IpAddr::V6(a) => field(&a.octets()),
     }
-    k
+    field(viewer.ua.as_bytes());
+    field(req.query.unwrap_or("").as_bytes());
+    for c in &req.cookies {
+        field(c.as_bytes());
+    }
+    siphasher::sip128::Hasher128::finish128(&h).as_u128()
 }
 
 #[cfg(test)]

@@ -62,8 +62,10 @@ pub struct EdgeState {
     /// native token keep them (allowed origins, viewer id, resolution cap).
     pub session_rules: moka::sync::Cache<[u8; 16], Arc<crate::token::jwt::Rules>>,
     /// Recent exchanges of a foreign credential for a native token, by everything they
-    /// depend on (see `admission::exchange`): `(native token, grant, native exp)`.
-    pub exchanges: moka::sync::Cache<String, (String, modes::Foreign, u32)>,
+    /// depend on (see `admission::exchange`): the native token, the grant, the token checked.
+    pub exchanges: moka::sync::Cache<u128, (String, modes::Foreign, Verified)>,
+    /// The key of the exchange cache's hash (random per process).
+    pub exchange_key: [u8; 16],
 }
 
 /// A cached object's identity (key and when it was stored) and the stream it is seen
@@ -112,6 +114,11 @@ impl EdgeState {
                 .build(),
             cloudfront_native,
             jwt_keys,
+            exchange_key: {
+                let mut k = [0u8; 16];
+                getrandom::getrandom(&mut k).expect("the OS has randomness");
+                k
+            },
             exchanges: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(ttl.max(2) as u64 / 2))

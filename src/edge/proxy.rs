@@ -65,6 +65,9 @@ pub struct Ctx {
     cors: Cors,
     /// A JWT's rules for this viewer session (resolution cap).
     rules: Option<Arc<crate::token::jwt::Rules>>,
+    /// A cached playlist already rewritten whole (see `rewrite_hit_whole`): the body to send
+    /// instead of the cached one.
+    rewritten: Option<Bytes>,
 }
 
 impl Ctx {
@@ -241,6 +244,55 @@ impl EdgeProxy {
         }
     }
 
+    /// A small complete playlist from the cache is rewritten whole here, before its header
+    /// leaves: it then goes out with its new `Content-Length` in one write, rather than as a
+    /// chunked body (header, chunk and last chunk: three writes). `Ok(false)`: not this case.
+    fn rewrite_hit_whole(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        const WHOLE_MAX: usize = 256 * 1024;
+        let (Some(key), Some(meta)) = (
+            session.cache.maybe_cache_key(),
+            session.cache.maybe_cache_meta(),
+        ) else {
+            return Ok(false);
+        };
+        let Some(body) = self.state.store.complete_body(key, meta.created()) else {
+            return Ok(false);
+        };
+        if body.len() > WHOLE_MAX {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let mut rw = self.rewriter(ctx);
+        let mut out = Vec::with_capacity(rw.output_hint(body.len()));
+        if rw
+            .feed(&body, &mut out)
+            .and_then(|()| rw.finish(&mut out))
+            .is_err()
+        {
+            // An invalid playlist fails the way it does for the viewer whose fetch filled
+            // the cache: streamed, then cut at the bad line.
+            return Ok(false);
+        }
+        if let Some(key) = ctx.verbatim_key.take() {
+            if !rw.changed() {
+                self.state.verbatim.insert(key, ());
+            }
+        }
+        METRICS.rewrote(started.elapsed());
+        resp.remove_header(&http::header::ETAG);
+        resp.remove_header(&http::header::ACCEPT_RANGES);
+        resp.remove_header(&http::header::TRANSFER_ENCODING);
+        resp.insert_header(http::header::CONTENT_LENGTH, out.len().to_string())?;
+        resp.insert_header("Cache-Control", "private, no-cache")?;
+        ctx.rewritten = Some(Bytes::from(out));
+        Ok(true)
+    }
+
     /// A JWT's resolution cap for this viewer session.
     fn max_height(&self, ctx: &Ctx) -> Option<u32> {
         ctx.rules.as_ref().and_then(|r| r.max_height)
@@ -342,6 +394,7 @@ impl ProxyHttp for EdgeProxy {
             verbatim_key: None,
             cors: Cors::default(),
             rules: None,
+            rewritten: None,
         }
     }
 
@@ -687,6 +740,9 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         }
         ctx.verbatim_key = verbatim_key;
+        if ctx.from_cache && self.rewrite_hit_whole(session, resp, ctx)? {
+            return Ok(());
+        }
         // The body changes length: headers leave before it is rewritten.
         ctx.playlist_len = content_length(resp);
         resp.remove_header(&http::header::CONTENT_LENGTH);
@@ -711,6 +767,11 @@ impl ProxyHttp for EdgeProxy {
             if let Some(b) = body.as_ref() {
                 METRICS.cache_served_bytes.inc_by(b.len() as u64);
             }
+        }
+        if let Some(whole) = ctx.rewritten.as_mut() {
+            // Rewritten before the header left: the cached bytes are replaced by it, once.
+            *body = (!whole.is_empty()).then(|| std::mem::take(whole));
+            return Ok(None);
         }
         let Some(rw) = ctx.rewriter.as_mut() else {
             return Ok(None);
