@@ -270,12 +270,33 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_hlsgate")
 }
 
+/// A port free now for a listener a test process will bind a moment later. Taken below
+/// Linux's ephemeral range (32768-60999), where the kernel also picks the local ports of
+/// outgoing connections (the tests make thousands): a port from `bind(0)` could be taken by
+/// one of those before the listener binds it. Ports are handed out once per test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // A different starting point per test binary, so binaries run one after another do not
+    // walk the same ports while the previous one's sockets linger.
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 600) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = if p >= 32_000 {
+            NEXT.store(20_001, Ordering::SeqCst);
+            20_000
+        } else {
+            p
+        };
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// Ports of a test hlsgate: edge, metrics and admin listeners.
