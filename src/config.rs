@@ -106,7 +106,38 @@ struct FileConfig {
     origins: FileOrigins,
     cache: FileCache,
     hooks: FileHooks,
+    auth: FileAuth,
     streams: BTreeMap<String, FileStream>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileAuth {
+    external: Option<FileExternal>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileExternal {
+    url: String,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+    #[serde(default = "default_external_timeout", deserialize_with = "duration")]
+    timeout: Duration,
+    #[serde(default)]
+    allow_by_default: bool,
+    #[serde(default = "default_external_cache", deserialize_with = "duration")]
+    cache_ttl: Duration,
+}
+
+fn default_concurrency() -> usize {
+    10
+}
+fn default_external_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_external_cache() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Deserialize)]
@@ -362,6 +393,23 @@ pub struct Config {
     pub cache_lock_timeout: Duration,
     pub streams: BTreeMap<String, Stream>,
     pub hooks: Hooks,
+    /// `auth.external`: the platform's playback-authorisation handler (Nimble-style).
+    pub external: Option<External>,
+}
+
+/// `auth.external`.
+#[derive(Debug, Clone)]
+pub struct External {
+    /// `http://host:port/path` the edge POSTs each new viewer session to.
+    pub url: http::Uri,
+    /// Most calls in flight at once; more wait (a bounded queue) or get the default.
+    pub concurrency: usize,
+    /// Longest a call (waiting for a slot included) may take; then the default.
+    pub timeout: Duration,
+    /// The answer when the handler is down, slow, busy or answers nonsense.
+    pub allow_by_default: bool,
+    /// How long one viewer session's decision is remembered.
+    pub cache_ttl: Duration,
 }
 
 /// `hooks`: publishing callbacks (nginx-rtmp, SRS) on the admin listener.
@@ -664,6 +712,30 @@ impl Config {
                 return Err(err(key, "must be an rtmp:// URL".into()));
             }
         }
+        let external = match &f.auth.external {
+            None => None,
+            Some(x) => {
+                let url: http::Uri = x
+                    .url
+                    .parse()
+                    .ok()
+                    .filter(|u: &http::Uri| u.scheme_str() == Some("http") && u.host().is_some())
+                    .ok_or_else(|| err("auth.external.url", "must be an http:// URL".into()))?;
+                if x.concurrency == 0 || x.concurrency > 10_000 {
+                    return Err(err("auth.external.concurrency", "must be 1..=10000".into()));
+                }
+                if x.timeout.is_zero() {
+                    return Err(err("auth.external.timeout", "must be more than 0".into()));
+                }
+                Some(External {
+                    url,
+                    concurrency: x.concurrency,
+                    timeout: x.timeout,
+                    allow_by_default: x.allow_by_default,
+                    cache_ttl: x.cache_ttl.max(Duration::from_secs(1)),
+                })
+            }
+        };
         if let Some(d) = &f.admin.cookie_domain {
             if d.is_empty()
                 || d.len() > 253
@@ -778,7 +850,7 @@ impl Config {
                                     &format!("streams.{id}.auth"),
                                     format!(
                                         "unknown mode {n:?} (path, jwt, cloudfront, akamai, \
-                                         secure_link)"
+                                         secure_link, external)"
                                     ),
                                 )
                             })
@@ -864,6 +936,7 @@ impl Config {
             },
             cache_lock_timeout: f.cache.lock_timeout,
             streams,
+            external,
             hooks: Hooks {
                 rtmp_relay: f.hooks.rtmp_relay,
                 rtmp_publish_url: f.hooks.rtmp_publish_url.trim_end_matches('/').to_owned(),

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub streams_live: IntGauge,
     /// Publishing callbacks by event (publish, publish_denied, publish_done, update_denied).
     pub publish_events: IntCounterVec,
+    /// Calls to the external authorisation handler by result (ok, error, timeout, busy,
+    /// bad_status, bad_answer).
+    pub external_calls: IntCounterVec,
     sessions: moka::sync::Cache<[u8; 16], ()>,
 }
 
@@ -96,6 +99,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "hlsgate_publish_events_total",
             "Publishing callbacks by event (publish, publish_denied, publish_done, update_denied).",
             &["event"],
+        ),
+        external_calls: counter_vec(
+            &r,
+            "hlsgate_external_auth_calls_total",
+            "Calls to the external playback-authorisation handler, by result.",
+            &["result"],
         ),
         store_queries: counter_vec(
             &r,

@@ -39,6 +39,8 @@ pub struct Request<'a> {
     pub cookies: Vec<&'a str>,
     /// The `Origin` header (a JWT's strict origin enforcement).
     pub origin: Option<&'a str>,
+    /// The `Referer` header (told to the external handler).
+    pub referer: &'a str,
 }
 
 /// Why a request is refused: the status, the `hlsgate_auth_denials_total` reason, and
@@ -76,6 +78,8 @@ pub enum Admission {
     Health,
     /// One object of a stream.
     Object(Grant),
+    /// The external handler sends this viewer elsewhere (302).
+    Redirect(String),
 }
 
 /// An admitted request for one object of a stream.
@@ -150,7 +154,10 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
     // every URI of the rewritten playlist) is path mode.
     let exchanged = match path_token {
         Some(_) => None,
-        None => Some(exchange(st, req, &query, &viewer).await?),
+        None => match exchange(st, req, &query, &viewer).await? {
+            Exchange::Token(t, f, v) => Some((t, f, v)),
+            Exchange::Redirect(to) => return Ok(Admission::Redirect(to)),
+        },
     };
     let (tok, verified) = match (&exchanged, path_token) {
         (Some((t, _, v)), _) => (t.as_str(), v.clone()),
@@ -257,7 +264,7 @@ async fn exchange(
     req: &Request<'_>,
     query: &Query<'_>,
     viewer: &Viewer<'_>,
-) -> Result<(String, super::modes::Foreign, Verified), Denial> {
+) -> Result<Exchange, Denial> {
     if !crate::stream::valid_stream_id(viewer.stream) {
         return Err(Denial::new(404, "unknown_stream", "unknown stream"));
     }
@@ -268,7 +275,7 @@ async fn exchange(
     if let Some((token, f, v)) = st.exchanges.get(&key) {
         // The same address and User-Agent (they are in the key), so the binding holds.
         if v.exp.saturating_sub(viewer.now) > st.ttl / 2 && viewer.now < f.exp {
-            return Ok((token, f, v));
+            return Ok(Exchange::Token(token, f, v));
         }
     }
     // A JWT naming a key that is not configured may name one a user registered.
@@ -289,9 +296,14 @@ async fn exchange(
         viewer,
         stored_key,
     };
-    let f = super::modes::verify(&facts)
-        .ok_or(Denial::route(playback::RouteError::MissingToken))?
-        .map_err(Denial::token)?;
+    let f = match super::modes::verify(&facts) {
+        Some(r) => r.map_err(Denial::token)?,
+        // No credentials at all: the platform's handler may decide.
+        None => match external(st, req, viewer).await? {
+            Ok(f) => f,
+            Err(to) => return Ok(Exchange::Redirect(to)),
+        },
+    };
     if let Some(r) = &f.rules {
         st.session_rules.insert(f.session, r.clone());
     }
@@ -314,7 +326,67 @@ async fn exchange(
         st.exchanges
             .insert(key, (token.clone(), f.clone(), v.clone()));
     }
-    Ok((token, f, v))
+    Ok(Exchange::Token(token, f, v))
+}
+
+/// What a request without a native token is let in with.
+enum Exchange {
+    /// A native token for the viewer (and what let them in, and the token checked).
+    Token(String, super::modes::Foreign, Verified),
+    /// The external handler redirects the viewer.
+    Redirect(String),
+}
+
+/// A viewer with no credentials, when `auth.external` is configured and the stream admits
+/// it: the handler's decision. `Ok(Err(url))`: redirect.
+async fn external(
+    st: &EdgeState,
+    req: &Request<'_>,
+    viewer: &Viewer<'_>,
+) -> Result<Result<super::modes::Foreign, String>, Denial> {
+    let missing = Denial::route(playback::RouteError::MissingToken);
+    let Some(ext) = &st.external else {
+        return Err(missing);
+    };
+    // A static stream that does not admit the handler's decisions is not worth a call.
+    if st
+        .streams
+        .get(viewer.stream)
+        .is_some_and(|s| !s.admits(Mode::External))
+    {
+        return Err(missing);
+    }
+    let session = super::external::session_of(viewer.stream, viewer.ip, viewer.ua);
+    let url = match req.query {
+        Some(q) => format!("{}?{q}", req.path),
+        None => req.path.to_owned(),
+    };
+    let msg = super::external::Message {
+        host: req.host.unwrap_or(""),
+        url: &url,
+        ip: viewer.ip.to_string(),
+        user_agent: viewer.ua,
+        referer: req.referer,
+        session_id: crate::store::session_hex(&session),
+        session_type: "HLS",
+    };
+    match ext.decide(session, &msg).await {
+        super::external::Decision::Allow => Ok(Ok(super::modes::Foreign {
+            mode: Mode::External,
+            exp: viewer
+                .now
+                .saturating_add(st.cfg.tokens.session_ttl.as_secs().min(u32::MAX as u64) as u32),
+            session,
+            rules: None,
+            owner: None,
+        })),
+        super::external::Decision::Redirect(to) => Ok(Err(to)),
+        super::external::Decision::Deny => Err(Denial::new(
+            403,
+            "external",
+            "playback refused by the platform",
+        )),
+    }
 }
 
 /// What an exchange depends on: the path (CloudFront, Akamai and secure_link credentials
@@ -391,6 +463,7 @@ mod tests {
             host: Some("edge.example"),
             cookies: Vec::new(),
             origin: None,
+            referer: "",
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod cors;
+pub mod external;
 pub mod file;
 pub mod guard;
 pub mod modes;
@@ -64,6 +65,8 @@ pub struct EdgeState {
     /// Recent exchanges of a foreign credential for a native token, by everything they
     /// depend on (see `admission::exchange`): the native token, the grant, the token checked.
     pub exchanges: moka::sync::Cache<u128, (String, modes::Foreign, Verified)>,
+    /// `auth.external`: the platform's handler, its slots and its decisions.
+    pub external: Option<external::External>,
     /// The key of the exchange cache's hash (random per process).
     pub exchange_key: [u8; 16],
 }
@@ -93,6 +96,7 @@ impl EdgeState {
         );
         let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
         let cloudfront_native = keyring.derive(crate::token::cloudfront::NATIVE_LABEL);
+        let external = cfg.external.clone().map(external::External::new);
         let jwt_keys = cfg.tokens.jwt.merged(&crate::token::jwt::native_public(
             &keyring.derive(crate::token::jwt::NATIVE_LABEL),
         ));
@@ -114,6 +118,7 @@ impl EdgeState {
                 .build(),
             cloudfront_native,
             jwt_keys,
+            external,
             exchange_key: {
                 let mut k = [0u8; 16];
                 getrandom::getrandom(&mut k).expect("the OS has randomness");

@@ -155,6 +155,11 @@ impl EdgeProxy {
                 .headers
                 .get(http::header::ORIGIN)
                 .and_then(|v| v.to_str().ok()),
+            referer: req
+                .headers
+                .get(http::header::REFERER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
         };
         ctx.cors = Cors::by_config(&st.cfg.edge.cors_allow_origins, facts.origin);
         if req.method == http::Method::OPTIONS
@@ -180,6 +185,16 @@ impl EdgeProxy {
                     .write_response_body(Some(Bytes::from_static(b"ok\n")), true)
                     .await?;
                 ctx.status = 200;
+                return Ok(true);
+            }
+            Ok(Admission::Redirect(to)) => {
+                let mut h = ResponseHeader::build(302, Some(4))?;
+                h.insert_header("Location", to.as_str())?;
+                h.insert_header("Content-Length", "0")?;
+                h.insert_header("Cache-Control", "no-store")?;
+                ctx.cors.apply(&mut h)?;
+                session.write_response_header(Box::new(h), true).await?;
+                ctx.status = 302;
                 return Ok(true);
             }
             Err(d) => {

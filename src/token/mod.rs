@@ -125,15 +125,18 @@ pub enum Mode {
     Akamai,
     /// nginx `secure_link` `md5`/`expires`.
     SecureLink,
+    /// No credentials: the platform's handler decides (`auth.external`, Nimble-style).
+    External,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Path,
         Mode::Jwt,
         Mode::CloudFront,
         Mode::Akamai,
         Mode::SecureLink,
+        Mode::External,
     ];
 
     pub fn name(self) -> &'static str {
@@ -143,6 +146,7 @@ impl Mode {
             Mode::CloudFront => "cloudfront",
             Mode::Akamai => "akamai",
             Mode::SecureLink => "secure_link",
+            Mode::External => "external",
         }
     }
 

@@ -1,0 +1,214 @@
+//! External playback authorisation, as Nimble Streamer does it: for a viewer session that
+//! brings no credentials, the edge POSTs the platform's handler (`auth.external.url`)
+//!
+//! ```json
+//! {"host":"edge.example","url":"/hls/demo/index.m3u8","ip":"203.0.113.9",
+//!  "user-agent":"...","referer":"...","session_id":"<32 hex>","session_type":"HLS"}
+//! ```
+//!
+//! and obeys `{"return_code":200}` (play: the viewer gets a native token, so segments ask
+//! nobody), `{"return_code":302,"redirect_location":URL}` (a 302 to the viewer) or
+//! `{"return_code":403}`. Decisions are remembered per viewer session (stream, address,
+//! User-Agent) for `cache_ttl`; concurrent requests of one session share one call. At most
+//! `concurrency` calls are in flight; a bounded number wait for a slot; the rest, and
+//! every call the handler fails, times out or answers nonsense, get `allow_by_default`
+//! (not remembered: the next request asks again).
+
+use crate::config::External as Config;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::Semaphore;
+
+/// The handler's answer for a viewer session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Redirect(String),
+    Deny,
+}
+
+/// What the handler is told.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Message<'a> {
+    pub host: &'a str,
+    pub url: &'a str,
+    pub ip: String,
+    #[serde(rename = "user-agent")]
+    pub user_agent: &'a str,
+    pub referer: &'a str,
+    pub session_id: String,
+    pub session_type: &'static str,
+}
+
+pub struct External {
+    cfg: Config,
+    slots: Semaphore,
+    waiting: AtomicUsize,
+    decisions: moka::future::Cache<[u8; 16], Decision>,
+}
+
+/// Longest handler answer read.
+const MAX_ANSWER: usize = 16 * 1024;
+
+impl External {
+    pub fn new(cfg: Config) -> External {
+        External {
+            slots: Semaphore::new(cfg.concurrency),
+            waiting: AtomicUsize::new(0),
+            decisions: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(cfg.cache_ttl)
+                .build(),
+            cfg,
+        }
+    }
+
+    fn default(&self) -> Decision {
+        if self.cfg.allow_by_default {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        }
+    }
+
+    /// The decision for `session`: remembered, or asked (once for concurrent requests).
+    pub async fn decide(&self, session: [u8; 16], msg: &Message<'_>) -> Decision {
+        if let Some(d) = self.decisions.get(&session).await {
+            return d;
+        }
+        let body = serde_json::to_vec(msg).unwrap_or_default();
+        match self
+            .decisions
+            .try_get_with(session, async { self.ask(body).await })
+            .await
+        {
+            Ok(d) => d,
+            Err(default) => (*default).clone(),
+        }
+    }
+
+    /// One call, within the concurrency bound and the timeout. `Err`: the default answer,
+    /// not to be remembered.
+    async fn ask(&self, body: Vec<u8>) -> Result<Decision, Decision> {
+        // A bounded queue: past it, no waiting at all.
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.cfg.concurrency * 4 {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            crate::metrics::METRICS
+                .external_calls
+                .with_label_values(&["busy"])
+                .inc();
+            return Err(self.default());
+        }
+        let outcome = tokio::time::timeout(self.cfg.timeout, async {
+            let permit = self.slots.acquire().await;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            let _permit = permit.map_err(|_| "closed")?;
+            post(&self.cfg.url, body).await
+        })
+        .await;
+        let (result, decision) = match outcome {
+            Ok(Ok((200, answer))) => match parse(&answer) {
+                Some(d) => ("ok", Ok(d)),
+                None => ("bad_answer", Err(self.default())),
+            },
+            Ok(Ok(_)) => ("bad_status", Err(self.default())),
+            Ok(Err(_)) => ("error", Err(self.default())),
+            Err(_) => {
+                // Timed out, possibly still waiting for a slot.
+                ("timeout", Err(self.default()))
+            }
+        };
+        crate::metrics::METRICS
+            .external_calls
+            .with_label_values(&[result])
+            .inc();
+        decision
+    }
+}
+
+/// `{"return_code": 200 | 302 | 403, "redirect_location": URL}`.
+fn parse(answer: &[u8]) -> Option<Decision> {
+    let v: serde_json::Value = serde_json::from_slice(answer).ok()?;
+    match v.get("return_code")?.as_u64()? {
+        200 => Some(Decision::Allow),
+        403 => Some(Decision::Deny),
+        302 => {
+            let to = v.get("redirect_location")?.as_str()?;
+            let ok = (to.starts_with("http://") || to.starts_with("https://"))
+                && to.len() <= 2048
+                && !to.contains(char::is_control);
+            ok.then(|| Decision::Redirect(to.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// POST `body` as JSON to `url` on a new connection: `(status, body)`.
+async fn post(url: &http::Uri, body: Vec<u8>) -> Result<(u16, Bytes), &'static str> {
+    let host = url.host().ok_or("no host")?;
+    let port = url.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|_| "connect")?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|_| "handshake")?;
+    tokio::spawn(conn);
+    let authority = url.authority().map_or(host, |a| a.as_str()).to_owned();
+    let req = http::Request::post(url.path_and_query().map_or("/", |p| p.as_str()))
+        .header(http::header::HOST, authority)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            http::header::USER_AGENT,
+            concat!("hlsgate/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|_| "request")?;
+    let resp = sender.send_request(req).await.map_err(|_| "send")?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|_| "body")?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// The viewer session an external decision belongs to: stream, address, User-Agent.
+pub fn session_of(stream: &str, ip: std::net::IpAddr, ua: &str) -> [u8; 16] {
+    let mut c = ring::digest::Context::new(&ring::digest::SHA256);
+    c.update(b"external\0");
+    c.update(stream.as_bytes());
+    c.update(b"\0");
+    c.update(ip.to_string().as_bytes());
+    c.update(b"\0");
+    c.update(ua.as_bytes());
+    let d = c.finish();
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&d.as_ref()[..16]);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        assert_eq!(parse(br#"{"return_code":200}"#), Some(Decision::Allow));
+        assert_eq!(parse(br#"{"return_code":403}"#), Some(Decision::Deny));
+        assert_eq!(
+            parse(br#"{"return_code":302,"redirect_location":"http://x/y.m3u8"}"#),
+            Some(Decision::Redirect("http://x/y.m3u8".into()))
+        );
+        assert_eq!(parse(br#"{"return_code":302}"#), None);
+        assert_eq!(
+            parse(br#"{"return_code":302,"redirect_location":"javascript:x"}"#),
+            None
+        );
+        assert_eq!(parse(br#"{"return_code":500}"#), None);
+        assert_eq!(parse(b"nonsense"), None);
+    }
+}
