@@ -1,7 +1,9 @@
 //! Who gets in, decided in one place and without sockets: [`authorize`] takes the facts of
 //! a request ([`Request`]) and the time, and answers what to serve ([`Admission`]) or why
 //! not ([`Denial`]: status, metric reason, message). The Pingora filter only gathers the
-//! facts and applies the answer, so every refusal is unit-tested here directly.
+//! facts and applies the answer, so every refusal is unit-tested here directly. (What lies
+//! behind `EdgeState` may still be asked: the store, and the external handler for viewers
+//! without credentials.)
 //!
 //! Order: `Host` (400), route and path (404 / 400 / 401), method (405), query (400),
 //! token (401 / 403), stream and session (404 / 403 / 503), signed path (403), signed query

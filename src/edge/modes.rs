@@ -6,7 +6,8 @@
 //! URIs) is path mode.
 //!
 //! Adding a mode: a verifier in `token/`, a function here, an entry in `VERIFIERS` and in
-//! `token::Mode`.
+//! `token::Mode`. The one mode that needs no credentials, `external` (the platform's
+//! handler, `edge::external`), is asked last, by `admission`, since it is a network call.
 
 use super::admission::Request;
 use super::EdgeState;
