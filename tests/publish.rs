@@ -331,3 +331,79 @@ fn nginx_rtmp_publishers_need_their_stream_key_and_play_through_the_edge() {
     assert!(!exits_within(&mut old, 8).expect("refused").success());
     eprintln!("rotated publisher dropped after {dropped:?}");
 }
+
+/// SRS `http_hooks`: SRS is not packaged for Debian, so its callbacks are replayed with the
+/// bodies SRS 5 sends (the shape of its docs' examples, `http_hooks` section).
+#[test]
+fn srs_http_hooks_with_recorded_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, ports) = write_config(dir.path(), "2s", "streams: {}\n");
+    let _serve = Hlsgate::start("serve", &config, ports.edge);
+    let a = ports.admin;
+    let creds = json!({"username": "srs-publisher", "password": "correct horse battery"});
+    assert_eq!(
+        api(a, "POST", "/api/register", None, Some(creds.clone())).0,
+        201
+    );
+    let (_, v) = api(a, "POST", "/api/login", None, Some(creds));
+    let jwt = v["token"].as_str().unwrap().to_owned();
+    let (_, v) = api(
+        a,
+        "POST",
+        "/api/streams",
+        Some(&jwt),
+        Some(json!({"url": "http://127.0.0.1:9/live/index.m3u8"})),
+    );
+    let id = v["id"].as_i64().unwrap();
+    let (_, v) = api(
+        a,
+        "POST",
+        &format!("/api/streams/{id}/key"),
+        Some(&jwt),
+        None,
+    );
+    let key = v["key"].as_str().unwrap().to_owned();
+    let srs = |action: &str, stream: &str| {
+        json!({
+            "server_id": "vid-0xk989d", "service_id": "plw7q98n", "action": action,
+            "client_id": "341w361a", "ip": "127.0.0.1", "vhost": "__defaultVhost__",
+            "app": "live", "tcUrl": "rtmp://127.0.0.1:1935/live", "stream": stream,
+            "param": "", "stream_url": format!("/live/{stream}"), "stream_id": "vid-124q9y3"
+        })
+    };
+    let hook = |action: &str, stream: &str| {
+        api(
+            a,
+            "POST",
+            &format!("/hooks/srs/{action}"),
+            None,
+            Some(srs(action, stream)),
+        )
+    };
+    assert_eq!(hook("on_publish", "sk_wrong"), (403, json!({"code": 403})));
+    assert_eq!(hook("on_publish", &key), (200, json!({"code": 0})));
+    let (_, v) = api(a, "GET", &format!("/api/streams/{id}"), Some(&jwt), None);
+    assert_eq!(
+        (v["live"].as_bool(), v["publisherIp"].as_str()),
+        (Some(true), Some("127.0.0.1"))
+    );
+    assert_eq!(
+        hook("on_play", &key).0,
+        403,
+        "viewers watch through the edge"
+    );
+    assert_eq!(hook("on_unpublish", &key), (200, json!({"code": 0})));
+    let (_, v) = api(a, "GET", &format!("/api/streams/{id}"), Some(&jwt), None);
+    assert_eq!(v["live"], false);
+    assert_eq!(hook("on_stop", &key), (200, json!({"code": 0})));
+    // garbage is refused, not a crash
+    let r = send(
+        "POST",
+        a,
+        "/hooks/srs/on_publish",
+        &[("Content-Type", "application/json")],
+        Some(b"{nope"),
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+}

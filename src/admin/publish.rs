@@ -90,6 +90,10 @@ pub fn hooks() -> Router<Arc<AdminState>> {
         .route("/hooks/rtmp/on_update", post(on_update))
         .route("/hooks/rtmp/on_play", post(on_play))
         .route("/hooks/rtmp/on_done", post(on_done))
+        .route("/hooks/srs/on_publish", post(srs))
+        .route("/hooks/srs/on_unpublish", post(srs))
+        .route("/hooks/srs/on_play", post(srs))
+        .route("/hooks/srs/on_stop", post(srs))
 }
 
 /// A form-encoded body (`application/x-www-form-urlencoded`), as nginx-rtmp sends it.
@@ -138,39 +142,60 @@ async fn on_publish(
     let Some(f) = hook(&st, peer, &body) else {
         return status(StatusCode::FORBIDDEN);
     };
-    let id = match stream_of(&st, field(&f, "name")).await {
+    let id = match admit(
+        &st,
+        field(&f, "name"),
+        field(&f, "addr"),
+        field(&f, "clientid"),
+    )
+    .await
+    {
         Ok(Some(id)) => id,
-        Ok(None) => {
-            METRICS
-                .publish_events
-                .with_label_values(&["publish_denied"])
-                .inc();
-            tracing::info!(
-                addr = field(&f, "addr"),
-                "publish refused: unknown stream key"
-            );
-            return status(StatusCode::FORBIDDEN);
-        }
+        Ok(None) => return status(StatusCode::FORBIDDEN),
         Err(e) => return e.into_response(),
     };
-    let addr = field(&f, "addr");
-    if let Err(e) = st
-        .store
-        .set_live(id, addr, field(&f, "clientid"), now_ms())
-        .await
-    {
-        return ApiError::from(e).into_response();
-    }
-    st.publishers.insert(field(&f, "clientid").to_owned(), id);
-    METRICS.publish_events.with_label_values(&["publish"]).inc();
-    METRICS.streams_live.set(st.publishers.entry_count() as i64);
-    tracing::info!(stream = id, addr, "publishing");
     (
         StatusCode::FOUND,
         [(header::LOCATION, format!("{}{id}", st.cfg.hooks.rtmp_relay))],
         "",
     )
         .into_response()
+}
+
+/// A publisher with `key`: its stream, now live; `None` for a bad or rotated key.
+async fn admit(
+    st: &AdminState,
+    key: &str,
+    addr: &str,
+    client: &str,
+) -> Result<Option<i64>, ApiError> {
+    let Some(id) = stream_of(st, key).await? else {
+        METRICS
+            .publish_events
+            .with_label_values(&["publish_denied"])
+            .inc();
+        tracing::info!(addr, "publish refused: unknown stream key");
+        return Ok(None);
+    };
+    st.store.set_live(id, addr, client, now_ms()).await?;
+    st.publishers.insert(client.to_owned(), id);
+    METRICS.publish_events.with_label_values(&["publish"]).inc();
+    METRICS.streams_live.set(st.publishers.entry_count() as i64);
+    tracing::info!(stream = id, addr, "publishing");
+    Ok(Some(id))
+}
+
+/// A publisher left (or was dropped): its stream is no longer live.
+async fn ended(st: &AdminState, id: i64, client: &str) -> Result<(), ApiError> {
+    st.store.clear_live(id).await?;
+    st.publishers.invalidate(client);
+    st.publishers.run_pending_tasks();
+    METRICS
+        .publish_events
+        .with_label_values(&["publish_done"])
+        .inc();
+    METRICS.streams_live.set(st.publishers.entry_count() as i64);
+    Ok(())
 }
 
 /// The stream a callback is about: by the publisher's client id (set at `on_publish`, so a
@@ -197,19 +222,10 @@ async fn on_publish_done(
         return status(StatusCode::OK);
     }
     match stream_of_hook(&st, &f).await {
-        Ok(Some(id)) => {
-            if let Err(e) = st.store.clear_live(id).await {
-                return ApiError::from(e).into_response();
-            }
-            st.publishers.invalidate(field(&f, "clientid"));
-            st.publishers.run_pending_tasks();
-            METRICS
-                .publish_events
-                .with_label_values(&["publish_done"])
-                .inc();
-            METRICS.streams_live.set(st.publishers.entry_count() as i64);
-            status(StatusCode::OK)
-        }
+        Ok(Some(id)) => match ended(&st, id, field(&f, "clientid")).await {
+            Ok(()) => status(StatusCode::OK),
+            Err(e) => e.into_response(),
+        },
         Ok(None) => status(StatusCode::OK),
         Err(e) => e.into_response(),
     }
@@ -231,12 +247,9 @@ async fn on_update(
         Ok(None) => {
             // The key was rotated (or never valid): nginx-rtmp drops this publisher.
             if let Some(id) = st.publishers.get(field(&f, "clientid")) {
-                if let Err(e) = st.store.clear_live(id).await {
-                    return ApiError::from(e).into_response();
+                if let Err(e) = ended(&st, id, field(&f, "clientid")).await {
+                    return e.into_response();
                 }
-                st.publishers.invalidate(field(&f, "clientid"));
-                st.publishers.run_pending_tasks();
-                METRICS.streams_live.set(st.publishers.entry_count() as i64);
             }
             METRICS
                 .publish_events
@@ -277,5 +290,49 @@ async fn on_done(
     match hook(&st, peer, &body) {
         Some(_) => status(StatusCode::OK),
         None => status(StatusCode::FORBIDDEN),
+    }
+}
+
+/// SRS `http_hooks` (JSON: `action`, `client_id`, `ip`, `app`, `stream`, ...): `on_publish`
+/// with a good key (`stream`) answers `{"code":0}`, anything else refuses (HTTP 403,
+/// `{"code":403}`); `on_unpublish` ends the live state; `on_play` is refused (viewers watch
+/// through the edge); `on_stop` is acknowledged. SRS cannot rename a stream from its
+/// callback: point its HLS output (`hls_path`, `hls_m3u8_file`) at a name it does not
+/// publish, or use nginx-rtmp's relay.
+async fn srs(State(st): St, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Bytes) -> Response {
+    let ok = || Json(json!({"code": 0})).into_response();
+    let no = || (StatusCode::FORBIDDEN, Json(json!({"code": 403}))).into_response();
+    if !in_nets(peer.ip().to_canonical(), &st.cfg.hooks.allow_from) {
+        tracing::warn!(peer = %peer.ip(), "SRS callback from outside hooks.allow_from");
+        return no();
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"code": 400}))).into_response();
+    };
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("");
+    let client = text("client_id");
+    match text("action") {
+        "on_publish" => match admit(&st, text("stream"), text("ip"), client).await {
+            Ok(Some(_)) => ok(),
+            Ok(None) => no(),
+            Err(e) => e.into_response(),
+        },
+        "on_unpublish" => {
+            let id = match st.publishers.get(client) {
+                Some(id) => Some(id),
+                None => match stream_of(&st, text("stream")).await {
+                    Ok(id) => id,
+                    Err(e) => return e.into_response(),
+                },
+            };
+            if let Some(id) = id {
+                if let Err(e) = ended(&st, id, client).await {
+                    return e.into_response();
+                }
+            }
+            ok()
+        }
+        "on_stop" => ok(),
+        _ => no(),
     }
 }
