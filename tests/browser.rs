@@ -47,18 +47,7 @@ fn api(
     jwt: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value, Response) {
-    let auth = jwt.map(|j| format!("Bearer {j}"));
-    let mut hs: Vec<(&str, &str)> = vec![("User-Agent", UA)];
-    if let Some(a) = &auth {
-        hs.push(("Authorization", a));
-    }
-    let body = body.map(|b| b.to_string());
-    if body.is_some() {
-        hs.push(("Content-Type", "application/json"));
-    }
-    let r = send(method, port, path, &hs, body.as_deref().map(str::as_bytes)).unwrap();
-    let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    (r.status, v, r)
+    api_as(UA, port, method, path, jwt, body)
 }
 
 #[test]

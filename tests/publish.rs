@@ -143,20 +143,8 @@ fn api(
     jwt: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let auth = jwt.map(|j| format!("Bearer {j}"));
-    let mut hs: Vec<(&str, &str)> = vec![("User-Agent", "publisher-test")];
-    if let Some(a) = &auth {
-        hs.push(("Authorization", a));
-    }
-    let body = body.map(|b| b.to_string());
-    if body.is_some() {
-        hs.push(("Content-Type", "application/json"));
-    }
-    let r = send(method, port, path, &hs, body.as_deref().map(str::as_bytes)).unwrap();
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
+    let (s, v, _) = api_as("publisher-test", port, method, path, jwt, body);
+    (s, v)
 }
 
 fn segments(playlist: &PathBuf) -> usize {

@@ -30,6 +30,19 @@ pub struct Foreign {
     pub owner: Option<i64>,
 }
 
+impl Foreign {
+    /// A CloudFront, Akamai or secure_link grant: no rules, no owner.
+    fn of(mode: Mode, g: crate::token::ForeignGrant) -> Foreign {
+        Foreign {
+            mode,
+            exp: g.exp,
+            session: g.session,
+            rules: None,
+            owner: None,
+        }
+    }
+}
+
 /// Everything a verifier may read.
 pub struct Facts<'r, 'a> {
     pub st: &'r EdgeState,
@@ -130,13 +143,7 @@ fn cloudfront(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
             .tokens
             .cloudfront
             .verify(&signed, &t, native)
-            .map(|g| Foreign {
-                mode: Mode::CloudFront,
-                exp: g.exp,
-                session: g.session,
-                rules: None,
-                owner: None,
-            }),
+            .map(|g| Foreign::of(Mode::CloudFront, g)),
     )
 }
 
@@ -148,13 +155,8 @@ fn akamai(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
         .or_else(|| f.cookies().find(|(n, _)| *n == "__token__").map(|(_, v)| v))?;
     let token = percent_encoding::percent_decode_str(token).decode_utf8_lossy();
     Some(
-        akamai::verify(&key.0, &token, f.req.path, f.viewer.ip, f.viewer.now).map(|g| Foreign {
-            mode: Mode::Akamai,
-            exp: g.exp,
-            session: g.session,
-            rules: None,
-            owner: None,
-        }),
+        akamai::verify(&key.0, &token, f.req.path, f.viewer.ip, f.viewer.now)
+            .map(|g| Foreign::of(Mode::Akamai, g)),
     )
 }
 
@@ -172,12 +174,6 @@ fn secure_link(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
             f.viewer.ip,
             f.viewer.now,
         )
-        .map(|g| Foreign {
-            mode: Mode::SecureLink,
-            exp: g.exp,
-            session: g.session,
-            rules: None,
-            owner: None,
-        }),
+        .map(|g| Foreign::of(Mode::SecureLink, g)),
     )
 }

@@ -10,18 +10,11 @@
 //! Pure: no I/O.
 
 use super::cloudfront::wildcard_match;
-use super::TokenError;
+use super::{ForeignGrant, TokenError};
 use std::net::IpAddr;
 
 /// Longest token accepted.
 pub const MAX_TOKEN_CHARS: usize = 4096;
-
-/// What a valid token grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AkamaiGrant {
-    pub exp: u32,
-    pub session: [u8; 16],
-}
 
 /// Parse a hex key (`tokens.akamai.key_hex`).
 pub fn key_from_hex(hex: &str) -> Option<Vec<u8>> {
@@ -44,7 +37,7 @@ pub fn verify(
     path: &str,
     ip: IpAddr,
     now: u32,
-) -> Result<AkamaiGrant, TokenError> {
+) -> Result<ForeignGrant, TokenError> {
     if token.is_empty() || token.len() > MAX_TOKEN_CHARS {
         return Err(TokenError::Malformed);
     }
@@ -92,13 +85,7 @@ pub fn verify(
             return Err(TokenError::WrongViewer);
         }
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, &mac);
-    let mut session = [0u8; 16];
-    session.copy_from_slice(&digest.as_ref()[..16]);
-    Ok(AkamaiGrant {
-        exp: exp.min(u32::MAX as u64) as u32,
-        session,
-    })
+    Ok(ForeignGrant::new(exp, &mac))
 }
 
 #[cfg(test)]

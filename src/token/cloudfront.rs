@@ -19,7 +19,7 @@
 //!
 //! Pure: no I/O.
 
-use super::TokenError;
+use super::{ForeignGrant, TokenError};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ring::signature::{self, UnparsedPublicKey};
@@ -125,14 +125,6 @@ pub struct Target<'a> {
     pub rest_query: &'a str,
     pub ip: IpAddr,
     pub now: u32,
-}
-
-/// What a valid signature grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloudFrontGrant {
-    pub exp: u32,
-    /// The viewer session (the signature hashed).
-    pub session: [u8; 16],
 }
 
 #[derive(Deserialize)]
@@ -317,7 +309,7 @@ impl CloudFrontKeys {
         s: &Signed<'_>,
         t: &Target<'_>,
         native: &[(u8, [u8; 32])],
-    ) -> Result<CloudFrontGrant, TokenError> {
+    ) -> Result<ForeignGrant, TokenError> {
         let sig = decode(s.signature).ok_or(TokenError::Malformed)?;
         if sig.is_empty() || sig.len() > 1024 || s.key_pair_id.len() > 128 {
             return Err(TokenError::Malformed);
@@ -408,13 +400,7 @@ impl CloudFrontKeys {
             }
             exp
         };
-        let digest = ring::digest::digest(&ring::digest::SHA256, &sig);
-        let mut session = [0u8; 16];
-        session.copy_from_slice(&digest.as_ref()[..16]);
-        Ok(CloudFrontGrant {
-            exp: exp.min(u32::MAX as u64) as u32,
-            session,
-        })
+        Ok(ForeignGrant::new(exp, &sig))
     }
 }
 

@@ -292,9 +292,7 @@ impl JwtKeys {
             return Err(TokenError::WrongStream);
         }
         let signature = token.rsplit('.').next().unwrap_or(token);
-        let digest = ring::digest::digest(&ring::digest::SHA256, signature.as_bytes());
-        let mut session = [0u8; 16];
-        session.copy_from_slice(&digest.as_ref()[..16]);
+        let session = super::session_of(signature.as_bytes());
         Ok(JwtGrant {
             exp: claims.exp.min(u32::MAX as u64) as u32,
             session,

@@ -111,6 +111,33 @@ impl Verified {
     }
 }
 
+/// What a foreign credential (CloudFront, Akamai, secure_link) proves: when the viewer
+/// session it opens ends, and which session it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignGrant {
+    /// Unix seconds.
+    pub exp: u32,
+    pub session: [u8; 16],
+}
+
+impl ForeignGrant {
+    /// The grant of a credential whose signature (or MAC) is `proof`, ending at `exp`.
+    pub fn new(exp: u64, proof: &[u8]) -> ForeignGrant {
+        ForeignGrant {
+            exp: exp.min(u32::MAX as u64) as u32,
+            session: session_of(proof),
+        }
+    }
+}
+
+/// A stable viewer-session id for a credential: its signature hashed (SHA-256, 16 bytes).
+pub fn session_of(proof: &[u8]) -> [u8; 16] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, proof);
+    let mut session = [0u8; 16];
+    session.copy_from_slice(&digest.as_ref()[..16]);
+    session
+}
+
 /// The ways a viewer can be admitted (SPEC "More ways in"). A mode is on when its keys are
 /// configured; `streams.NAME.auth` narrows them per stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,18 +11,11 @@
 //!
 //! Pure: no I/O.
 
-use super::TokenError;
+use super::{ForeignGrant, TokenError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use md5::{Digest, Md5};
 use std::net::IpAddr;
-
-/// What a valid link grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecureLinkGrant {
-    pub exp: u32,
-    pub session: [u8; 16],
-}
 
 /// The hash nginx expects for `expires`, `uri` and `ip`.
 pub fn hash(secret: &str, expires: &str, uri: &str, ip: IpAddr) -> String {
@@ -43,7 +36,7 @@ pub fn verify(
     uri: &str,
     ip: IpAddr,
     now: u32,
-) -> Result<SecureLinkGrant, TokenError> {
+) -> Result<ForeignGrant, TokenError> {
     let expires = expires.ok_or(TokenError::Malformed)?;
     if md5.len() != 22 || expires.is_empty() || expires.len() > 12 {
         return Err(TokenError::Malformed);
@@ -64,13 +57,7 @@ pub fn verify(
     if u64::from(now) >= exp {
         return Err(TokenError::Expired);
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, md5.as_bytes());
-    let mut session = [0u8; 16];
-    session.copy_from_slice(&digest.as_ref()[..16]);
-    Ok(SecureLinkGrant {
-        exp: exp.min(u32::MAX as u64) as u32,
-        session,
-    })
+    Ok(ForeignGrant::new(exp, md5.as_bytes()))
 }
 
 #[cfg(test)]

@@ -535,6 +535,30 @@ pub fn send(
     })
 }
 
+/// A JSON API call as User-Agent `ua` (with a Bearer JWT, with a JSON body):
+/// `(status, body as JSON or Null, raw response)`.
+pub fn api_as(
+    ua: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    jwt: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value, Response) {
+    let auth = jwt.map(|j| format!("Bearer {j}"));
+    let mut hs: Vec<(&str, &str)> = vec![("User-Agent", ua)];
+    if let Some(a) = &auth {
+        hs.push(("Authorization", a));
+    }
+    let body = body.map(|b| b.to_string());
+    if body.is_some() {
+        hs.push(("Content-Type", "application/json"));
+    }
+    let r = send(method, port, path, &hs, body.as_deref().map(str::as_bytes)).unwrap();
+    let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+    (r.status, v, r)
+}
+
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
     request("GET", port, path, headers)
 }
