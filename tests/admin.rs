@@ -714,6 +714,8 @@ fn openapi_lists_every_route(backend: Backend) {
         ("/api/signout", "post"),
         ("/api/viewers/revoke", "post"),
         ("/api/streams/{id}/key", "post"),
+        ("/api/viewers", "get"),
+        ("/api/viewers/{id}", "delete"),
         ("/hooks/rtmp/on_publish", "post"),
         ("/hooks/rtmp/on_update", "post"),
     ] {
@@ -722,7 +724,128 @@ fn openapi_lists_every_route(backend: Backend) {
     let _ = w.dir.path();
 }
 
+/// Two `hlsgate edge` processes and one `hlsgate admin` on one store: each edge reports
+/// its viewers in batches, the admin lists both, and a deleted viewer session is refused
+/// by its edge within 5 s while the other keeps playing.
+fn viewers_across_edges_are_listed_and_deleted(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(backend, dir.path());
+    let (admin_cfg, ap) = write_config_with(dir.path(), "admin.yaml", "2s", &db.url, "");
+    let (e1_cfg, p1) = write_config_with(dir.path(), "edge1.yaml", "2s", &db.url, "");
+    let (e2_cfg, p2) = write_config_with(dir.path(), "edge2.yaml", "2s", &db.url, "");
+    let _admin = Hlsgate::start("admin", &admin_cfg, ap.admin);
+    let _e1 = Hlsgate::start("edge", &e1_cfg, p1.edge);
+    let _e2 = Hlsgate::start("edge", &e2_cfg, p2.edge);
+    let a = ap.admin;
+    let owner = login(a, "erin", "erin-password");
+    let id = add_stream(a, &owner, &ts_url());
+    // two viewers (two login sessions), one on each edge
+    let path_a = playback_path(a, &login(a, "erin", "erin-password"), id);
+    let path_b = playback_path(a, &login(a, "erin", "erin-password"), id);
+    let (ok, err) = ffmpeg_play(&format!("http://127.0.0.1:{}{path_a}", p1.edge), PLAYER);
+    assert!(ok, "{err}");
+    assert_eq!(play_status(p2.edge, &path_b), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let viewers = loop {
+        let (s, v, _) = api(
+            a,
+            "GET",
+            &format!("/api/viewers?streamID={id}"),
+            Some(&owner),
+            None,
+            &[],
+        );
+        assert_eq!(s, 200, "{v}");
+        if v["viewers"].as_array().unwrap().len() == 2 {
+            break v["viewers"].as_array().unwrap().clone();
+        }
+        assert!(Instant::now() < deadline, "viewers not reported: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let edges: Vec<&str> = viewers
+        .iter()
+        .map(|v| v["edge"].as_str().unwrap())
+        .collect();
+    assert!(
+        edges.contains(&format!("127.0.0.1:{}", p1.edge).as_str()),
+        "{viewers:?}"
+    );
+    assert!(
+        edges.contains(&format!("127.0.0.1:{}", p2.edge).as_str()),
+        "{viewers:?}"
+    );
+    for v in &viewers {
+        assert_eq!(
+            (v["ip"].as_str(), v["userAgent"].as_str()),
+            (Some("127.0.0.1"), Some(PLAYER))
+        );
+        assert!(v["lastSeen"].as_i64().unwrap() >= v["firstSeen"].as_i64().unwrap());
+    }
+    let on_e1 = viewers
+        .iter()
+        .find(|v| v["edge"] == format!("127.0.0.1:{}", p1.edge))
+        .unwrap();
+    assert!(
+        on_e1["bytes"].as_i64().unwrap() > 10_000,
+        "ffmpeg's segments count: {on_e1}"
+    );
+    let vid = on_e1["id"].as_str().unwrap().to_owned();
+    // only the stream's owner may end it
+    let other = login(a, "frank", "frank-password");
+    let (s, _, _) = api(
+        a,
+        "DELETE",
+        &format!("/api/viewers/{vid}"),
+        Some(&other),
+        None,
+        &[],
+    );
+    assert_eq!(s, 404);
+    let (s, _, _) = api(
+        a,
+        "DELETE",
+        &format!("/api/viewers/{vid}"),
+        Some(&owner),
+        None,
+        &[],
+    );
+    assert_eq!(s, 204);
+    let t = Instant::now();
+    let mut status = 200;
+    while t.elapsed() < Duration::from_secs(10) && status == 200 {
+        status = play_status(p1.edge, &path_a);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        status,
+        403,
+        "still playing {:?} after the delete",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    eprintln!("deleted viewer refused after {:?}", t.elapsed());
+    assert_eq!(
+        play_status(p2.edge, &path_b),
+        200,
+        "the other viewer plays on"
+    );
+    let (_, v, _) = api(
+        a,
+        "GET",
+        &format!("/api/viewers?streamID={id}"),
+        Some(&owner),
+        None,
+        &[],
+    );
+    assert_eq!(v["viewers"].as_array().unwrap().len(), 1, "{v}");
+}
+
 crate::both!(
+    viewers_across_edges_are_listed_and_deleted,
     seed_flow_plays_through_the_edge,
     users_cannot_touch_each_others_streams,
     ended_sessions_stop_playback_at_once_in_serve,

@@ -54,6 +54,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/stream-cookies", get(super::playback::stream_cookies))
         .route("/api/signout", post(super::playback::signout))
         .route("/api/viewers/revoke", post(super::playback::revoke_viewer))
+        .route("/api/viewers", get(super::playback::list_viewers))
+        .route("/api/viewers/{id}", delete(super::playback::delete_viewer))
         .route("/api/streams/{id}/key", post(super::publish::new_key))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {

@@ -283,3 +283,54 @@ pub async fn revoke_viewer(State(st): St, headers: HeaderMap, body: Body) -> Api
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// `GET /api/viewers?streamID=N`: the live viewer sessions of one of the caller's streams,
+/// as every edge sharing the store reported them (seen in the last 30 s).
+pub async fn list_viewers(State(st): St, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+    let q = q.unwrap_or_default();
+    let id = q
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("streamID="))
+        .map(|v| Value::String(v.to_owned()));
+    if id.is_none() {
+        return Err(bad("streamID must be a positive integer"));
+    }
+    let (s, _) = own_stream(&st, &headers, &id).await?;
+    let viewers: Vec<Value> = st
+        .store
+        .viewers(&s.id.to_string(), now_ms() - 30_000)
+        .await?
+        .into_iter()
+        .map(|v| {
+            json!({
+                "id": v.id,
+                "ip": v.ip,
+                "userAgent": v.user_agent,
+                "firstSeen": v.first_seen / 1000,
+                "lastSeen": v.last_seen / 1000,
+                "edge": v.edge,
+                "bytes": v.bytes,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "streamID": s.id, "viewers": viewers })).into_response())
+}
+
+/// `DELETE /api/viewers/{id}`: end a viewer session of one of the caller's streams; every
+/// edge sharing the store refuses it within a couple of seconds. 204, or 404.
+pub async fn delete_viewer(State(st): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such viewer session");
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(not_found());
+    }
+    let stream = st.store.viewer_stream(&id).await?.ok_or_else(not_found)?;
+    let owned = match stream.parse::<i64>() {
+        Ok(n) => st.store.user_stream(c.user_id, n).await?.is_some(),
+        Err(_) => false,
+    };
+    if !owned || !st.store.revoke_viewer_session(&id, now_ms()).await? {
+        return Err(not_found());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

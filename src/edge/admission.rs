@@ -168,6 +168,13 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
             (tok, st.keyring.verify(tok, &viewer).map_err(Denial::token)?)
         }
     };
+    if st
+        .viewers
+        .as_ref()
+        .is_some_and(|v| v.is_revoked(&verified.session))
+    {
+        return Err(Denial::new(403, "viewer_deleted", "viewer session ended"));
+    }
     let stream = st.lookup(stream_id, &verified).await?;
     // The mode that let this viewer in must be one the stream admits. A token issued at
     // the door was checked when it was issued.

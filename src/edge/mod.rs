@@ -14,6 +14,7 @@ pub mod modes;
 pub mod proxy;
 pub mod respond;
 pub mod store_cache;
+pub mod viewers;
 
 use crate::cache::SegmentStore;
 use crate::config::Config;
@@ -65,6 +66,9 @@ pub struct EdgeState {
     /// Recent exchanges of a foreign credential for a native token, by everything they
     /// depend on (see `admission::exchange`): the native token, the grant, the token checked.
     pub exchanges: moka::sync::Cache<u128, (String, modes::Foreign, Verified)>,
+    /// Viewer sessions seen here, reported to the store; those the admin deleted (only with
+    /// a store).
+    pub viewers: Option<Arc<viewers::Viewers>>,
     /// `auth.external`: the platform's handler, its slots and its decisions.
     pub external: Option<external::External>,
     /// The key of the exchange cache's hash (random per process).
@@ -97,6 +101,12 @@ impl EdgeState {
         let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
         let cloudfront_native = keyring.derive(crate::token::cloudfront::NATIVE_LABEL);
         let external = cfg.external.clone().map(external::External::new);
+        let viewers = directory.as_ref().map(|d| {
+            let v = Arc::new(viewers::Viewers::new(cfg.edge.listen.to_string()));
+            v.clone()
+                .spawn(d.store().clone(), d.rt(), cfg.tokens.session_ttl);
+            v
+        });
         let jwt_keys = cfg.tokens.jwt.merged(&crate::token::jwt::native_public(
             &keyring.derive(crate::token::jwt::NATIVE_LABEL),
         ));
@@ -119,6 +129,7 @@ impl EdgeState {
             cloudfront_native,
             jwt_keys,
             external,
+            viewers,
             exchange_key: {
                 let mut k = [0u8; 16];
                 getrandom::getrandom(&mut k).expect("the OS has randomness");

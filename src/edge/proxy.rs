@@ -65,6 +65,8 @@ pub struct Ctx {
     cors: Cors,
     /// A JWT's rules for this viewer session (resolution cap).
     rules: Option<Arc<crate::token::jwt::Rules>>,
+    /// The viewer session and address an admitted request belongs to (viewer reports).
+    viewer: Option<([u8; 16], IpAddr)>,
     /// A cached playlist already rewritten whole (see `rewrite_hit_whole`): the body to send
     /// instead of the cached one.
     rewritten: Option<Bytes>,
@@ -204,6 +206,7 @@ impl EdgeProxy {
             }
         };
         METRICS.saw_session(g.session);
+        ctx.viewer = Some((g.session, facts_ip(&facts, st)));
         ctx.cors = std::mem::take(&mut ctx.cors).with_rules(g.rules.as_deref(), facts.origin);
         ctx.rules = g.rules.clone();
         ctx.kind = g.kind;
@@ -360,6 +363,15 @@ impl EdgeProxy {
     }
 }
 
+/// The viewer's address as admission saw it (trusted proxies applied).
+fn facts_ip(facts: &Request<'_>, st: &EdgeState) -> IpAddr {
+    crate::net::client_ip(
+        facts.peer,
+        facts.forwarded_for.iter().copied(),
+        &st.cfg.edge.trusted_proxies,
+    )
+}
+
 /// The media type a segment or key is sent with when its origin labels it with an inert
 /// type that is not media: generic servers send `.ts` as `text/vnd.trolltech.linguist`
 /// (Debian's mime.types, Python's http.server) or TypeScript, keys as PGP keys. Active
@@ -410,6 +422,7 @@ impl ProxyHttp for EdgeProxy {
             cors: Cors::default(),
             rules: None,
             rewritten: None,
+            viewer: None,
         }
     }
 
@@ -850,6 +863,17 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let (Some(v), Some((id, ip)), Some(stream)) =
+            (&self.state.viewers, ctx.viewer, ctx.stream.as_ref())
+        {
+            let ua = session
+                .req_header()
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            v.saw(id, &stream.id, ip, ua, session.body_bytes_sent() as u64);
+        }
         let status = session
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());

@@ -79,6 +79,11 @@ impl StoreCache {
         }
     }
 
+    /// The store's runtime (its pools belong to it).
+    pub fn rt(&self) -> &Handle {
+        &self.rt
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

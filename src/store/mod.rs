@@ -138,6 +138,34 @@ pub trait Store: Send + Sync + 'static {
     async fn clear_live(&self, stream_id: i64) -> Result<bool>;
     /// Who publishes a stream now.
     async fn live(&self, stream_id: i64) -> Result<Option<Live>>;
+
+    /// Add what edges saw of viewer sessions (one transaction; `bytes` are added).
+    async fn record_viewers(&self, rows: &[ViewerSession]) -> Result<()>;
+    /// A stream's viewer sessions seen since `since`, not revoked.
+    async fn viewers(&self, stream_id: &str, since: i64) -> Result<Vec<ViewerSession>>;
+    /// The stream a viewer session watches.
+    async fn viewer_stream(&self, id: &str) -> Result<Option<String>>;
+    /// Revoke a viewer session; false when it is unknown or already revoked.
+    async fn revoke_viewer_session(&self, id: &str, now: i64) -> Result<bool>;
+    /// Viewer sessions revoked at or after `since`: `(id, revoked_at)`.
+    async fn revoked_viewer_sessions(&self, since: i64) -> Result<Vec<(String, i64)>>;
+}
+
+/// A viewer session as the edges report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewerSession {
+    /// The token's session id, hex.
+    pub id: String,
+    pub stream_id: String,
+    pub ip: String,
+    pub user_agent: String,
+    /// The edge that saw it last (`edge.listen`).
+    pub edge: String,
+    /// Unix milliseconds.
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// Body bytes sent in this report (added to the stored total).
+    pub bytes: i64,
 }
 
 /// A stream being published.

@@ -2,7 +2,9 @@
 //! PostgreSQL alike); they differ in how they connect, their migrations' DDL, and how
 //! migrations are serialised between processes.
 
-use super::{Live, PlaybackKey, Result, Session, Store, StoreError, StreamRecord, User};
+use super::{
+    Live, PlaybackKey, Result, Session, Store, StoreError, StreamRecord, User, ViewerSession,
+};
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -14,6 +16,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_playback.sql")),
     (3, include_str!("../../migrations/sqlite/0003_publish.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_viewers.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -24,6 +27,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../migrations/postgres/0003_publish.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_viewers.sql"),
     ),
 ];
 
@@ -438,6 +445,87 @@ macro_rules! sql_store {
                         since,
                     })
                 })
+                .map_err(unavailable)
+            }
+
+            async fn record_viewers(&self, rows: &[ViewerSession]) -> Result<()> {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                for r in rows {
+                    sqlx::query(
+                        "INSERT INTO viewer_sessions (id, stream_id, ip, user_agent, edge, \
+                         first_seen, last_seen, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (id) DO UPDATE SET ip = $3, user_agent = $4, edge = $5, \
+                         last_seen = $7, bytes = viewer_sessions.bytes + $8",
+                    )
+                    .bind(&r.id)
+                    .bind(&r.stream_id)
+                    .bind(&r.ip)
+                    .bind(&r.user_agent)
+                    .bind(&r.edge)
+                    .bind(r.first_seen)
+                    .bind(r.last_seen)
+                    .bind(r.bytes)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(write_error)?;
+                }
+                tx.commit().await.map_err(unavailable)
+            }
+
+            async fn viewers(&self, stream_id: &str, since: i64) -> Result<Vec<ViewerSession>> {
+                sqlx::query_as::<_, (String, String, String, String, String, i64, i64, i64)>(
+                    "SELECT id, stream_id, ip, user_agent, edge, first_seen, last_seen, bytes \
+                     FROM viewer_sessions WHERE stream_id = $1 AND last_seen >= $2 \
+                     AND revoked_at IS NULL ORDER BY first_seen, id",
+                )
+                .bind(stream_id)
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|r| ViewerSession {
+                            id: r.0,
+                            stream_id: r.1,
+                            ip: r.2,
+                            user_agent: r.3,
+                            edge: r.4,
+                            first_seen: r.5,
+                            last_seen: r.6,
+                            bytes: r.7,
+                        })
+                        .collect()
+                })
+                .map_err(unavailable)
+            }
+
+            async fn viewer_stream(&self, id: &str) -> Result<Option<String>> {
+                sqlx::query_scalar::<_, String>("SELECT stream_id FROM viewer_sessions WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)
+            }
+
+            async fn revoke_viewer_session(&self, id: &str, now: i64) -> Result<bool> {
+                sqlx::query(
+                    "UPDATE viewer_sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map(|r| r.rows_affected() > 0)
+                .map_err(unavailable)
+            }
+
+            async fn revoked_viewer_sessions(&self, since: i64) -> Result<Vec<(String, i64)>> {
+                sqlx::query_as::<_, (String, i64)>(
+                    "SELECT id, revoked_at FROM viewer_sessions WHERE revoked_at >= $1",
+                )
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await
                 .map_err(unavailable)
             }
 

@@ -1,0 +1,127 @@
+//! Viewer sessions seen by this edge, reported to the store in batches (one transaction a
+//! second, not a write per request) so the admin can list every edge's viewers
+//! (`GET /api/viewers?streamID=N`), and the sessions the admin deleted
+//! (`DELETE /api/viewers/{id}`), read back from the store every second, refused here.
+
+use crate::store::{session_bytes, session_hex, Store, ViewerSession};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often reports are written and revocations read.
+const PERIOD: Duration = Duration::from_secs(1);
+
+struct Seen {
+    stream: String,
+    ip: IpAddr,
+    ua: String,
+    first: i64,
+    last: i64,
+    bytes: u64,
+}
+
+pub struct Viewers {
+    /// This edge's name in the reports (`edge.listen`).
+    edge: String,
+    pending: Mutex<HashMap<[u8; 16], Seen>>,
+    revoked: moka::sync::Cache<[u8; 16], ()>,
+}
+
+impl Viewers {
+    pub fn new(edge: String) -> Viewers {
+        Viewers {
+            edge,
+            pending: Mutex::new(HashMap::new()),
+            revoked: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(366 * 86400))
+                .build(),
+        }
+    }
+
+    /// One request of a viewer session: `bytes` of body sent.
+    pub fn saw(&self, session: [u8; 16], stream: &str, ip: IpAddr, ua: &str, bytes: u64) {
+        let now = crate::store::now_ms();
+        let mut p = self.pending.lock();
+        match p.get_mut(&session) {
+            Some(s) => {
+                s.last = now;
+                s.bytes += bytes;
+                s.ip = ip;
+            }
+            None => {
+                if p.len() >= 1_000_000 {
+                    return; // bounded: a flood of sessions is not held in memory
+                }
+                p.insert(
+                    session,
+                    Seen {
+                        stream: stream.to_owned(),
+                        ip,
+                        ua: ua.chars().take(512).collect(),
+                        first: now,
+                        last: now,
+                        bytes,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Whether the admin deleted this viewer session.
+    pub fn is_revoked(&self, session: &[u8; 16]) -> bool {
+        self.revoked.contains_key(session)
+    }
+
+    /// Report and poll every [`PERIOD`] on `rt` (the store's runtime), for good.
+    pub fn spawn(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        rt: &tokio::runtime::Handle,
+        lookback: Duration,
+    ) {
+        rt.spawn(async move {
+            let mut since = crate::store::now_ms() - lookback.as_millis() as i64;
+            let mut tick = tokio::time::interval(PERIOD);
+            loop {
+                tick.tick().await;
+                let batch: Vec<ViewerSession> = std::mem::take(&mut *self.pending.lock())
+                    .into_iter()
+                    .map(|(id, s)| ViewerSession {
+                        id: session_hex(&id),
+                        stream_id: s.stream,
+                        ip: s.ip.to_string(),
+                        user_agent: s.ua,
+                        edge: self.edge.clone(),
+                        first_seen: s.first,
+                        last_seen: s.last,
+                        bytes: s.bytes.min(i64::MAX as u64) as i64,
+                    })
+                    .collect();
+                if !batch.is_empty() {
+                    if let Err(e) = store.record_viewers(&batch).await {
+                        tracing::warn!(error = %e, sessions = batch.len(), "viewer report failed");
+                    }
+                }
+                // Read a little back in time: a revocation committed just before the last
+                // poll's snapshot must not be missed.
+                let poll_from = since - 5_000;
+                match store.revoked_viewer_sessions(poll_from).await {
+                    Ok(rows) => {
+                        for (id, at) in rows {
+                            if let Some(b) = session_bytes(&id) {
+                                self.revoked.insert(b, ());
+                            }
+                            since = since.max(at);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revoked viewer sessions: store query failed")
+                    }
+                }
+            }
+        });
+    }
+}
