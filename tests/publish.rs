@@ -395,3 +395,57 @@ fn srs_http_hooks_with_recorded_bodies() {
     .unwrap();
     assert_eq!(r.status, 400);
 }
+
+/// Callbacks are believed only from `hooks.allow_from`: from anywhere else, a good key is
+/// refused too (nothing is marked live).
+#[test]
+fn callbacks_from_outside_allow_from_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, ports) = write_config(
+        dir.path(),
+        "2s",
+        "streams: {}\nhooks:\n  allow_from: [\"10.0.0.0/8\"]\n",
+    );
+    let _serve = Hlsgate::start("serve", &config, ports.edge);
+    let a = ports.admin;
+    let creds = json!({"username": "outsider", "password": "correct horse battery"});
+    assert_eq!(
+        api(a, "POST", "/api/register", None, Some(creds.clone())).0,
+        201
+    );
+    let (_, v) = api(a, "POST", "/api/login", None, Some(creds));
+    let jwt = v["token"].as_str().unwrap().to_owned();
+    let (_, v) = api(
+        a,
+        "POST",
+        "/api/streams",
+        Some(&jwt),
+        Some(json!({"url": "http://127.0.0.1:9/live/index.m3u8"})),
+    );
+    let id = v["id"].as_i64().unwrap();
+    let (_, v) = api(
+        a,
+        "POST",
+        &format!("/api/streams/{id}/key"),
+        Some(&jwt),
+        None,
+    );
+    let key = v["key"].as_str().unwrap().to_owned();
+    let form = format!("call=publish&name={key}&addr=127.0.0.1&clientid=7&app=live");
+    let r = send(
+        "POST",
+        a,
+        "/hooks/rtmp/on_publish",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(form.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+    let body = json!({"action": "on_publish", "client_id": "7", "ip": "127.0.0.1", "app": "live", "stream": key});
+    assert_eq!(
+        api(a, "POST", "/hooks/srs/on_publish", None, Some(body)).0,
+        403
+    );
+    let (_, v) = api(a, "GET", &format!("/api/streams/{id}"), Some(&jwt), None);
+    assert_eq!(v["live"], false);
+}
