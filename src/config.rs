@@ -212,6 +212,10 @@ struct FileEdge {
     #[serde(deserialize_with = "duration")]
     header_timeout: Duration,
     max_connections: usize,
+    /// Distinct client addresses one token session may come from (0: no check).
+    token_max_ips: usize,
+    /// Refuse (403) a session past `token_max_ips`, not only count it.
+    token_block_shared: bool,
     #[serde(deserialize_with = "duration")]
     origin_total_timeout: Duration,
     cors: FileCors,
@@ -235,6 +239,8 @@ impl Default for FileEdge {
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
             max_connections: 20_000,
+            token_max_ips: 0,
+            token_block_shared: false,
             origin_total_timeout: Duration::from_secs(60),
             cors: FileCors::default(),
         }
@@ -371,6 +377,9 @@ struct FileStream {
     url: String,
     /// The token modes this stream admits (default: every configured one).
     auth: Option<Vec<String>>,
+    /// Most viewer sessions at once, across every edge sharing the store (0: no cap).
+    #[serde(default)]
+    max_viewers: u32,
 }
 
 // ---- validated config ---------------------------------------------------------------------
@@ -438,6 +447,10 @@ pub struct Edge {
     pub header_timeout: Duration,
     /// Most viewer connections open at once; past it new ones get 503.
     pub max_connections: usize,
+    /// `edge.token_max_ips`: distinct addresses one token session may use (0: off).
+    pub token_max_ips: usize,
+    /// `edge.token_block_shared`: refuse, not only count, a session past it.
+    pub token_block_shared: bool,
     /// Longest one origin fetch may take from connect to its last body byte.
     pub origin_total_timeout: Duration,
     /// `edge.cors.allow_origins`: `Origin`s answered with credentials (`*` wildcards).
@@ -882,6 +895,7 @@ impl Config {
                     playlist,
                     owner: None,
                     auth,
+                    max_viewers: s.max_viewers,
                 },
             );
         }
@@ -898,6 +912,8 @@ impl Config {
                 idle_timeout: f.edge.idle_timeout,
                 header_timeout: f.edge.header_timeout,
                 max_connections: f.edge.max_connections,
+                token_max_ips: f.edge.token_max_ips,
+                token_block_shared: f.edge.token_block_shared,
                 origin_total_timeout: f.edge.origin_total_timeout,
                 cors_allow_origins: f.edge.cors.allow_origins,
             },

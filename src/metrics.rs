@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Calls to the external authorisation handler by result (ok, error, timeout, busy,
     /// bad_status, bad_answer).
     pub external_calls: IntCounterVec,
+    /// Token sessions seen from more than `edge.token_max_ips` addresses.
+    pub token_sharing: IntCounter,
     sessions: moka::sync::Cache<[u8; 16], ()>,
 }
 
@@ -99,6 +101,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "hlsgate_publish_events_total",
             "Publishing callbacks by event (publish, publish_denied, publish_done, update_denied).",
             &["event"],
+        ),
+        token_sharing: counter(
+            &r,
+            "hlsgate_token_sharing_total",
+            "Token sessions seen from more addresses than edge.token_max_ips.",
         ),
         external_calls: counter_vec(
             &r,

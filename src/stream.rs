@@ -168,6 +168,8 @@ pub struct Stream {
     pub owner: Option<i64>,
     /// `streams.NAME.auth`: the token modes admitted (`None`: every configured one).
     pub auth: Option<Vec<crate::token::Mode>>,
+    /// `streams.NAME.max_viewers`: most viewer sessions at once across the edges (0: no cap).
+    pub max_viewers: u32,
 }
 
 impl Stream {

@@ -175,7 +175,31 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
     {
         return Err(Denial::new(403, "viewer_deleted", "viewer session ended"));
     }
+    if st.shared(verified.session, viewer.ip) && st.cfg.edge.token_block_shared {
+        return Err(Denial::new(
+            403,
+            "token_shared",
+            "token used from too many addresses",
+        ));
+    }
     let stream = st.lookup(stream_id, &verified).await?;
+    if stream.max_viewers > 0 {
+        if let (Some(v), Some(d)) = (&st.viewers, &st.directory) {
+            if !v.is_known(&verified.session) {
+                let n = d
+                    .viewer_count(stream_id)
+                    .await
+                    .map_err(|_| Denial::new(503, "store_unavailable", "store unavailable"))?;
+                if n >= i64::from(stream.max_viewers) {
+                    return Err(Denial::new(
+                        403,
+                        "max_viewers",
+                        "too many viewers of this stream",
+                    ));
+                }
+            }
+        }
+    }
     // The mode that let this viewer in must be one the stream admits. A token issued at
     // the door was checked when it was issued.
     let mode = match &exchanged {

@@ -69,6 +69,8 @@ pub struct EdgeState {
     /// Viewer sessions seen here, reported to the store; those the admin deleted (only with
     /// a store).
     pub viewers: Option<Arc<viewers::Viewers>>,
+    /// The addresses each token session came from lately (`edge.token_max_ips`).
+    pub session_ips: moka::sync::Cache<[u8; 16], Arc<parking_lot::Mutex<Vec<std::net::IpAddr>>>>,
     /// `auth.external`: the platform's handler, its slots and its decisions.
     pub external: Option<external::External>,
     /// The key of the exchange cache's hash (random per process).
@@ -130,6 +132,10 @@ impl EdgeState {
             jwt_keys,
             external,
             viewers,
+            session_ips: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
             exchange_key: {
                 let mut k = [0u8; 16];
                 getrandom::getrandom(&mut k).expect("the OS has randomness");
@@ -152,6 +158,29 @@ impl EdgeState {
 }
 
 impl EdgeState {
+    /// Note that `session` came from `ip`: whether it has now come from more than
+    /// `edge.token_max_ips` addresses in the last 10 minutes (counted once, when it first
+    /// does, in `hlsgate_token_sharing_total`).
+    pub fn shared(&self, session: [u8; 16], ip: std::net::IpAddr) -> bool {
+        let max = self.cfg.edge.token_max_ips;
+        if max == 0 {
+            return false;
+        }
+        let ips = self
+            .session_ips
+            .get_with(session, || Arc::new(parking_lot::Mutex::new(Vec::new())));
+        let mut ips = ips.lock();
+        if !ips.contains(&ip) {
+            if ips.len() == max {
+                crate::metrics::METRICS.token_sharing.inc();
+            }
+            if ips.len() <= max {
+                ips.push(ip); // one past the limit is enough to know
+            }
+        }
+        ips.len() > max && !ips[..max].contains(&ip)
+    }
+
     /// Whether a JWT viewer id was revoked for the stream. Without a store nothing can be
     /// revoked; a store that cannot answer counts as revoked (fail closed).
     pub async fn viewer_revoked(&self, stream: &str, viewer: &str) -> bool {

@@ -42,6 +42,8 @@ pub struct StoreCache {
     revoked: Cache<(String, String), bool>,
     /// Playback keys users registered, by `kid`.
     keys: Cache<String, Option<Arc<StoredKey>>>,
+    /// Viewer sessions of a stream seen in the last 30 s, across the edges.
+    viewer_counts: Cache<String, i64>,
 }
 
 /// A playback key from the store: it may sign only for its owner's streams.
@@ -69,6 +71,10 @@ impl StoreCache {
                 .time_to_live(ttl)
                 .build(),
             keys: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            viewer_counts: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
@@ -168,6 +174,26 @@ impl StoreCache {
         self.streams.invalidate(&id).await;
     }
 
+    /// Viewer sessions of `stream` seen in the last 30 s by any edge sharing the store.
+    pub async fn viewer_count(&self, stream: &str) -> Result<i64, Arc<StoreError>> {
+        if let Some(n) = self.viewer_counts.get(stream).await {
+            return Ok(n);
+        }
+        self.viewer_counts
+            .try_get_with(stream.to_owned(), async {
+                let store = self.store.clone();
+                let s = stream.to_owned();
+                let since = crate::store::now_ms() - 30_000;
+                let n = self
+                    .run("viewer_count", async move {
+                        store.count_viewers(&s, since).await.map(Some)
+                    })
+                    .await?;
+                Ok(n.unwrap_or(0))
+            })
+            .await
+    }
+
     /// Whether a JWT viewer id is revoked for a stream.
     pub async fn viewer_revoked(
         &self,
@@ -229,6 +255,7 @@ pub fn to_stream(r: &StreamRecord) -> Option<Stream> {
         playlist,
         owner: Some(r.user_id),
         auth: None,
+        max_viewers: 0,
     })
 }
 

@@ -27,6 +27,8 @@ pub struct Viewers {
     edge: String,
     pending: Mutex<HashMap<[u8; 16], Seen>>,
     revoked: moka::sync::Cache<[u8; 16], ()>,
+    /// Sessions this edge served in the last 30 s (a viewer cap admits them again).
+    known: moka::sync::Cache<[u8; 16], ()>,
 }
 
 impl Viewers {
@@ -34,6 +36,10 @@ impl Viewers {
         Viewers {
             edge,
             pending: Mutex::new(HashMap::new()),
+            known: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(Duration::from_secs(30))
+                .build(),
             revoked: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(366 * 86400))
@@ -44,6 +50,7 @@ impl Viewers {
     /// One request of a viewer session: `bytes` of body sent.
     pub fn saw(&self, session: [u8; 16], stream: &str, ip: IpAddr, ua: &str, bytes: u64) {
         let now = crate::store::now_ms();
+        self.known.insert(session, ());
         let mut p = self.pending.lock();
         match p.get_mut(&session) {
             Some(s) => {
@@ -68,6 +75,11 @@ impl Viewers {
                 );
             }
         }
+    }
+
+    /// Whether this edge served the session in the last 30 s.
+    pub fn is_known(&self, session: &[u8; 16]) -> bool {
+        self.known.contains_key(session)
     }
 
     /// Whether the admin deleted this viewer session.

@@ -143,6 +143,8 @@ pub trait Store: Send + Sync + 'static {
     async fn record_viewers(&self, rows: &[ViewerSession]) -> Result<()>;
     /// A stream's viewer sessions seen since `since`, not revoked.
     async fn viewers(&self, stream_id: &str, since: i64) -> Result<Vec<ViewerSession>>;
+    /// How many viewer sessions of a stream were seen since `since`, not revoked.
+    async fn count_viewers(&self, stream_id: &str, since: i64) -> Result<i64>;
     /// The stream a viewer session watches.
     async fn viewer_stream(&self, id: &str) -> Result<Option<String>>;
     /// Revoke a viewer session; false when it is unknown or already revoked.

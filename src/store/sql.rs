@@ -499,6 +499,18 @@ macro_rules! sql_store {
                 .map_err(unavailable)
             }
 
+            async fn count_viewers(&self, stream_id: &str, since: i64) -> Result<i64> {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT COUNT(*) FROM viewer_sessions WHERE stream_id = $1 AND last_seen >= $2 \
+                     AND revoked_at IS NULL",
+                )
+                .bind(stream_id)
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)
+            }
+
             async fn viewer_stream(&self, id: &str) -> Result<Option<String>> {
                 sqlx::query_scalar::<_, String>("SELECT stream_id FROM viewer_sessions WHERE id = $1")
                     .bind(id)
