@@ -10,19 +10,33 @@ fn status(port: u16, path: &str, headers: &[(&str, &str)]) -> u16 {
     get(port, path, headers).unwrap().status
 }
 
-#[test]
-fn a_stream_admits_at_most_max_viewers_sessions() {
+/// `hlsgate serve` with one stream `id` on the `ts` test stream (`stream_opts` added to
+/// its entry) and `edge_opts` under `edge:`. The folder and origin live as long as it.
+fn serve(
+    id: &str,
+    stream_opts: &str,
+    edge_opts: &str,
+) -> (Hlsgate, EdgePorts, tempfile::TempDir, Origin) {
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::with_streams(dir.path().join("origin"));
-    let (config, ports) = write_config(
-        dir.path(),
-        "2s",
-        &format!(
-            "streams:\n  capped: {{ url: \"http://127.0.0.1:{}/ts/index.m3u8\", max_viewers: 2 }}\n",
-            origin.port
-        ),
+    let streams = format!(
+        "streams:\n  {id}: {{ url: \"http://127.0.0.1:{}/ts/index.m3u8\"{stream_opts} }}\n",
+        origin.port
     );
-    let serve = Hlsgate::start("serve", &config, ports.edge);
+    let (config, ports) = write_config(dir.path(), "2s", &streams);
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "edge:\n",
+        &format!("edge:\n{edge_opts}"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let h = Hlsgate::start("serve", &config, ports.edge);
+    (h, ports, dir, origin)
+}
+
+#[test]
+fn a_stream_admits_at_most_max_viewers_sessions() {
+    let (serve, ports, _dir, _origin) = serve("capped", ", max_viewers: 2", "");
     let e = ports.edge;
     let paths: Vec<String> = (0..3)
         .map(|_| path_of(&serve.token_url(&["--stream", "capped"])))
@@ -44,23 +58,11 @@ fn a_stream_admits_at_most_max_viewers_sessions() {
 
 #[test]
 fn a_token_used_from_too_many_addresses_is_counted_and_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::with_streams(dir.path().join("origin"));
-    let (config, ports) = write_config(
-        dir.path(),
-        "2s",
-        &format!(
-            "streams:\n  s: {{ url: \"http://127.0.0.1:{}/ts/index.m3u8\" }}\n",
-            origin.port
-        ),
+    let (serve, ports, _dir, _origin) = serve(
+        "s",
+        "",
+        "  trusted_proxies: [\"127.0.0.1/32\"]\n  token_max_ips: 2\n  token_block_shared: true\n",
     );
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "edge:\n",
-        "edge:\n  trusted_proxies: [\"127.0.0.1/32\"]\n  token_max_ips: 2\n  token_block_shared: true\n",
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
-    let serve = Hlsgate::start("serve", &config, ports.edge);
     let e = ports.edge;
     // an unbound token (no --ip): it works from anywhere, so sharing it is possible
     let path = path_of(&serve.token_url(&["--stream", "s"]));

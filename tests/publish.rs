@@ -320,28 +320,17 @@ fn nginx_rtmp_publishers_need_their_stream_key_and_play_through_the_edge() {
     eprintln!("rotated publisher dropped after {dropped:?}");
 }
 
-/// SRS `http_hooks`: SRS is not packaged for Debian, so its callbacks are replayed with the
-/// bodies SRS 5 sends (the shape of its docs' examples, `http_hooks` section).
-#[test]
-fn srs_http_hooks_with_recorded_bodies() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, ports) = write_config(dir.path(), "2s", "streams: {}\n");
-    let _serve = Hlsgate::start("serve", &config, ports.edge);
-    let a = ports.admin;
-    let creds = json!({"username": "srs-publisher", "password": "correct horse battery"});
+/// A user with a stream (its origin unused) and that stream's key: `(jwt, id, key)`.
+fn publisher(a: u16, user: &str) -> (String, i64, String) {
+    let creds = json!({"username": user, "password": "correct horse battery"});
     assert_eq!(
         api(a, "POST", "/api/register", None, Some(creds.clone())).0,
         201
     );
     let (_, v) = api(a, "POST", "/api/login", None, Some(creds));
     let jwt = v["token"].as_str().unwrap().to_owned();
-    let (_, v) = api(
-        a,
-        "POST",
-        "/api/streams",
-        Some(&jwt),
-        Some(json!({"url": "http://127.0.0.1:9/live/index.m3u8"})),
-    );
+    let url = json!({"url": "http://127.0.0.1:9/live/index.m3u8"});
+    let (_, v) = api(a, "POST", "/api/streams", Some(&jwt), Some(url));
     let id = v["id"].as_i64().unwrap();
     let (_, v) = api(
         a,
@@ -351,6 +340,18 @@ fn srs_http_hooks_with_recorded_bodies() {
         None,
     );
     let key = v["key"].as_str().unwrap().to_owned();
+    (jwt, id, key)
+}
+
+/// SRS `http_hooks`: SRS is not packaged for Debian, so its callbacks are replayed with the
+/// bodies SRS 5 sends (the shape of its docs' examples, `http_hooks` section).
+#[test]
+fn srs_http_hooks_with_recorded_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, ports) = write_config(dir.path(), "2s", "streams: {}\n");
+    let _serve = Hlsgate::start("serve", &config, ports.edge);
+    let a = ports.admin;
+    let (jwt, id, key) = publisher(a, "srs-publisher");
     let srs = |action: &str, stream: &str| {
         json!({
             "server_id": "vid-0xk989d", "service_id": "plw7q98n", "action": action,
@@ -408,29 +409,7 @@ fn callbacks_from_outside_allow_from_are_refused() {
     );
     let _serve = Hlsgate::start("serve", &config, ports.edge);
     let a = ports.admin;
-    let creds = json!({"username": "outsider", "password": "correct horse battery"});
-    assert_eq!(
-        api(a, "POST", "/api/register", None, Some(creds.clone())).0,
-        201
-    );
-    let (_, v) = api(a, "POST", "/api/login", None, Some(creds));
-    let jwt = v["token"].as_str().unwrap().to_owned();
-    let (_, v) = api(
-        a,
-        "POST",
-        "/api/streams",
-        Some(&jwt),
-        Some(json!({"url": "http://127.0.0.1:9/live/index.m3u8"})),
-    );
-    let id = v["id"].as_i64().unwrap();
-    let (_, v) = api(
-        a,
-        "POST",
-        &format!("/api/streams/{id}/key"),
-        Some(&jwt),
-        None,
-    );
-    let key = v["key"].as_str().unwrap().to_owned();
+    let (jwt, id, key) = publisher(a, "outsider");
     let form = format!("call=publish&name={key}&addr=127.0.0.1&clientid=7&app=live");
     let r = send(
         "POST",
