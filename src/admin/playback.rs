@@ -5,7 +5,7 @@
 
 use super::api::{bad, caller, parse, stream_id_value, stream_not_found, ApiResult, Body, St};
 use super::ApiError;
-use crate::store::{now_ms, PlaybackKey};
+use crate::store::{hex, now_ms, PlaybackKey};
 use crate::token::{cloudfront, jwt, unix_now};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -278,10 +278,6 @@ pub async fn revoke_viewer(State(st): St, headers: HeaderMap, body: Body) -> Api
     st.store.revoke_viewer(&id, &b.viewer_id, now_ms()).await?;
     st.changes.viewer_revoked(&id, &b.viewer_id).await;
     Ok(Json(json!({ "streamID": s.id, "viewerId": b.viewer_id, "revoked": true })).into_response())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// `GET /api/viewers?streamID=N`: the live viewer sessions of one of the caller's streams,

@@ -15,7 +15,7 @@ use super::api::{bad, caller, path_id, stream_not_found, ApiResult, St};
 use super::{AdminState, ApiError};
 use crate::metrics::METRICS;
 use crate::net::in_nets;
-use crate::store::now_ms;
+use crate::store::{hex, now_ms};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -35,10 +35,6 @@ const KEY_LABEL: &str = "stream-key";
 fn key_hash(secret: &[u8; 32], key: &str) -> String {
     let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     hex(ring::hmac::sign(&k, key.as_bytes()).as_ref())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// `POST /api/streams/{id}/key`: a new stream key for one of the caller's streams (the

@@ -234,9 +234,14 @@ pub fn now_ms() -> i64 {
 
 /// Session ids as stored: lowercase hex of the 16 bytes tokens carry.
 pub fn session_hex(id: &[u8; 16]) -> String {
-    let mut s = String::with_capacity(32);
-    for b in id {
-        s.push_str(&format!("{b:02x}"));
+    hex(id)
+}
+
+/// Lower-case hex of `b` (session ids, key fingerprints, stream-key hashes).
+pub fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
     }
     s
 }
