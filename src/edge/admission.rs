@@ -105,6 +105,8 @@ pub struct Grant {
     pub session: [u8; 16],
     /// A JWT's `aws:` rules for this viewer session (CORS answer, resolution cap).
     pub rules: Option<Arc<Rules>>,
+    /// The viewer's address (trusted proxies applied).
+    pub ip: IpAddr,
 }
 
 impl Grant {
@@ -285,6 +287,7 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         signed_target,
         session: verified.session,
         rules,
+        ip,
     }))
 }
 

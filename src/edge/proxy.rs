@@ -206,7 +206,7 @@ impl EdgeProxy {
             }
         };
         METRICS.saw_session(g.session);
-        ctx.viewer = Some((g.session, facts_ip(&facts, st)));
+        ctx.viewer = Some((g.session, g.ip));
         ctx.cors = std::mem::take(&mut ctx.cors).with_rules(g.rules.as_deref(), facts.origin);
         ctx.rules = g.rules.clone();
         ctx.kind = g.kind;
@@ -361,15 +361,6 @@ impl EdgeProxy {
             }
         }
     }
-}
-
-/// The viewer's address as admission saw it (trusted proxies applied).
-fn facts_ip(facts: &Request<'_>, st: &EdgeState) -> IpAddr {
-    crate::net::client_ip(
-        facts.peer,
-        facts.forwarded_for.iter().copied(),
-        &st.cfg.edge.trusted_proxies,
-    )
 }
 
 /// The media type a segment or key is sent with when its origin labels it with an inert
