@@ -296,11 +296,7 @@ impl EdgeProxy {
             // the cache: streamed, then cut at the bad line.
             return Ok(false);
         }
-        if let Some(key) = ctx.verbatim_key.take() {
-            if !rw.changed() {
-                self.state.verbatim.insert(key, ());
-            }
-        }
+        self.remember_verbatim(ctx.verbatim_key.take(), rw.changed());
         METRICS.rewrote(started.elapsed());
         resp.remove_header(&http::header::ETAG);
         resp.remove_header(&http::header::ACCEPT_RANGES);
@@ -309,6 +305,14 @@ impl EdgeProxy {
         resp.insert_header("Cache-Control", "private, no-cache")?;
         ctx.rewritten = Some(Bytes::from(out));
         Ok(true)
+    }
+
+    /// A finished rewrite of a cached playlist that changed nothing: its next viewers get
+    /// the cached bytes as they are (see `EdgeState::verbatim`).
+    fn remember_verbatim(&self, key: Option<super::VerbatimKey>, changed: bool) {
+        if let (Some(key), false) = (key, changed) {
+            self.state.verbatim.insert(key, ());
+        }
     }
 
     /// A JWT's resolution cap for this viewer session.
@@ -812,11 +816,7 @@ impl ProxyHttp for EdgeProxy {
         *body = (!out.is_empty()).then(|| Bytes::from(out));
         ctx.rewrite_time += started.elapsed();
         if end_of_stream {
-            if let Some(key) = ctx.verbatim_key.take() {
-                if !rw.changed() {
-                    self.state.verbatim.insert(key, ());
-                }
-            }
+            self.remember_verbatim(ctx.verbatim_key.take(), rw.changed());
             ctx.rewriter = None; // done: later calls (an empty end-of-stream) pass through
             METRICS.rewrote(ctx.rewrite_time);
         }
