@@ -393,20 +393,19 @@ async fn external(
         return Err(missing);
     }
     let session = super::external::session_of(viewer.stream, viewer.ip, viewer.ua);
-    let url = match req.query {
-        Some(q) => format!("{}?{q}", req.path),
-        None => req.path.to_owned(),
-    };
-    let msg = super::external::Message {
+    let msg = || super::external::Message {
         host: req.host.unwrap_or(""),
-        url: &url,
+        url: match req.query {
+            Some(q) => format!("{}?{q}", req.path),
+            None => req.path.to_owned(),
+        },
         ip: viewer.ip.to_string(),
         user_agent: viewer.ua,
         referer: req.referer,
         session_id: crate::store::session_hex(&session),
         session_type: "HLS",
     };
-    match ext.decide(session, &msg).await {
+    match ext.decide(session, msg).await {
         super::external::Decision::Allow => Ok(Ok(super::modes::Foreign {
             mode: Mode::External,
             exp: viewer

@@ -32,7 +32,7 @@ pub enum Decision {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Message<'a> {
     pub host: &'a str,
-    pub url: &'a str,
+    pub url: String,
     pub ip: String,
     #[serde(rename = "user-agent")]
     pub user_agent: &'a str,
@@ -72,12 +72,17 @@ impl External {
         }
     }
 
-    /// The decision for `session`: remembered, or asked (once for concurrent requests).
-    pub async fn decide(&self, session: [u8; 16], msg: &Message<'_>) -> Decision {
+    /// The decision for `session`: remembered, or asked (once for concurrent requests) with
+    /// the message `msg` makes (built only then).
+    pub async fn decide<'m>(
+        &self,
+        session: [u8; 16],
+        msg: impl FnOnce() -> Message<'m>,
+    ) -> Decision {
         if let Some(d) = self.decisions.get(&session).await {
             return d;
         }
-        let body = serde_json::to_vec(msg).unwrap_or_default();
+        let body = serde_json::to_vec(&msg()).unwrap_or_default();
         match self
             .decisions
             .try_get_with(session, async { self.ask(body).await })
@@ -178,17 +183,7 @@ async fn post(url: &http::Uri, body: Vec<u8>) -> Result<(u16, Bytes), &'static s
 
 /// The viewer session an external decision belongs to: stream, address, User-Agent.
 pub fn session_of(stream: &str, ip: std::net::IpAddr, ua: &str) -> [u8; 16] {
-    let mut c = ring::digest::Context::new(&ring::digest::SHA256);
-    c.update(b"external\0");
-    c.update(stream.as_bytes());
-    c.update(b"\0");
-    c.update(ip.to_string().as_bytes());
-    c.update(b"\0");
-    c.update(ua.as_bytes());
-    let d = c.finish();
-    let mut s = [0u8; 16];
-    s.copy_from_slice(&d.as_ref()[..16]);
-    s
+    crate::token::session_of(format!("external\0{stream}\0{ip}\0{ua}").as_bytes())
 }
 
 #[cfg(test)]
