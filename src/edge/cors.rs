@@ -19,6 +19,7 @@ use crate::token::cloudfront::wildcard_match;
 use crate::token::jwt::Rules;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use std::borrow::Cow;
 
 /// The headers a browser may read besides the safelisted ones.
 const EXPOSE: &str = "X-New-Token, Content-Length, Content-Range";
@@ -27,7 +28,7 @@ const EXPOSE: &str = "X-New-Token, Content-Length, Content-Range";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cors {
     /// The `Access-Control-Allow-Origin` value, if any.
-    allow: Option<String>,
+    allow: Option<Cow<'static, str>>,
     credentials: bool,
     vary: bool,
 }
@@ -37,7 +38,7 @@ impl Cors {
     pub fn by_config(list: &[String], origin: Option<&str>) -> Cors {
         if list.is_empty() {
             return Cors {
-                allow: Some("*".into()),
+                allow: Some(Cow::Borrowed("*")),
                 ..Cors::default()
             };
         }
@@ -47,10 +48,10 @@ impl Cors {
         };
         if let Some(o) = origin {
             if list.iter().any(|p| p != "*" && wildcard_match(p, o)) {
-                c.allow = Some(o.to_owned());
+                c.allow = Some(Cow::Owned(o.to_owned()));
                 c.credentials = true;
             } else if list.iter().any(|p| p == "*") {
-                c.allow = Some("*".into());
+                c.allow = Some(Cow::Borrowed("*"));
             }
         }
         c
@@ -60,7 +61,7 @@ impl Cors {
     pub fn with_rules(self, rules: Option<&Rules>, origin: Option<&str>) -> Cors {
         match rules {
             Some(r) if !r.allow_origins.is_empty() => Cors {
-                allow: origin.filter(|o| r.allows_origin(o)).map(str::to_owned),
+                allow: origin.filter(|o| r.allows_origin(o)).map(|o| Cow::Owned(o.to_owned())),
                 credentials: false,
                 vary: true,
             },
@@ -71,7 +72,7 @@ impl Cors {
     /// Write the answer (and `nosniff`: a browser must not run what an origin sent).
     pub fn apply(&self, h: &mut ResponseHeader) -> pingora_error::Result<()> {
         if let Some(a) = &self.allow {
-            h.insert_header("Access-Control-Allow-Origin", a.as_str())?;
+            h.insert_header("Access-Control-Allow-Origin", a.as_ref())?;
             h.insert_header("Access-Control-Expose-Headers", EXPOSE)?;
             if self.credentials {
                 h.insert_header("Access-Control-Allow-Credentials", "true")?;
