@@ -81,11 +81,7 @@ async fn stream_of(st: &AdminState, key: &str) -> Result<Option<i64>, ApiError> 
 
 pub fn hooks() -> Router<Arc<AdminState>> {
     Router::new()
-        .route("/hooks/rtmp/on_publish", post(on_publish))
-        .route("/hooks/rtmp/on_publish_done", post(on_publish_done))
-        .route("/hooks/rtmp/on_update", post(on_update))
-        .route("/hooks/rtmp/on_play", post(on_play))
-        .route("/hooks/rtmp/on_done", post(on_done))
+        .route("/hooks/rtmp/{event}", post(rtmp))
         .route("/hooks/srs/on_publish", post(srs))
         .route("/hooks/srs/on_unpublish", post(srs))
         .route("/hooks/srs/on_play", post(srs))
@@ -113,13 +109,13 @@ fn status(code: StatusCode) -> Response {
     (code, "").into_response()
 }
 
-/// The callback's fields; `None` (answer 403) when it does not come from a media server.
-fn hook(st: &AdminState, peer: SocketAddr, body: &[u8]) -> Option<HashMap<String, String>> {
-    if !in_nets(peer.ip().to_canonical(), &st.cfg.hooks.allow_from) {
-        tracing::warn!(peer = %peer.ip(), "publishing callback from outside hooks.allow_from");
-        return None;
+/// Whether a callback comes from a media server (`hooks.allow_from`).
+fn trusted(st: &AdminState, peer: SocketAddr, server: &str) -> bool {
+    let ok = in_nets(peer.ip().to_canonical(), &st.cfg.hooks.allow_from);
+    if !ok {
+        tracing::warn!(peer = %peer.ip(), server, "publishing callback from outside hooks.allow_from");
     }
-    Some(form(body))
+    ok
 }
 
 fn field<'a>(f: &'a HashMap<String, String>, name: &str) -> &'a str {
@@ -128,34 +124,6 @@ fn field<'a>(f: &'a HashMap<String, String>, name: &str) -> &'a str {
 
 fn is_local_relay(f: &HashMap<String, String>) -> bool {
     field(f, "flashver") == "ngx-local-relay" || field(f, "flashVer") == "ngx-local-relay"
-}
-
-async fn on_publish(
-    State(st): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    let Some(f) = hook(&st, peer, &body) else {
-        return status(StatusCode::FORBIDDEN);
-    };
-    let id = match admit(
-        &st,
-        field(&f, "name"),
-        field(&f, "addr"),
-        field(&f, "clientid"),
-    )
-    .await
-    {
-        Ok(Some(id)) => id,
-        Ok(None) => return status(StatusCode::FORBIDDEN),
-        Err(e) => return e.into_response(),
-    };
-    (
-        StatusCode::FOUND,
-        [(header::LOCATION, format!("{}{id}", st.cfg.hooks.rtmp_relay))],
-        "",
-    )
-        .into_response()
 }
 
 /// A publisher with `key`: its stream, now live; `None` for a bad or rotated key.
@@ -194,99 +162,79 @@ async fn ended(st: &AdminState, id: i64, client: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The stream a callback is about: by the publisher's client id (set at `on_publish`, so a
-/// rotated key's publisher is still known), else by its key.
-async fn stream_of_hook(
-    st: &AdminState,
-    f: &HashMap<String, String>,
-) -> Result<Option<i64>, ApiError> {
-    if let Some(id) = st.publishers.get(field(f, "clientid")) {
-        return Ok(Some(id));
-    }
-    stream_of(st, field(f, "name")).await
-}
-
-async fn on_publish_done(
+/// nginx-rtmp's callbacks (`/hooks/rtmp/on_publish`, `on_publish_done`, `on_update`,
+/// `on_play`, `on_done`), form-encoded.
+async fn rtmp(
     State(st): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(event): Path<String>,
     body: Bytes,
 ) -> Response {
-    let Some(f) = hook(&st, peer, &body) else {
+    if !trusted(&st, peer, "nginx-rtmp") {
         return status(StatusCode::FORBIDDEN);
-    };
-    if is_local_relay(&f) {
-        return status(StatusCode::OK);
     }
-    match stream_of_hook(&st, &f).await {
-        Ok(Some(id)) => match ended(&st, id, field(&f, "clientid")).await {
-            Ok(()) => status(StatusCode::OK),
-            Err(e) => e.into_response(),
+    let f = form(&body);
+    let relay = is_local_relay(&f);
+    let (key, client) = (field(&f, "name"), field(&f, "clientid"));
+    let answer = match event.as_str() {
+        "on_publish" => match admit(&st, key, field(&f, "addr"), client).await {
+            Ok(Some(id)) => Ok((
+                StatusCode::FOUND,
+                [(header::LOCATION, format!("{}{id}", st.cfg.hooks.rtmp_relay))],
+                "",
+            )
+                .into_response()),
+            Ok(None) => Ok(status(StatusCode::FORBIDDEN)),
+            Err(e) => Err(e),
         },
-        Ok(None) => status(StatusCode::OK),
-        Err(e) => e.into_response(),
+        "on_publish_done" if relay => Ok(status(StatusCode::OK)),
+        "on_publish_done" => publish_done(&st, client, key)
+            .await
+            .map(|()| status(StatusCode::OK)),
+        "on_update" if relay || field(&f, "call") == "update_play" => Ok(status(StatusCode::OK)),
+        "on_update" => on_update(&st, key, client, field(&f, "addr")).await,
+        // Viewers watch through the edge (tokens, CORS, the cache); RTMP playback is the
+        // relay's only.
+        "on_play" if relay => Ok(status(StatusCode::OK)),
+        "on_play" => Ok(status(StatusCode::FORBIDDEN)),
+        "on_done" => Ok(status(StatusCode::OK)),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such route")),
+    };
+    answer.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A publisher left: its stream (found by the publisher's client id, set at publish, so a
+/// rotated key's publisher is still known; else by its key) is no longer live.
+async fn publish_done(st: &AdminState, client: &str, key: &str) -> Result<(), ApiError> {
+    let id = match st.publishers.get(client) {
+        Some(id) => Some(id),
+        None => stream_of(st, key).await?,
+    };
+    match id {
+        Some(id) => ended(st, id, client).await,
+        None => Ok(()),
     }
 }
 
+/// `on_update` of a publisher: 403 once its key was rotated (nginx-rtmp then drops it).
 async fn on_update(
-    State(st): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    let Some(f) = hook(&st, peer, &body) else {
-        return status(StatusCode::FORBIDDEN);
-    };
-    if is_local_relay(&f) || field(&f, "call") == "update_play" {
-        return status(StatusCode::OK);
+    st: &AdminState,
+    key: &str,
+    client: &str,
+    addr: &str,
+) -> Result<Response, ApiError> {
+    if stream_of(st, key).await?.is_some() {
+        return Ok(status(StatusCode::OK));
     }
-    match stream_of(&st, field(&f, "name")).await {
-        Ok(Some(_)) => status(StatusCode::OK),
-        Ok(None) => {
-            // The key was rotated (or never valid): nginx-rtmp drops this publisher.
-            if let Some(id) = st.publishers.get(field(&f, "clientid")) {
-                if let Err(e) = ended(&st, id, field(&f, "clientid")).await {
-                    return e.into_response();
-                }
-            }
-            METRICS
-                .publish_events
-                .with_label_values(&["update_denied"])
-                .inc();
-            tracing::info!(
-                addr = field(&f, "addr"),
-                "publisher dropped: stream key rotated"
-            );
-            status(StatusCode::FORBIDDEN)
-        }
-        Err(e) => e.into_response(),
+    if let Some(id) = st.publishers.get(client) {
+        ended(st, id, client).await?;
     }
-}
-
-async fn on_play(
-    State(st): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    let Some(f) = hook(&st, peer, &body) else {
-        return status(StatusCode::FORBIDDEN);
-    };
-    // Viewers watch through the edge (tokens, CORS, the cache); RTMP playback is the
-    // relay's only.
-    if is_local_relay(&f) {
-        status(StatusCode::OK)
-    } else {
-        status(StatusCode::FORBIDDEN)
-    }
-}
-
-async fn on_done(
-    State(st): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
-) -> Response {
-    match hook(&st, peer, &body) {
-        Some(_) => status(StatusCode::OK),
-        None => status(StatusCode::FORBIDDEN),
-    }
+    METRICS
+        .publish_events
+        .with_label_values(&["update_denied"])
+        .inc();
+    tracing::info!(addr, "publisher dropped: stream key rotated");
+    Ok(status(StatusCode::FORBIDDEN))
 }
 
 /// SRS `http_hooks` (JSON: `action`, `client_id`, `ip`, `app`, `stream`, ...): `on_publish`
@@ -298,8 +246,7 @@ async fn on_done(
 async fn srs(State(st): St, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Bytes) -> Response {
     let ok = || Json(json!({"code": 0})).into_response();
     let no = || (StatusCode::FORBIDDEN, Json(json!({"code": 403}))).into_response();
-    if !in_nets(peer.ip().to_canonical(), &st.cfg.hooks.allow_from) {
-        tracing::warn!(peer = %peer.ip(), "SRS callback from outside hooks.allow_from");
+    if !trusted(&st, peer, "SRS") {
         return no();
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
@@ -313,21 +260,10 @@ async fn srs(State(st): St, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: By
             Ok(None) => no(),
             Err(e) => e.into_response(),
         },
-        "on_unpublish" => {
-            let id = match st.publishers.get(client) {
-                Some(id) => Some(id),
-                None => match stream_of(&st, text("stream")).await {
-                    Ok(id) => id,
-                    Err(e) => return e.into_response(),
-                },
-            };
-            if let Some(id) = id {
-                if let Err(e) = ended(&st, id, client).await {
-                    return e.into_response();
-                }
-            }
-            ok()
-        }
+        "on_unpublish" => match publish_done(&st, client, text("stream")).await {
+            Ok(()) => ok(),
+            Err(e) => e.into_response(),
+        },
         "on_stop" => ok(),
         _ => no(),
     }

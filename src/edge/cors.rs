@@ -61,7 +61,9 @@ impl Cors {
     pub fn with_rules(self, rules: Option<&Rules>, origin: Option<&str>) -> Cors {
         match rules {
             Some(r) if !r.allow_origins.is_empty() => Cors {
-                allow: origin.filter(|o| r.allows_origin(o)).map(|o| Cow::Owned(o.to_owned())),
+                allow: origin
+                    .filter(|o| r.allows_origin(o))
+                    .map(|o| Cow::Owned(o.to_owned())),
                 credentials: false,
                 vary: true,
             },
