@@ -63,6 +63,9 @@ impl Denial {
         }
     }
 
+    /// The store could not be asked what a decision needs (fail closed).
+    pub const STORE_DOWN: Denial = Denial::new(503, "store_unavailable", "store unavailable");
+
     /// A token refused, in any mode.
     pub fn token(e: TokenError) -> Denial {
         Denial::new(e.status(), e.reason(), e.message())
@@ -191,7 +194,7 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
                 let n = d
                     .viewer_count(stream_id)
                     .await
-                    .map_err(|_| Denial::new(503, "store_unavailable", "store unavailable"))?;
+                    .map_err(|_| Denial::STORE_DOWN)?;
                 if n >= i64::from(stream.max_viewers) {
                     return Err(Denial::new(
                         403,
@@ -317,10 +320,9 @@ async fn exchange(
     // A JWT naming a key that is not configured may name one a user registered.
     let stored_key = match (&st.directory, query.token) {
         (Some(d), Some(t)) => match crate::token::jwt::JwtKeys::kid_of(t) {
-            Some(kid) if !st.jwt_keys.has_kid(&kid) => d
-                .playback_key(&kid)
-                .await
-                .map_err(|_| Denial::new(503, "store_unavailable", "store unavailable"))?,
+            Some(kid) if !st.jwt_keys.has_kid(&kid) => {
+                d.playback_key(&kid).await.map_err(|_| Denial::STORE_DOWN)?
+            }
             _ => None,
         },
         _ => None,

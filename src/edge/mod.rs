@@ -193,7 +193,6 @@ impl EdgeState {
     /// The stream a verified token asks for, once its session (if it names a stored one)
     /// is known to be live and to belong to the stream's owner.
     pub async fn lookup(&self, id: &str, v: &Verified) -> Result<Arc<Stream>, Denial> {
-        const DOWN: Denial = Denial::new(503, "store_unavailable", "store unavailable");
         let ended = Denial::token(TokenError::SessionEnded);
         let session = match (v.stored_session(), &self.directory) {
             (false, _) => None,
@@ -202,7 +201,7 @@ impl EdgeState {
             (true, Some(d)) => match d.session(v.session).await {
                 Ok(Some(s)) => Some(s),
                 Ok(None) => return Err(ended),
-                Err(_) => return Err(DOWN),
+                Err(_) => return Err(Denial::STORE_DOWN),
             },
         };
         let stream = if let Some(s) = self.streams.get(id) {
@@ -210,7 +209,7 @@ impl EdgeState {
         } else {
             let found = match (&self.directory, id.parse::<i64>()) {
                 (Some(d), Ok(n)) if id.bytes().all(|b| b.is_ascii_digit()) => {
-                    d.stream(n).await.map_err(|_| DOWN)?
+                    d.stream(n).await.map_err(|_| Denial::STORE_DOWN)?
                 }
                 _ => None,
             };
