@@ -17,6 +17,8 @@ use crate::origin::Origin;
 use crate::store::{session_hex, Changes, Store, StoreError, StreamRecord};
 use crate::stream::Stream;
 use moka::future::Cache;
+use std::borrow::Borrow;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -121,21 +123,47 @@ impl StoreCache {
         r
     }
 
-    /// A stream of the store by its numeric id.
-    pub async fn stream(&self, id: i64) -> Result<Option<Arc<Stream>>, Arc<StoreError>> {
-        // The hit path alone first: cheaper than `try_get_with`'s loader bookkeeping.
-        if let Some(hit) = self.streams.get(&id).await {
+    /// One store query behind `cache`: a hit costs the lookup alone (no allocation, none
+    /// of `try_get_with`'s loader bookkeeping); concurrent misses for one key share one
+    /// query, run on the store's runtime by `query(store, owned key)` and kept as `make`
+    /// makes it of the answer.
+    async fn cached<Q, K, V, T, F>(
+        &self,
+        cache: &Cache<K, V>,
+        key: &Q,
+        what: &'static str,
+        query: impl FnOnce(Arc<dyn Store>, K) -> F,
+        make: impl FnOnce(Option<T>) -> V,
+    ) -> Result<V, Arc<StoreError>>
+    where
+        Q: ?Sized + Hash + Eq + ToOwned<Owned = K>,
+        K: Borrow<Q> + Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
+    {
+        if let Some(hit) = cache.get(key).await {
             return Ok(hit);
         }
-        self.streams
-            .try_get_with(id, async {
-                let store = self.store.clone();
-                let rec = self
-                    .run("stream", async move { store.stream(id).await })
-                    .await?;
-                Ok(rec.and_then(|r| to_stream(&r).map(Arc::new)))
+        let owned = key.to_owned();
+        cache
+            .try_get_with(owned.clone(), async {
+                let answer = self.run(what, query(self.store.clone(), owned)).await?;
+                Ok(make(answer))
             })
             .await
+    }
+
+    /// A stream of the store by its numeric id.
+    pub async fn stream(&self, id: i64) -> Result<Option<Arc<Stream>>, Arc<StoreError>> {
+        self.cached(
+            &self.streams,
+            &id,
+            "stream",
+            |store, id| async move { store.stream(id).await },
+            |rec| rec.and_then(|r| to_stream(&r).map(Arc::new)),
+        )
+        .await
     }
 
     /// The session if it is live now.
@@ -143,26 +171,22 @@ impl StoreCache {
         if self.ended.contains_key(&id) {
             return Ok(None);
         }
-        let found = match self.sessions.get(&id).await {
-            Some(hit) => hit,
-            None => {
-                self.sessions
-                    .try_get_with(id, async {
-                        let store = self.store.clone();
-                        let hex = session_hex(&id);
-                        let now = crate::store::now_ms();
-                        let s = self
-                            .run("session", async move { store.session(&hex, now).await })
-                            .await?;
-                        Ok(s.map(|s| LiveSession {
-                            user_id: s.user_id,
-                            expires_at: s.expires_at,
-                        }))
+        let now = crate::store::now_ms();
+        let found = self
+            .cached(
+                &self.sessions,
+                &id,
+                "session",
+                move |store, id| async move { store.session(&session_hex(&id), now).await },
+                |s| {
+                    s.map(|s| LiveSession {
+                        user_id: s.user_id,
+                        expires_at: s.expires_at,
                     })
-                    .await?
-            }
-        };
-        Ok(found.filter(|s| s.expires_at > crate::store::now_ms()))
+                },
+            )
+            .await?;
+        Ok(found.filter(|s| s.expires_at > now))
     }
 
     pub async fn forget_session(&self, id: [u8; 16]) {
@@ -176,22 +200,17 @@ impl StoreCache {
 
     /// Viewer sessions of `stream` seen in the last 30 s by any edge sharing the store.
     pub async fn viewer_count(&self, stream: &str) -> Result<i64, Arc<StoreError>> {
-        if let Some(n) = self.viewer_counts.get(stream).await {
-            return Ok(n);
-        }
-        self.viewer_counts
-            .try_get_with(stream.to_owned(), async {
-                let store = self.store.clone();
-                let s = stream.to_owned();
+        self.cached(
+            &self.viewer_counts,
+            stream,
+            "viewer_count",
+            |store, s| async move {
                 let since = crate::store::now_ms() - 30_000;
-                let n = self
-                    .run("viewer_count", async move {
-                        store.count_viewers(&s, since).await.map(Some)
-                    })
-                    .await?;
-                Ok(n.unwrap_or(0))
-            })
-            .await
+                store.count_viewers(&s, since).await.map(Some)
+            },
+            |n| n.unwrap_or(0),
+        )
+        .await
     }
 
     /// Whether a JWT viewer id is revoked for a stream.
@@ -200,46 +219,35 @@ impl StoreCache {
         stream: &str,
         viewer: &str,
     ) -> Result<bool, Arc<StoreError>> {
-        let key = (stream.to_owned(), viewer.to_owned());
-        if let Some(hit) = self.revoked.get(&key).await {
-            return Ok(hit);
-        }
-        self.revoked
-            .try_get_with(key.clone(), async {
-                let store = self.store.clone();
-                let (s, v) = key;
-                let r = self
-                    .run("revoked_viewer", async move {
-                        store.viewer_revoked(&s, &v).await.map(|r| r.then_some(()))
-                    })
-                    .await?;
-                Ok(r.is_some())
-            })
-            .await
+        self.cached(
+            &self.revoked,
+            &(stream.to_owned(), viewer.to_owned()),
+            "revoked_viewer",
+            |store, (s, v)| async move { store.viewer_revoked(&s, &v).await.map(|r| r.then_some(())) },
+            |r| r.is_some(),
+        )
+        .await
     }
 
     /// A playback key a user registered, by `kid`.
     pub async fn playback_key(&self, kid: &str) -> Result<Option<Arc<StoredKey>>, Arc<StoreError>> {
-        if let Some(hit) = self.keys.get(kid).await {
-            return Ok(hit);
-        }
-        self.keys
-            .try_get_with(kid.to_owned(), async {
-                let store = self.store.clone();
-                let k = kid.to_owned();
-                let rec = self
-                    .run("playback_key", async move { store.playback_key(&k).await })
-                    .await?;
-                Ok(rec.and_then(|r| {
+        self.cached(
+            &self.keys,
+            kid,
+            "playback_key",
+            |store, k| async move { store.playback_key(&k).await },
+            |rec| {
+                rec.and_then(|r| {
                     let pems = [(r.kid.clone(), r.pem.clone())].into();
                     let keys = crate::token::jwt::JwtKeys::from_pems(&pems).ok()?;
                     Some(Arc::new(StoredKey {
                         user_id: r.user_id,
                         keys,
                     }))
-                }))
-            })
-            .await
+                })
+            },
+        )
+        .await
     }
 }
 
