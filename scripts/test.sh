@@ -13,6 +13,7 @@ need_build
 need_lint
 need ffmpeg ffmpeg
 need curl curl
+need wrk wrk
 need promtool prometheus
 need openssl openssl
 need_pymod cryptography python3-cryptography

@@ -205,8 +205,9 @@ struct FileEdge {
     origin_connect_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     origin_read_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
-    grace_period: Duration,
+    /// How long SIGTERM (and the old process of an upgrade) waits for requests in flight.
+    #[serde(deserialize_with = "duration", alias = "grace_period")]
+    shutdown_grace: Duration,
     #[serde(deserialize_with = "duration")]
     idle_timeout: Duration,
     #[serde(deserialize_with = "duration")]
@@ -219,6 +220,33 @@ struct FileEdge {
     #[serde(deserialize_with = "duration")]
     origin_total_timeout: Duration,
     cors: FileCors,
+    tls: Option<FileTls>,
+    /// The Unix socket an upgrading process takes the listening sockets over.
+    upgrade_socket: PathBuf,
+    /// `off`, `stdout`, `stderr` or a file path.
+    access_log: String,
+    /// `text` or `json`.
+    access_log_format: String,
+}
+
+/// `edge.tls` / `admin.tls`: a listener speaking TLS (ALPN h2 and http/1.1).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    #[serde(deserialize_with = "socket_addr")]
+    listen: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    /// More certificate/key pairs, chosen by SNI from their names.
+    #[serde(default)]
+    certs: Vec<FileCertPair>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCertPair {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -235,7 +263,7 @@ impl Default for FileEdge {
             trusted_proxies: Vec::new(),
             origin_connect_timeout: Duration::from_secs(3),
             origin_read_timeout: Duration::from_secs(15),
-            grace_period: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
             max_connections: 20_000,
@@ -243,6 +271,10 @@ impl Default for FileEdge {
             token_block_shared: false,
             origin_total_timeout: Duration::from_secs(60),
             cors: FileCors::default(),
+            tls: None,
+            upgrade_socket: "data/upgrade.sock".into(),
+            access_log: "stdout".into(),
+            access_log_format: "text".into(),
         }
     }
 }
@@ -261,6 +293,7 @@ struct FileAdmin {
     trusted_proxies: Vec<IpNet>,
     #[serde(deserialize_with = "nets")]
     trusted_backends: Vec<IpNet>,
+    tls: Option<FileTls>,
 }
 
 impl Default for FileAdmin {
@@ -274,6 +307,7 @@ impl Default for FileAdmin {
             login_attempts_per_user: 10,
             trusted_proxies: Vec::new(),
             trusted_backends: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -366,6 +400,8 @@ impl Default for FileTokens {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct FileOrigins {
+    /// PEM file of the CAs HTTPS origins are verified against (default: the system's).
+    ca_file: Option<PathBuf>,
     allow: Vec<String>,
     users: Vec<String>,
     media_types: Vec<String>,
@@ -380,6 +416,25 @@ struct FileStream {
     /// Most viewer sessions at once, across every edge sharing the store (0: no cap).
     #[serde(default)]
     max_viewers: u32,
+}
+
+/// Check a TLS listener's files now (a typo is a start-up error, not a failed handshake).
+fn tls(t: &Option<FileTls>, key: &str) -> Result<Option<Tls>, (String, String)> {
+    let Some(t) = t else { return Ok(None) };
+    let mut pairs = vec![(t.cert.clone(), t.key.clone())];
+    pairs.extend(t.certs.iter().map(|p| (p.cert.clone(), p.key.clone())));
+    for (i, (cert, pk)) in pairs.iter().enumerate() {
+        let at = if i == 0 {
+            key.to_owned()
+        } else {
+            format!("{key}.certs[{}]", i - 1)
+        };
+        crate::tls::load_pair(cert, pk).map_err(|p| (at, p))?;
+    }
+    Ok(Some(Tls {
+        listen: t.listen,
+        pairs,
+    }))
 }
 
 // ---- validated config ---------------------------------------------------------------------
@@ -407,7 +462,7 @@ pub struct Config {
 }
 
 /// `auth.external`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct External {
     /// `http://host:port/path` the edge POSTs each new viewer session to.
     pub url: http::Uri,
@@ -440,7 +495,7 @@ pub struct Edge {
     pub trusted_proxies: Vec<IpNet>,
     pub origin_connect_timeout: Duration,
     pub origin_read_timeout: Duration,
-    pub grace_period: Duration,
+    pub shutdown_grace: Duration,
     /// Longest a viewer's keep-alive connection may sit idle between requests.
     pub idle_timeout: Duration,
     /// Longest a viewer may take to send one whole request header.
@@ -456,6 +511,30 @@ pub struct Edge {
     /// `edge.cors.allow_origins`: `Origin`s answered with credentials (`*` wildcards).
     /// Empty: `Access-Control-Allow-Origin: *` without credentials.
     pub cors_allow_origins: Vec<String>,
+    /// `edge.tls`: a second listener speaking HTTPS (h2 and http/1.1).
+    pub tls: Option<Tls>,
+    /// `edge.upgrade_socket`: where `--upgrade` receives the listening sockets.
+    pub upgrade_socket: PathBuf,
+    pub access_log: AccessLog,
+    /// `edge.access_log_format: json`.
+    pub access_log_json: bool,
+}
+
+/// Where the edge writes one line per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+/// A TLS listener: its address and certificate/key pairs (the first is the default; the
+/// others are chosen by SNI from the names in their certificates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub listen: SocketAddr,
+    pub pairs: Vec<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -476,6 +555,8 @@ pub struct Admin {
     /// Peers that may name the viewer a playback URL is for (X-Viewer-IP,
     /// X-Viewer-User-Agent).
     pub trusted_backends: Vec<IpNet>,
+    /// `admin.tls`.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Debug, Clone)]
@@ -790,10 +871,43 @@ impl Config {
             }
         }
 
+        let edge_tls = tls(&f.edge.tls, "edge.tls").map_err(|(k, p)| err(&k, p))?;
+        let admin_tls = tls(&f.admin.tls, "admin.tls").map_err(|(k, p)| err(&k, p))?;
+        let access_log = match f.edge.access_log.as_str() {
+            "off" => AccessLog::Off,
+            "stdout" => AccessLog::Stdout,
+            "stderr" => AccessLog::Stderr,
+            "" => {
+                return Err(err(
+                    "edge.access_log",
+                    "off, stdout, stderr or a file path".into(),
+                ))
+            }
+            path => AccessLog::File(path.into()),
+        };
+        let access_log_json = match f.edge.access_log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(err(
+                    "edge.access_log_format",
+                    format!("{other:?} is not text or json"),
+                ))
+            }
+        };
+        if f.edge.upgrade_socket.as_os_str().is_empty() {
+            return Err(err("edge.upgrade_socket", "must be a path".into()));
+        }
+        let mut own = vec![f.edge.listen, f.admin.listen, f.metrics.listen];
+        own.extend(edge_tls.iter().chain(&admin_tls).map(|t| t.listen));
         let mut origins = OriginPolicy {
-            own: vec![f.edge.listen, f.admin.listen, f.metrics.listen],
+            own,
+            ca_file: f.origins.ca_file.clone(),
             ..OriginPolicy::default()
         };
+        if let Some(ca) = &origins.ca_file {
+            crate::tls::read_ca(ca).map_err(|p| err("origins.ca_file", p))?;
+        }
         for (i, a) in f.origins.allow.iter().enumerate() {
             match AllowEntry::parse(a) {
                 Some(e) => origins.allow.push(e),
@@ -908,7 +1022,7 @@ impl Config {
                 trusted_proxies: f.edge.trusted_proxies,
                 origin_connect_timeout: f.edge.origin_connect_timeout,
                 origin_read_timeout: f.edge.origin_read_timeout,
-                grace_period: f.edge.grace_period,
+                shutdown_grace: f.edge.shutdown_grace,
                 idle_timeout: f.edge.idle_timeout,
                 header_timeout: f.edge.header_timeout,
                 max_connections: f.edge.max_connections,
@@ -916,6 +1030,10 @@ impl Config {
                 token_block_shared: f.edge.token_block_shared,
                 origin_total_timeout: f.edge.origin_total_timeout,
                 cors_allow_origins: f.edge.cors.allow_origins,
+                tls: edge_tls,
+                upgrade_socket: f.edge.upgrade_socket,
+                access_log,
+                access_log_json,
             },
             admin: Admin {
                 listen: f.admin.listen,
@@ -926,6 +1044,7 @@ impl Config {
                 login_attempts_per_user: f.admin.login_attempts_per_user,
                 trusted_proxies: f.admin.trusted_proxies,
                 trusted_backends: f.admin.trusted_backends,
+                tls: admin_tls,
             },
             metrics_listen: f.metrics.listen,
             store_url: f.store.url,

@@ -20,6 +20,8 @@ pub mod net;
 pub mod origin;
 pub mod playback;
 pub mod playlist;
+pub mod server;
 pub mod store;
 pub mod stream;
+pub mod tls;
 pub mod token;

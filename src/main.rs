@@ -1,18 +1,14 @@
 //! The `hlsgate` command: `serve`, `edge`, `admin`, `check-config`, `token`.
 //! Every start-up error is one line on stderr and a non-zero exit, never a panic.
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use clap::{Parser, Subcommand};
-use hlsgate::admin::{self, AdminState};
 use hlsgate::config::Config;
-use hlsgate::edge::store_cache::StoreCache;
-use hlsgate::edge::{self, EdgeState};
-use hlsgate::store;
-use hlsgate::token::{self, Binding, Grant, Keyring};
+use hlsgate::server::Role;
+use hlsgate::token::{self, Binding, Grant};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "hlsgate", version, about = "A secure HLS edge on Pingora")]
@@ -27,16 +23,22 @@ enum Command {
     Serve {
         #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
         config: PathBuf,
+        #[command(flatten)]
+        run: RunFlags,
     },
     /// The edge alone (a CDN node; several share one store).
     Edge {
         #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
         config: PathBuf,
+        #[command(flatten)]
+        run: RunFlags,
     },
     /// The admin sidecar alone.
     Admin {
         #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
         config: PathBuf,
+        #[command(flatten)]
+        run: RunFlags,
     },
     /// Validate a config: exit 0, or exit 2 naming the file, key and problem.
     CheckConfig {
@@ -62,6 +64,18 @@ enum Command {
         #[arg(long)]
         ttl: Option<u32>,
     },
+}
+
+#[derive(clap::Args)]
+struct RunFlags {
+    /// Take the listening sockets over from the running process (through
+    /// edge.upgrade_socket; send that process SIGQUIT within 5 s), with no connection lost.
+    #[arg(short = 'u', long)]
+    upgrade: bool,
+    /// Check the config, then carry on in the background and return at once (systemd's
+    /// ExecReload: `--upgrade --background`, then SIGQUIT to the old process).
+    #[arg(long)]
+    background: bool,
 }
 
 /// mimalloc: Pingora's request path allocates a lot of small short-lived objects (about
@@ -106,10 +120,27 @@ fn main() -> ExitCode {
             ua,
             ttl,
         } => report(print_token(&config, &stream, ip, ua, ttl)),
-        Command::Serve { config } => report(run(&config, Role::Serve)),
-        Command::Edge { config } => report(run(&config, Role::Edge)),
-        Command::Admin { config } => report(run(&config, Role::Admin)),
+        Command::Serve { config, run } => start(&config, Role::Serve, run),
+        Command::Edge { config, run } => start(&config, Role::Edge, run),
+        Command::Admin { config, run } => start(&config, Role::Admin, run),
     }
+}
+
+fn start(config: &Path, role: Role, flags: RunFlags) -> ExitCode {
+    if flags.background {
+        // A config that does not load fails the command (and so systemd's reload) here,
+        // before the running process is told to hand over.
+        if let Err(e) = hlsgate::server::load(config) {
+            return report(Err(e));
+        }
+        match hlsgate::server::background() {
+            Ok(true) => {}
+            Ok(false) => return ExitCode::SUCCESS,
+            Err(e) => return report(Err(e)),
+        }
+    }
+    init_logging();
+    report(hlsgate::server::run(config, role, flags.upgrade))
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {
@@ -122,18 +153,6 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn load(path: &Path) -> anyhow::Result<(Config, Keyring)> {
-    let cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
-    let keyring = Keyring::load_or_create(&cfg.tokens.secret_file).map_err(|e| {
-        anyhow!(
-            "{}: tokens.secret_file: {} ({e})",
-            path.display(),
-            cfg.tokens.secret_file.display()
-        )
-    })?;
-    Ok((cfg, keyring))
-}
-
 fn print_token(
     path: &Path,
     stream: &str,
@@ -141,7 +160,7 @@ fn print_token(
     ua: Option<String>,
     ttl: Option<u32>,
 ) -> anyhow::Result<()> {
-    let (cfg, keyring) = load(path)?;
+    let (cfg, keyring) = hlsgate::server::load(path)?;
     let s = cfg
         .streams
         .get(stream)
@@ -182,115 +201,11 @@ fn print_token(
     Ok(())
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Serve,
-    Edge,
-    Admin,
-}
-
-fn run(path: &Path, role: Role) -> anyhow::Result<()> {
-    let (cfg, keyring) = load(path)?;
-    init_logging();
-    let bind = |key: &str, addr: std::net::SocketAddr| {
-        std::net::TcpListener::bind(addr)
-            .with_context(|| format!("{}: {key}: cannot listen on {addr}", path.display()))
-    };
-    // Pingora cannot report a busy port as an error; find out first. The probes are held
-    // until all are bound (so two keys naming one port are caught), then dropped for
-    // Pingora to bind them itself.
-    let probes = match role {
-        Role::Admin => Vec::new(),
-        Role::Serve | Role::Edge => vec![
-            bind("edge.listen", cfg.edge.listen)?,
-            bind("metrics.listen", cfg.metrics_listen)?,
-        ],
-    };
-    let admin_listener = match role {
-        Role::Edge => None,
-        Role::Serve | Role::Admin => Some(bind("admin.listen", cfg.admin.listen)?),
-    };
-    drop(probes);
-
-    // The store and the admin run on their own runtime; Pingora's runtimes only await it.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("hlsgate-store")
-        .enable_all()
-        .build()
-        .context("cannot start the store runtime")?;
-    let store = rt
-        .block_on(store::open(&cfg.store_url))
-        .map_err(|e| anyhow!("{}: store.url: {e}", path.display()))?;
-    tracing::info!(backend = store.backend(), url = %store::redact_url(&cfg.store_url), "store open");
-    let directory = Arc::new(StoreCache::new(
-        store.clone(),
-        rt.handle().clone(),
-        cfg.store_cache_ttl,
-    ));
-    let cfg = Arc::new(cfg);
-    let keyring = Arc::new(keyring);
-
-    if let Some(listener) = admin_listener {
-        listener.set_nonblocking(true)?;
-        let state = Arc::new(AdminState::new(
-            cfg.clone(),
-            keyring.clone(),
-            store.clone(),
-            directory.clone(),
-        ));
-        let listener = {
-            let _guard = rt.enter();
-            tokio::net::TcpListener::from_std(listener)?
-        };
-        tracing::info!(listen = %cfg.admin.listen, "admin API listening");
-        let serve = admin::serve(state, listener);
-        if role == Role::Admin {
-            return rt.block_on(async {
-                tokio::select! {
-                    r = serve => r.context("admin server"),
-                    _ = shutdown_signal() => {
-                        tracing::info!("admin stopping");
-                        Ok(())
-                    }
-                }
-            });
-        }
-        rt.spawn(async move {
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "admin server stopped");
-            }
-        });
-    }
-
-    for s in cfg.streams.values() {
-        tracing::info!(stream = %s.id, origin = %s.origin, playlist = %s.playlist, "static stream");
-    }
-    tracing::info!(listen = %cfg.edge.listen, "edge listening");
-    tracing::info!(listen = %cfg.metrics_listen, "metrics at /metrics");
-    let state = Arc::new(EdgeState::new(cfg, keyring, Some(directory)));
-    // `rt` stays alive: run_forever never returns.
-    edge::server(state).run_forever()
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // pingora-cache warns on every first cache hit that it has no header-compression
+        // dictionary (hlsgate needs none): not something to alarm an operator with.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_cache::meta=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub external_calls: IntCounterVec,
     /// Token sessions seen from more than `edge.token_max_ips` addresses.
     pub token_sharing: IntCounter,
+    pub access_log_dropped: IntCounter,
+    pub reloads: IntCounterVec,
     sessions: moka::sync::Cache<[u8; 16], ()>,
 }
 
@@ -106,6 +108,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "hlsgate_token_sharing_total",
             "Token sessions seen from more addresses than edge.token_max_ips.",
+        ),
+        access_log_dropped: counter(
+            &r,
+            "hlsgate_access_log_dropped_total",
+            "Access log lines dropped because the writer fell 64Ki lines behind.",
+        ),
+        reloads: counter_vec(
+            &r,
+            "hlsgate_config_reloads_total",
+            "SIGHUP config reloads, by result (ok, refused).",
+            &["result"],
         ),
         external_calls: counter_vec(
             &r,

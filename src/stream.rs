@@ -91,6 +91,8 @@ pub struct OriginPolicy {
     /// `origins.media_types`: response content types the edge passes (lower case; an
     /// entry ending in `/*` allows the whole top-level type).
     pub media_types: Vec<String>,
+    /// `origins.ca_file`: the CAs HTTPS origins must chain to (none: the system's).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The media types an edge passes when `origins.media_types` is not set.

@@ -126,7 +126,7 @@ pub(super) fn client(st: &AdminState, peer: SocketAddr, headers: &HeaderMap) -> 
         .get_all("x-forwarded-for")
         .iter()
         .map(|v| v.as_bytes());
-    client_ip(peer.ip(), xff, &st.cfg.admin.trusted_proxies).to_canonical()
+    client_ip(peer.ip(), xff, &st.cfg().admin.trusted_proxies).to_canonical()
 }
 
 fn user_agent(headers: &HeaderMap) -> String {
@@ -187,7 +187,7 @@ pub(super) async fn caller(st: &AdminState, headers: &HeaderMap) -> Result<Calle
         .map(str::trim)
         .ok_or_else(|| unauthorized("missing bearer token"))?;
     let claims = st
-        .jwt
+        .jwt()
         .verify(jwt)
         .ok_or_else(|| unauthorized("invalid or expired token"))?;
     let user_id: i64 = claims
@@ -311,7 +311,7 @@ async fn login(
     };
 
     let now = now_ms();
-    let ttl_ms = st.cfg.tokens.session_ttl.as_millis() as i64;
+    let ttl_ms = st.cfg().tokens.session_ttl.as_millis() as i64;
     let session = Session {
         id: session_hex(&token::new_session_id()),
         user_id: user.id,
@@ -322,14 +322,14 @@ async fn login(
     };
     let evicted = st
         .store
-        .create_session(&session, st.cfg.admin.max_sessions_per_user)
+        .create_session(&session, st.cfg().admin.max_sessions_per_user)
         .await?;
     for id in &evicted {
         if let Some(b) = session_bytes(id) {
             st.changes.session_ended(b).await;
         }
     }
-    let jwt = st.jwt.issue(&Claims {
+    let jwt = st.jwt().issue(&Claims {
         sub: user.id.to_string(),
         username: user.username.clone(),
         session_id: session.id.clone(),
@@ -428,10 +428,10 @@ async fn check_origin_url(st: &AdminState, url: &str) -> Result<(String, String)
         return Err(bad("stream URLs must be http:// or https://"));
     }
     let (origin, _) = Origin::from_playlist_url(url).map_err(|e| bad(format!("bad URL: {e}")))?;
-    if !st.cfg.origins.user_url_allowed(url) {
+    if !st.cfg().origins.user_url_allowed(url) {
         return Err(bad("not an allowed origin"));
     }
-    let policy = st.cfg.origins.clone();
+    let policy = st.cfg().origins.clone();
     blocking(move || origin.check_allowed(&policy))
         .await?
         .map_err(|e| bad(e.to_string()))?;
@@ -606,7 +606,7 @@ async fn playback_url(
     let given_ip = headers.get("x-viewer-ip");
     let given_ua = headers.get("x-viewer-user-agent");
     if given_ip.is_some() || given_ua.is_some() {
-        if !in_nets(peer.ip(), &st.cfg.admin.trusted_backends) {
+        if !in_nets(peer.ip(), &st.cfg().admin.trusted_backends) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "X-Viewer-IP / X-Viewer-User-Agent are only accepted from admin.trusted_backends",
@@ -630,7 +630,7 @@ async fn playback_url(
     let now = token::unix_now();
     let session_exp = (c.session.expires_at / 1000).clamp(0, u32::MAX as i64) as u32;
     let exp = now
-        .saturating_add(st.cfg.tokens.ttl.as_secs() as u32)
+        .saturating_add(st.cfg().tokens.ttl.as_secs() as u32)
         .min(session_exp);
     let grant = Grant {
         stream: s.id.to_string(),
@@ -638,15 +638,15 @@ async fn playback_url(
         exp,
         session_exp,
         binding: Binding {
-            ip: Some((ip, st.cfg.tokens.prefix_for(ip))),
+            ip: Some((ip, st.cfg().tokens.prefix_for(ip))),
             ua: Some(ua),
         },
         stored_session: true,
         exchanged: false,
     };
-    let tok = st.keyring.issue(&grant);
+    let tok = st.keyring().issue(&grant);
     let url = crate::playback::url(
-        &st.cfg.admin.public_edge_url,
+        &st.cfg().admin.public_edge_url,
         &tok,
         &s.id.to_string(),
         &s.endpoint,
@@ -853,7 +853,7 @@ mod tests {
         let parts: Vec<&str> = url.split('/').collect();
         let (tok, stream) = (parts[5], parts[6]);
         let check = |ip: &str, ua: &str| {
-            st.keyring.verify(
+            st.keyring().verify(
                 tok,
                 &Viewer {
                     stream,

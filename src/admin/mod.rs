@@ -25,14 +25,14 @@ use std::sync::Arc;
 
 /// What every admin request shares.
 pub struct AdminState {
-    pub cfg: Arc<Config>,
-    pub keyring: Arc<Keyring>,
+    /// The config, the token keys and the login-JWT keys made from them: replaced by a
+    /// reload (`SIGHUP`).
+    live: arc_swap::ArcSwap<AdminLive>,
     pub store: Arc<dyn Store>,
     /// The edge's cache of the store: told at once when a session ends or a stream
     /// changes (in `hlsgate serve` the edge shares it).
     /// Caches of the store in this process (the edge's, in `serve`) to tell of changes.
     pub changes: Arc<dyn Changes>,
-    pub jwt: auth::JwtKeys,
     pub per_ip: auth::RateLimiter,
     pub per_user: auth::RateLimiter,
     /// A hash checked when the user does not exist, so that answer takes as long as a
@@ -56,7 +56,7 @@ impl AdminState {
         let mut pw = [0u8; 24];
         getrandom::getrandom(&mut pw).expect("OS random source");
         AdminState {
-            jwt: auth::JwtKeys::new(&keyring),
+            live: arc_swap::ArcSwap::from_pointee(AdminLive::new(cfg.clone(), keyring)),
             per_ip: auth::RateLimiter::new(cfg.admin.login_attempts_per_ip),
             per_user: auth::RateLimiter::new(cfg.admin.login_attempts_per_user),
             dummy_hash: auth::hash_password(&format!("{pw:?}")),
@@ -69,6 +69,37 @@ impl AdminState {
                 .build(),
             store,
             changes,
+        }
+    }
+
+    pub fn cfg(&self) -> Arc<Config> {
+        self.live.load().cfg.clone()
+    }
+
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.live.load().keyring.clone()
+    }
+
+    pub fn jwt(&self) -> Arc<auth::JwtKeys> {
+        self.live.load().jwt.clone()
+    }
+
+    /// Take a reloaded config and key file (the rate limits' sizes stay as they were).
+    pub fn reload(&self, cfg: Arc<Config>, keyring: Arc<Keyring>) {
+        self.live.store(Arc::new(AdminLive::new(cfg, keyring)));
+    }
+}
+
+struct AdminLive {
+    cfg: Arc<Config>,
+    keyring: Arc<Keyring>,
+    jwt: Arc<auth::JwtKeys>,
+}
+
+impl AdminLive {
+    fn new(cfg: Arc<Config>, keyring: Arc<Keyring>) -> AdminLive {
+        AdminLive {
+            jwt: Arc::new(auth::JwtKeys::new(&keyring)),
             cfg,
             keyring,
         }
@@ -122,34 +153,65 @@ pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// Longest one request may take, its body included (then 408).
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Serve the admin API on `listener` until the future is dropped. Each connection is
-/// served by hyper with [`HEADER_TIMEOUT`], so slow or idle clients cannot pile up.
-pub async fn serve(
-    state: Arc<AdminState>,
-    listener: tokio::net::TcpListener,
-) -> std::io::Result<()> {
-    let app = api::router(state);
-    loop {
-        let (sock, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: wait, do not spin.
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let svc = app
+/// The admin API as a Pingora app: Pingora listens (plain or TLS, handed over on
+/// `--upgrade`) and hyper serves each connection on the admin's own runtime, with
+/// [`HEADER_TIMEOUT`] so slow or idle clients cannot pile up.
+pub struct AdminApp {
+    router: axum::Router,
+    rt: tokio::runtime::Handle,
+    /// Connections open now (the drain at shutdown waits for them).
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AdminApp {
+    pub fn new(state: Arc<AdminState>, rt: tokio::runtime::Handle) -> AdminApp {
+        AdminApp {
+            router: api::router(state),
+            rt,
+            open: Arc::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora_core::apps::ServerApp for AdminApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        io: pingora_core::protocols::Stream,
+        shutdown: &pingora_core::server::ShutdownWatch,
+    ) -> Option<pingora_core::protocols::Stream> {
+        use std::sync::atomic::Ordering;
+        let peer = io
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()))
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let svc = self
+            .router
             .clone()
             .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
-        tokio::spawn(async move {
+        let mut shutdown = shutdown.clone();
+        let open = self.open.clone();
+        open.fetch_add(1, Ordering::AcqRel);
+        let task = self.rt.spawn(async move {
             let svc = hyper_util::service::TowerToHyperService::new(svc);
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
-            let _ = b
-                .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
-                .await;
+            if *shutdown.borrow() {
+                b.keep_alive(false);
+            }
+            let conn = b.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
+        let _ = task.await;
+        open.fetch_sub(1, Ordering::AcqRel);
+        None
     }
 }

@@ -140,7 +140,7 @@ async fn own_stream(
         .ok_or_else(stream_not_found)?;
     let session_end = (c.session.expires_at / 1000).clamp(0, u32::MAX as i64) as u32;
     let end = unix_now()
-        .saturating_add(st.cfg.tokens.session_ttl.as_secs().min(u32::MAX as u64) as u32)
+        .saturating_add(st.cfg().tokens.session_ttl.as_secs().min(u32::MAX as u64) as u32)
         .min(session_end);
     Ok((s, end))
 }
@@ -172,7 +172,7 @@ pub async fn playback_token(State(st): St, headers: HeaderMap, body: Body) -> Ap
         }
         claims["aws:maximum-resolution"] = json!(r);
     }
-    let (kid, private, _) = jwt::native_keys(&st.keyring.derive(jwt::NATIVE_LABEL))
+    let (kid, private, _) = jwt::native_keys(&st.keyring().derive(jwt::NATIVE_LABEL))
         .into_iter()
         .next()
         .ok_or_else(|| bad("no playback key"))?;
@@ -183,7 +183,9 @@ pub async fn playback_token(State(st): St, headers: HeaderMap, body: Body) -> Ap
     let token = jsonwebtoken::encode(&header, &claims, &key).map_err(|_| bad("cannot sign"))?;
     let url = format!(
         "{}/hls/{}/{}?token={token}",
-        st.cfg.admin.public_edge_url, s.id, s.endpoint
+        st.cfg().admin.public_edge_url,
+        s.id,
+        s.endpoint
     );
     Ok(Json(json!({ "url": url, "token": token, "expiresAt": exp })).into_response())
 }
@@ -195,7 +197,7 @@ fn cookie(st: &super::AdminState, name: &str, value: &str, max_age: u32) -> Stri
     if max_age == 0 {
         c.push_str("; Expires=Thu, 01 Jan 1970 00:00:00 GMT");
     }
-    if let Some(d) = &st.cfg.admin.cookie_domain {
+    if let Some(d) = &st.cfg().admin.cookie_domain {
         c.push_str("; Domain=");
         c.push_str(d);
     }
@@ -222,10 +224,10 @@ pub async fn stream_cookies(State(st): St, headers: HeaderMap, RawQuery(q): RawQ
         return Err(bad("streamID must be a positive integer"));
     }
     let (s, exp) = own_stream(&st, &headers, &id).await?;
-    let edge = &st.cfg.admin.public_edge_url;
+    let edge = &st.cfg().admin.public_edge_url;
     let authority = edge.split_once("://").map_or(edge.as_str(), |(_, a)| a);
     let policy = cloudfront::custom_policy(&format!("http*://{authority}/hls/{}/*", s.id), exp);
-    let derived = st.keyring.derive(cloudfront::NATIVE_LABEL);
+    let derived = st.keyring().derive(cloudfront::NATIVE_LABEL);
     let (kid, secret) = derived.first().ok_or_else(|| bad("no cookie key"))?;
     let (p, sig, kp) = cloudfront::sign_native(&policy, *kid, secret);
     let max_age = exp.saturating_sub(unix_now());

@@ -50,14 +50,14 @@ pub async fn new_key(State(st): St, headers: HeaderMap, Path(id): Path<String>) 
     let mut raw = [0u8; 16];
     getrandom::getrandom(&mut raw).map_err(|_| bad("no randomness"))?;
     let key = format!("sk_{}", hex(&raw));
-    let derived = st.keyring.derive(KEY_LABEL);
+    let derived = st.keyring().derive(KEY_LABEL);
     st.store
         .set_stream_key(s.id, &key_hash(&derived[0].1, &key), now_ms())
         .await?;
     let mut resp = Json(json!({
         "streamID": s.id,
         "key": key,
-        "publishUrl": format!("{}/{key}", st.cfg.hooks.rtmp_publish_url),
+        "publishUrl": format!("{}/{key}", st.cfg().hooks.rtmp_publish_url),
     }))
     .into_response();
     resp.headers_mut()
@@ -71,7 +71,7 @@ async fn stream_of(st: &AdminState, key: &str) -> Result<Option<i64>, ApiError> 
     if key.is_empty() || key.len() > 128 {
         return Ok(None);
     }
-    for (_, secret) in st.keyring.derive(KEY_LABEL) {
+    for (_, secret) in st.keyring().derive(KEY_LABEL) {
         if let Some(id) = st.store.stream_by_key(&key_hash(&secret, key)).await? {
             return Ok(Some(id));
         }
@@ -111,7 +111,7 @@ fn status(code: StatusCode) -> Response {
 
 /// Whether a callback comes from a media server (`hooks.allow_from`).
 fn trusted(st: &AdminState, peer: SocketAddr, server: &str) -> bool {
-    let ok = in_nets(peer.ip().to_canonical(), &st.cfg.hooks.allow_from);
+    let ok = in_nets(peer.ip().to_canonical(), &st.cfg().hooks.allow_from);
     if !ok {
         tracing::warn!(peer = %peer.ip(), server, "publishing callback from outside hooks.allow_from");
     }
@@ -180,7 +180,10 @@ async fn rtmp(
         "on_publish" => match admit(&st, key, field(&f, "addr"), client).await {
             Ok(Some(id)) => Ok((
                 StatusCode::FOUND,
-                [(header::LOCATION, format!("{}{id}", st.cfg.hooks.rtmp_relay))],
+                [(
+                    header::LOCATION,
+                    format!("{}{id}", st.cfg().hooks.rtmp_relay),
+                )],
                 "",
             )
                 .into_response()),

@@ -52,6 +52,11 @@ pub struct External {
 const MAX_ANSWER: usize = 16 * 1024;
 
 impl External {
+    /// The `auth.external` this handler was made for.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     pub fn new(cfg: Config) -> External {
         External {
             slots: Semaphore::new(cfg.concurrency),

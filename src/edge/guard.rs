@@ -9,8 +9,9 @@
 //!   watches the bytes read for the end of each header (`\r\n\r\n`) and fails the read
 //!   once a header has taken longer than the deadline.
 //!
-//! NOTE: the deadline is for HTTP/1 request headers (the edge speaks HTTP/1 downstream;
-//! request bodies are refused, 405, since only GET and HEAD are served).
+//! NOTE: the deadline is for HTTP/1 request headers (request bodies are refused, 405,
+//! since only GET and HEAD are served). HTTP/2 (TLS with ALPN h2) is bounded by
+//! `h2_idle_timeout` and Pingora's 60 s TLS handshake timeout instead.
 
 use crate::metrics::METRICS;
 use async_trait::async_trait;
@@ -25,29 +26,50 @@ use pingora_core::protocols::{
 use pingora_core::server::ShutdownWatch;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// The bounds, changed in place by a config reload; and the connections open now (shared
+/// by the edge's plain and TLS listeners).
+#[derive(Debug, Default)]
+pub struct Limits {
+    pub open: AtomicUsize,
+    pub max: AtomicUsize,
+    pub header_timeout_ms: AtomicU64,
+}
+
+impl Limits {
+    pub fn new(max: usize, header_timeout: Duration) -> Arc<Limits> {
+        let l = Arc::new(Limits::default());
+        l.set(max, header_timeout);
+        l
+    }
+
+    pub fn set(&self, max: usize, header_timeout: Duration) {
+        self.max.store(max, Ordering::Relaxed);
+        self.header_timeout_ms
+            .store(header_timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
 /// A `ServerApp` with a connection cap and a request-header deadline around `inner`.
 pub struct Guarded<A> {
     inner: Arc<A>,
-    open: AtomicUsize,
-    max: usize,
-    header_timeout: Duration,
+    limits: Arc<Limits>,
 }
 
 impl<A> Guarded<A> {
-    pub fn new(inner: A, max: usize, header_timeout: Duration) -> Guarded<A> {
-        Guarded {
-            inner: Arc::new(inner),
-            open: AtomicUsize::new(0),
-            max,
-            header_timeout,
-        }
+    pub fn new(inner: Arc<A>, limits: Arc<Limits>) -> Guarded<A> {
+        Guarded { inner, limits }
     }
 }
 
@@ -62,9 +84,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         mut session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
-        let _open = OpenGuard(&self.open);
-        if open > self.max {
+        let l = &self.limits;
+        let open = l.open.fetch_add(1, Ordering::AcqRel) + 1;
+        let _open = OpenGuard(&l.open);
+        if open > l.max.load(Ordering::Relaxed) {
             METRICS
                 .denials
                 .with_label_values(&["connection_limit"])
@@ -76,11 +99,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             .await;
             return None;
         }
-        // A kept-alive connection comes back wrapped already (and between requests).
-        let wrapped: Stream = if session.as_any().is::<HeaderDeadline>() {
+        // A kept-alive connection comes back wrapped already (and between requests). An
+        // HTTP/2 connection is not: its frames are not HTTP/1 header lines (h2 bounds its
+        // idle connections itself, `h2_idle_timeout`).
+        let h2 = matches!(session.selected_alpn_proto(), Some(ALPN::H2));
+        let wrapped: Stream = if h2 || session.as_any().is::<HeaderDeadline>() {
             session
         } else {
-            Box::new(HeaderDeadline::new(session, self.header_timeout))
+            let t = Duration::from_millis(l.header_timeout_ms.load(Ordering::Relaxed));
+            Box::new(HeaderDeadline::new(session, t))
         };
         self.inner.process_new(wrapped, shutdown).await
     }

@@ -5,6 +5,7 @@
 //! curl -i "$(hlsgate token --stream demo)"
 //! ```
 
+pub mod access;
 pub mod admission;
 pub mod cors;
 pub mod external;
@@ -72,7 +73,7 @@ pub struct EdgeState {
     /// The addresses each token session came from lately (`edge.token_max_ips`).
     pub session_ips: moka::sync::Cache<[u8; 16], Arc<parking_lot::Mutex<Vec<std::net::IpAddr>>>>,
     /// `auth.external`: the platform's handler, its slots and its decisions.
-    pub external: Option<external::External>,
+    pub external: Option<Arc<external::External>>,
     /// The key of the exchange cache's hash (random per process).
     pub exchange_key: [u8; 16],
 }
@@ -87,27 +88,55 @@ impl EdgeState {
         keyring: Arc<Keyring>,
         directory: Option<Arc<StoreCache>>,
     ) -> EdgeState {
+        EdgeState::new_with(cfg, keyring, directory, None)
+    }
+
+    /// [`EdgeState::new`], reusing a segment cache, its lock and the viewer reporter.
+    #[allow(clippy::type_complexity)]
+    fn new_with(
+        cfg: Arc<Config>,
+        keyring: Arc<Keyring>,
+        directory: Option<Arc<StoreCache>>,
+        kept: Option<(
+            &'static SegmentStore,
+            &'static CacheKeyLockImpl,
+            Option<Arc<viewers::Viewers>>,
+        )>,
+    ) -> EdgeState {
         let streams = cfg
             .streams
             .iter()
             .map(|(id, s)| (id.clone(), Arc::new(s.clone())))
             .collect();
         let ttl = cfg.tokens.ttl.as_secs().min(u32::MAX as u64) as u32;
-        let store = SegmentStore::leak(cfg.cache.clone());
-        // A fill's lock must outlive the slowest origin answer the timeouts allow: a lock
-        // that expires first sends every waiting viewer to a hanging origin on its own.
-        let e = &cfg.edge;
-        let lock_age = cfg.cache_lock_timeout.max(
-            e.origin_connect_timeout + e.origin_read_timeout + std::time::Duration::from_secs(1),
-        );
-        let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
+        let (store, cache_lock, kept_viewers) = match kept {
+            Some((s, l, v)) => (s, l, Some(v)),
+            None => {
+                // A fill's lock must outlive the slowest origin answer the timeouts allow:
+                // a lock that expires first sends every waiting viewer to a hanging origin
+                // on its own.
+                let e = &cfg.edge;
+                let lock_age = cfg.cache_lock_timeout.max(
+                    e.origin_connect_timeout
+                        + e.origin_read_timeout
+                        + std::time::Duration::from_secs(1),
+                );
+                let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
+                (SegmentStore::leak(cfg.cache.clone()), lock, None)
+            }
+        };
         let cloudfront_native = keyring.derive(crate::token::cloudfront::NATIVE_LABEL);
-        let external = cfg.external.clone().map(external::External::new);
-        let viewers = directory.as_ref().map(|d| {
-            let v = Arc::new(viewers::Viewers::new(cfg.edge.listen.to_string()));
-            v.clone()
-                .spawn(d.store().clone(), d.rt(), cfg.tokens.session_ttl);
-            v
+        let external = cfg
+            .external
+            .clone()
+            .map(|e| Arc::new(external::External::new(e)));
+        let viewers = kept_viewers.unwrap_or_else(|| {
+            directory.as_ref().map(|d| {
+                let v = Arc::new(viewers::Viewers::new(cfg.edge.listen.to_string()));
+                v.clone()
+                    .spawn(d.store().clone(), d.rt(), cfg.tokens.session_ttl);
+                v
+            })
         });
         let jwt_keys = cfg.tokens.jwt.merged(&crate::token::jwt::native_public(
             &keyring.derive(crate::token::jwt::NATIVE_LABEL),
@@ -158,6 +187,30 @@ impl EdgeState {
 }
 
 impl EdgeState {
+    /// The state for a reloaded config: its streams, keys, CORS, limits and handler, with
+    /// what this process has learnt kept (the segment cache, viewer sessions and their
+    /// rules, the addresses each token came from). Verified JWTs and exchanged credentials
+    /// are forgotten: a key the new config no longer has must stop working at once.
+    pub fn renewed(&self, cfg: Arc<Config>, keyring: Arc<Keyring>) -> EdgeState {
+        let mut next = EdgeState::new_with(
+            cfg.clone(),
+            keyring,
+            self.directory.clone(),
+            Some((self.store, self.cache_lock, self.viewers.clone())),
+        );
+        next.verbatim = self.verbatim.clone();
+        next.failed = self.failed.clone();
+        next.session_rules = self.session_rules.clone();
+        next.session_ips = self.session_ips.clone();
+        next.exchange_key = self.exchange_key;
+        if let (Some(old), Some(new)) = (&self.external, &cfg.external) {
+            if old.config() == new {
+                next.external = Some(old.clone());
+            }
+        }
+        next
+    }
+
     /// Note that `session` came from `ip`: whether it has now come from more than
     /// `edge.token_max_ips` addresses in the last 10 minutes (counted once, when it first
     /// does, in `hlsgate_token_sharing_total`).
@@ -224,33 +277,51 @@ impl EdgeState {
     }
 }
 
-/// Build the Pingora server with the edge proxy on `edge.listen`.
-pub fn server(state: Arc<EdgeState>) -> Server {
+/// The edge's state as of the last (re)load of the config: requests read it, `SIGHUP`
+/// replaces it.
+pub type Live = Arc<arc_swap::ArcSwap<EdgeState>>;
+
+/// Set when the process starts to stop or hands over to a new one: responses then say
+/// `Connection: close`, so keep-alive clients reconnect (to the new process) between
+/// requests instead of finding their idle connection closed under a request they just sent.
+pub static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`DRAINING`] is set.
+pub fn draining() -> bool {
+    DRAINING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Add the edge (on `edge.listen`, and on `edge.tls.listen` with `certs`) and the metrics
+/// endpoint to `server`.
+pub fn add_services(
+    server: &mut Server,
+    live: &Live,
+    limits: &Arc<guard::Limits>,
+    certs: Option<&Arc<crate::tls::Certs>>,
+    access: Option<Arc<access::AccessLog>>,
+) -> anyhow::Result<()> {
+    let state = live.load_full();
     let cfg = &state.cfg;
-    let conf = ServerConf {
-        threads: cfg.edge.threads,
-        grace_period_seconds: Some(cfg.edge.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(cfg.edge.grace_period.as_secs().max(1)),
-        // Pingora's defaults put these in /tmp, shared by every instance on the machine.
-        pid_file: "/dev/null".into(),
-        upgrade_sock: String::new(),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let listen = cfg.edge.listen.to_string();
     let mut proxy = pingora_proxy::HttpProxy::new(
         proxy::EdgeProxy {
-            state: state.clone(),
+            live: live.clone(),
+            access,
         },
         server.configuration.clone(),
     );
+    let mut opts = pingora_core::apps::HttpServerOptions::default();
+    // h2 connections have no per-request header deadline: bound their idleness instead.
+    opts.h2_idle_timeout = Some(cfg.edge.idle_timeout);
+    proxy.server_options = Some(opts);
     proxy.handle_init_modules();
-    let app = guard::Guarded::new(proxy, cfg.edge.max_connections, cfg.edge.header_timeout);
+    let app = guard::Guarded::new(Arc::new(proxy), limits.clone());
     let mut svc = pingora_core::services::listening::Service::new("hlsgate edge".into(), app);
     // NOTE: Pingora does not flush a response header while a body is to follow; the
     // guard's stream flushes each header itself (see `guard::HeaderDeadline`).
-    svc.add_tcp(&listen);
+    svc.add_tcp(&cfg.edge.listen.to_string());
+    if let (Some(tls), Some(certs)) = (&cfg.edge.tls, certs) {
+        svc.add_tls_with_settings(&tls.listen.to_string(), None, certs.settings(true));
+    }
     server.add_service(svc);
     let mut metrics = pingora_core::services::listening::Service::new(
         "hlsgate metrics".into(),
@@ -260,5 +331,25 @@ pub fn server(state: Arc<EdgeState>) -> Server {
     );
     metrics.add_tcp(&cfg.metrics_listen.to_string());
     server.add_service(metrics);
-    server
+    Ok(())
+}
+
+/// The Pingora settings of a process: threads, shutdown grace, upgrade socket, origin CAs.
+pub fn server_conf(cfg: &Config) -> ServerConf {
+    ServerConf {
+        threads: cfg.edge.threads,
+        // The drain itself is watched by `hlsgate::server` (it exits as soon as no
+        // connection is left); Pingora's grace is only the upper bound.
+        grace_period_seconds: Some(cfg.edge.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // Pingora's defaults put these in /tmp, shared by every instance on the machine.
+        pid_file: "/dev/null".into(),
+        upgrade_sock: cfg.edge.upgrade_socket.display().to_string(),
+        ca_file: cfg
+            .origins
+            .ca_file
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        ..ServerConf::default()
+    }
 }

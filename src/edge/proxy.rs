@@ -6,7 +6,7 @@
 
 use super::admission::{self, Admission, Denial, Request};
 use super::cors::Cors;
-use super::{file, respond, EdgeState};
+use super::{access, file, respond, EdgeState};
 use crate::cache::content_length;
 use crate::media::{self, Kind};
 use crate::metrics::METRICS;
@@ -48,6 +48,8 @@ pub struct Ctx {
     /// When the origin was asked (the origin latency histogram and
     /// `edge.origin_total_timeout`).
     fetch_start: Option<Instant>,
+    /// When the request began (the access log's duration).
+    started: Instant,
     /// Time spent in the rewriter for this playlist so far.
     rewrite_time: Duration,
     /// The origin playlist's length when known, and how much of it went through the
@@ -87,7 +89,10 @@ impl Ctx {
 }
 
 pub struct EdgeProxy {
-    pub state: Arc<EdgeState>,
+    /// The state as of the last config (re)load.
+    pub live: super::Live,
+    /// Where the request lines go (`edge.access_log`).
+    pub access: Option<Arc<super::access::AccessLog>>,
 }
 
 fn bad_gateway(msg: &'static str) -> Box<Error> {
@@ -110,13 +115,21 @@ const FORWARDED_HEADERS: [&str; 6] = [
 const EDGE_UA: &str = concat!("hlsgate/", env!("CARGO_PKG_VERSION"));
 
 impl EdgeProxy {
+    /// The current state (a SIGHUP may have replaced it since the last request).
+    fn state(&self) -> arc_swap::Guard<Arc<EdgeState>> {
+        self.live.load()
+    }
+
     /// Authorise and route one request. `Ok(true)`: a response was written.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let st = &self.state;
+        // Held across awaits (the store, the external handler): an owned reference.
+        let st = self.live.load_full();
         // Pingora keeps an idle HTTP/1 keep-alive connection open forever unless told
         // otherwise: bound it, so idle sockets cannot pile up.
         let idle = st.cfg.edge.idle_timeout.as_secs().max(1);
-        if session.get_keepalive().is_some_and(|k| k == 0 || k > idle) {
+        if super::draining() {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some_and(|k| k == 0 || k > idle) {
             session.set_keepalive(Some(idle));
         }
         let peer = session
@@ -174,7 +187,7 @@ impl EdgeProxy {
             ctx.cors.preflight(session).await?;
             return Ok(true);
         }
-        let decided = admission::authorize(st, &facts, token::unix_now()).await;
+        let decided = admission::authorize(&st, &facts, token::unix_now()).await;
         let g = match decided {
             Ok(Admission::Object(g)) => g,
             Ok(Admission::Health) => {
@@ -246,7 +259,7 @@ impl EdgeProxy {
             stream.origin.space().clone(),
             prefix,
             &ctx.origin_path,
-            self.state.keyring.clone(),
+            self.state().keyring.clone(),
             &stream.id,
         );
         // The seed's way: relative URIs keep working with no rewriting, since the token is
@@ -278,7 +291,7 @@ impl EdgeProxy {
         ) else {
             return Ok(false);
         };
-        let Some(body) = self.state.store.complete_body(key, meta.created()) else {
+        let Some(body) = self.state().store.complete_body(key, meta.created()) else {
             return Ok(false);
         };
         if body.len() > WHOLE_MAX {
@@ -311,7 +324,7 @@ impl EdgeProxy {
     /// the cached bytes as they are (see `EdgeState::verbatim`).
     fn remember_verbatim(&self, key: Option<super::VerbatimKey>, changed: bool) {
         if let (Some(key), false) = (key, changed) {
-            self.state.verbatim.insert(key, ());
+            self.state().verbatim.insert(key, ());
         }
     }
 
@@ -329,7 +342,7 @@ impl EdgeProxy {
             _ => return,
         };
         if let Some(primary) = ctx.cache_primary() {
-            self.state.failed.insert(primary, code);
+            self.state().failed.insert(primary, code);
         }
     }
 
@@ -359,7 +372,7 @@ impl EdgeProxy {
                     .headers
                     .get(http::header::CONTENT_TYPE)
                     .map(|v| v.as_bytes());
-                let passes = self.state.cfg.origins.is_media(ct)
+                let passes = self.state().cfg.origins.is_media(ct)
                     || relabel(ctx.kind, &ctx.origin_path, ct).is_some();
                 (!passes).then_some((502, "origin_type", "origin sent a non-media type"))
             }
@@ -408,6 +421,7 @@ impl ProxyHttp for EdgeProxy {
             failure: None,
             from_cache: false,
             fetch_start: None,
+            started: Instant::now(),
             rewrite_time: Duration::ZERO,
             playlist_len: None,
             playlist_fed: 0,
@@ -434,7 +448,7 @@ impl ProxyHttp for EdgeProxy {
             .as_ref()
             .is_some_and(|s| matches!(s.origin, Origin::Http { .. }));
         if http_origin && (method == http::Method::GET || method == http::Method::HEAD) {
-            let st = &self.state;
+            let st = self.state();
             session
                 .cache
                 .enable(st.store, None, None, Some(st.cache_lock), None);
@@ -461,12 +475,12 @@ impl ProxyHttp for EdgeProxy {
                 pingora_cache::NoCacheReason::Custom("refused origin response"),
             ));
         }
-        if content_length(resp).is_some_and(|len| !self.state.store.has_room(len)) {
+        if content_length(resp).is_some_and(|len| !self.state().store.has_room(len)) {
             return Ok(RespCacheable::Uncacheable(
                 pingora_cache::NoCacheReason::Custom("in-flight share of max_bytes in use"),
             ));
         }
-        Ok(self.state.store.policy().resp_cacheable(ctx.kind, resp))
+        Ok(self.state().store.policy().resp_cacheable(ctx.kind, resp))
     }
 
     /// Ranges of segments are cut from the cached object; a playlist is rewritten, so a
@@ -536,7 +550,10 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if let Some(code) = ctx.cache_primary().and_then(|k| self.state.failed.get(&k)) {
+        if let Some(code) = ctx
+            .cache_primary()
+            .and_then(|k| self.state().failed.get(&k))
+        {
             // Another viewer's fetch of this object just failed, and this one waited on it.
             ctx.failure = Some(if code == 504 {
                 "origin timed out"
@@ -563,7 +580,7 @@ impl ProxyHttp for EdgeProxy {
         else {
             return Err(bad_gateway("not an http origin"));
         };
-        let policy = &self.state.cfg.origins;
+        let policy = &self.state().cfg.origins;
         // Checked again at every connection: a name that resolved to a public address at
         // start-up may point inside later (DNS rebinding).
         let addr = match host.parse::<IpAddr>() {
@@ -581,7 +598,7 @@ impl ProxyHttp for EdgeProxy {
             return Err(bad_gateway("origin address not allowed"));
         };
         let mut peer = HttpPeer::new(addr, *tls, host.clone());
-        let e = &self.state.cfg.edge;
+        let e = &self.state().cfg.edge;
         peer.options.connection_timeout = Some(e.origin_connect_timeout);
         peer.options.total_connection_timeout = Some(e.origin_connect_timeout);
         peer.options.read_timeout = Some(e.origin_read_timeout);
@@ -599,7 +616,7 @@ impl ProxyHttp for EdgeProxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        let limit = self.state.cfg.edge.origin_total_timeout;
+        let limit = self.state().cfg.edge.origin_total_timeout;
         if ctx.fetch_start.is_some_and(|t| t.elapsed() > limit) {
             ctx.failure = Some("origin took too long");
             return Err(Error::explain(
@@ -705,7 +722,7 @@ impl ProxyHttp for EdgeProxy {
             .headers
             .get(http::header::CONTENT_TYPE)
             .map(|v| v.as_bytes());
-        if !self.state.cfg.origins.is_media(ct) {
+        if !self.state().cfg.origins.is_media(ct) {
             if let Some(t) = relabel(ctx.kind, &ctx.origin_path, ct) {
                 resp.insert_header(http::header::CONTENT_TYPE, t)?;
             }
@@ -753,7 +770,7 @@ impl ProxyHttp for EdgeProxy {
         if ctx.from_cache
             && verbatim_key
                 .as_ref()
-                .is_some_and(|k| self.state.verbatim.contains_key(k))
+                .is_some_and(|k| self.state().verbatim.contains_key(k))
         {
             // Another viewer's rewrite of this very object changed nothing: send the
             // cached bytes as they are (no scan, no copy; Content-Length stays).
@@ -855,7 +872,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if let (Some(v), Some((id, ip)), Some(stream)) =
-            (&self.state.viewers, ctx.viewer, ctx.stream.as_ref())
+            (&self.state().viewers, ctx.viewer, ctx.stream.as_ref())
         {
             let ua = session
                 .req_header()
@@ -883,19 +900,34 @@ impl ProxyHttp for EdgeProxy {
         {
             METRICS.origin_errors.with_label_values(&[kind]).inc();
         }
-        if session.cache.enabled() || ctx.from_cache {
+        let cache = if session.cache.enabled() || ctx.from_cache {
             let result = cache_state(session.cache.phase()).map_or("pass", |(_, label)| label);
             METRICS.cache_lookups.with_label_values(&[result]).inc();
+            result
+        } else {
+            "-"
+        };
+        if let Some(log) = &self.access {
+            let req = session.req_header();
+            let path = playback::redact(req.uri.path());
+            log.log(&access::Entry {
+                client: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: req.method.as_str(),
+                path: &path,
+                status,
+                bytes: session.body_bytes_sent(),
+                duration: ctx.started.elapsed(),
+                stream: ctx.stream.as_ref().map_or("-", |s| s.id.as_str()),
+                kind,
+                cache,
+                deny: ctx.deny.or(e.map(|e| e.etype().as_str())).unwrap_or("-"),
+                proto: if session.is_http2() { "h2" } else { "h1" },
+                tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            });
         }
-        tracing::debug!(
-            target: "hlsgate::access",
-            method = %session.req_header().method,
-            kind = ctx.kind.label(),
-            stream = ctx.stream.as_ref().map_or("-", |s| s.id.as_str()),
-            status,
-            deny = ctx.deny.unwrap_or("-"),
-            error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
-        );
     }
 
     /// Pingora puts this in its error logs: the path carries a token, so redact it.

@@ -360,20 +360,43 @@ origins:
     (config, ports)
 }
 
-/// A running `hlsgate` process. It is started through a shell that kills it when this
-/// test process closes its stdin (at the end of the test, or when the test process dies).
+/// A running `hlsgate` process. It is started through a shell that passes it the signals
+/// written to its stdin (`HUP` keeps it running; any other ends the wrapper's loop) and
+/// sends it SIGTERM when this test process closes that stdin (at the end of the test, or
+/// when the test process dies). Its stderr goes to a log file beside the config (printed
+/// when the test fails), not into the test run's output.
 pub struct Hlsgate {
     pub port: u16,
     pub config: PathBuf,
+    pub log: PathBuf,
     child: Child,
 }
 
 impl Hlsgate {
     pub fn start(subcommand: &str, config: &Path, port: u16) -> Hlsgate {
+        let g = Hlsgate::spawn(subcommand, config, port, &[]);
+        g.wait_healthy();
+        g
+    }
+
+    /// Start `hlsgate SUBCOMMAND -c CONFIG ARGS` without waiting for it to listen.
+    pub fn spawn(subcommand: &str, config: &Path, port: u16, args: &[&str]) -> Hlsgate {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let log = config.with_file_name(format!(
+            "hlsgate-{}-{}.log",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         let script = format!(
-            "'{}' {subcommand} -c '{}' & pid=$!; read sig; kill -${{sig:-TERM}} $pid; wait $pid",
+            "'{}' {subcommand} -c '{}' {} 2>'{}' & pid=$!\n\
+             while read sig; do kill -$sig $pid; [ \"$sig\" = HUP ] || break; done\n\
+             [ -n \"$sig\" ] || kill -TERM $pid\n\
+             wait $pid",
             bin(),
-            config.display()
+            config.display(),
+            args.join(" "),
+            log.display()
         );
         let child = Command::new("sh")
             .args(["-c", &script])
@@ -382,21 +405,57 @@ impl Hlsgate {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let g = Hlsgate {
+        Hlsgate {
             port,
             config: config.to_owned(),
+            log,
             child,
-        };
+        }
+    }
+
+    /// Wait (up to 20 s) until `/healthz` answers 200.
+    pub fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = get(port, "/healthz", &[]) {
+            if let Ok(r) = get(self.port, "/healthz", &[]) {
                 if r.status == 200 {
-                    return g;
+                    return;
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("hlsgate did not come up on port {port}");
+        panic!(
+            "hlsgate did not come up on port {}:\n{}",
+            self.port,
+            self.log_text()
+        );
+    }
+
+    /// Send a signal (`HUP`, `QUIT`, `TERM`, `KILL`, ...).
+    pub fn signal(&mut self, sig: &str) {
+        let stdin = self.child.stdin.as_mut().expect("still running");
+        stdin.write_all(format!("{sig}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        if sig != "HUP" {
+            self.child.stdin.take();
+        }
+    }
+
+    /// Wait up to `limit` for the process to exit: how long it took.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.child.try_wait().unwrap().is_some() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// What it has written to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `hlsgate token` for this config.
@@ -436,6 +495,14 @@ impl Drop for Hlsgate {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(80).collect();
+            eprintln!("---- {} (last lines) ----", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 

@@ -1,0 +1,441 @@
+//! The running process: one Pingora server holding the edge, the metrics endpoint and the
+//! admin (as the role asks), and what it does on signals.
+//!
+//! | signal | effect |
+//! |---|---|
+//! | `SIGHUP` | reload the config: streams, token keys, CORS, limits, external auth, certificates; a config that does not load is refused and logged, the old one keeps serving |
+//! | `SIGQUIT` | hand the listening sockets to a process started with `--upgrade` (Pingora's graceful upgrade), finish the requests in flight, exit |
+//! | `SIGTERM` | stop accepting, finish the requests in flight, exit as soon as none is left or `edge.shutdown_grace` has passed |
+//! | `SIGINT` | exit now |
+//!
+//! Under systemd (`Type=notify`) the process says `READY=1` with its PID once it listens,
+//! so a process started by `ExecReload` (`--upgrade --background`) becomes the unit's main
+//! process when it takes over.
+
+use crate::admin::{AdminApp, AdminState};
+use crate::config::Config;
+use crate::edge::guard::Limits;
+use crate::edge::store_cache::StoreCache;
+use crate::edge::{self, access::AccessLog, EdgeState, Live};
+use crate::metrics::METRICS;
+use crate::store;
+use crate::tls::Certs;
+use crate::token::Keyring;
+use anyhow::{anyhow, Context};
+use pingora_core::server::configuration::Opt;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which parts run in this process.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    /// Edge, admin and metrics: the single-node default.
+    Serve,
+    /// Edge and metrics.
+    Edge,
+    /// The admin alone.
+    Admin,
+}
+
+impl Role {
+    fn edge(self) -> bool {
+        self != Role::Admin
+    }
+    fn admin(self) -> bool {
+        self != Role::Edge
+    }
+}
+
+/// Pingora's pause between handing the sockets over and stopping its own accepting
+/// (`CLOSE_TIMEOUT` in pingora-core's server).
+const HANDOVER: Duration = Duration::from_secs(5);
+
+/// How often TLS certificate files are looked at for a renewal.
+const CERT_CHECK: Duration = Duration::from_secs(10);
+
+/// Read the config and its token key file.
+pub fn load(path: &Path) -> anyhow::Result<(Config, Keyring)> {
+    let cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+    let keyring = Keyring::load_or_create(&cfg.tokens.secret_file).map_err(|e| {
+        anyhow!(
+            "{}: tokens.secret_file: {} ({e})",
+            path.display(),
+            cfg.tokens.secret_file.display()
+        )
+    })?;
+    Ok((cfg, keyring))
+}
+
+/// The listeners a role opens, with the config keys that name them.
+fn listeners(cfg: &Config, role: Role) -> Vec<(&'static str, std::net::SocketAddr)> {
+    let mut v = Vec::new();
+    if role.edge() {
+        v.push(("edge.listen", cfg.edge.listen));
+        if let Some(t) = &cfg.edge.tls {
+            v.push(("edge.tls.listen", t.listen));
+        }
+        v.push(("metrics.listen", cfg.metrics_listen));
+    }
+    if role.admin() {
+        v.push(("admin.listen", cfg.admin.listen));
+        if let Some(t) = &cfg.admin.tls {
+            v.push(("admin.tls.listen", t.listen));
+        }
+    }
+    v
+}
+
+/// Run `role` with the config at `path` until a signal ends it. `upgrade`: take the
+/// listening sockets over from the running process (through `edge.upgrade_socket`).
+pub fn run(path: &Path, role: Role, upgrade: bool) -> anyhow::Result<()> {
+    let (cfg, keyring) = load(path)?;
+    if !upgrade {
+        // Pingora cannot report a busy port as an error; find out first. The probes are
+        // held until all are bound (two keys naming one port are caught), then dropped for
+        // Pingora to bind them itself. An upgrade takes them from the old process instead.
+        let mut probes = Vec::new();
+        for (key, addr) in listeners(&cfg, role) {
+            probes.push(
+                std::net::TcpListener::bind(addr).with_context(|| {
+                    format!("{}: {key}: cannot listen on {addr}", path.display())
+                })?,
+            );
+        }
+    }
+    let access = match role.edge() {
+        true => AccessLog::open(&cfg.edge.access_log, cfg.edge.access_log_json)
+            .map_err(|e| anyhow!("{}: edge.access_log: {e}", path.display()))?
+            .map(Arc::new),
+        false => None,
+    };
+    let certs =
+        |t: &Option<crate::config::Tls>, what: &str| -> anyhow::Result<Option<Arc<Certs>>> {
+            let Some(t) = t else { return Ok(None) };
+            let c = Certs::load(t, what).map_err(|e| anyhow!("{}: {what}: {e}", path.display()))?;
+            c.watch(CERT_CHECK);
+            Ok(Some(c))
+        };
+    let edge_certs = if role.edge() {
+        certs(&cfg.edge.tls, "edge.tls")?
+    } else {
+        None
+    };
+    let admin_certs = if role.admin() {
+        certs(&cfg.admin.tls, "admin.tls")?
+    } else {
+        None
+    };
+
+    // The store and the admin run on their own runtime; Pingora's runtimes only await it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("hlsgate-store")
+        .enable_all()
+        .build()
+        .context("cannot start the store runtime")?;
+    let store = rt
+        .block_on(store::open(&cfg.store_url))
+        .map_err(|e| anyhow!("{}: store.url: {e}", path.display()))?;
+    tracing::info!(backend = store.backend(), url = %store::redact_url(&cfg.store_url), "store open");
+    let directory = Arc::new(StoreCache::new(
+        store.clone(),
+        rt.handle().clone(),
+        cfg.store_cache_ttl,
+    ));
+    let cfg = Arc::new(cfg);
+    let keyring = Arc::new(keyring);
+
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), edge::server_conf(&cfg));
+    if upgrade {
+        tracing::info!(socket = %cfg.edge.upgrade_socket.display(), "waiting for the running process's listening sockets (send it SIGQUIT)");
+    }
+    server.bootstrap();
+
+    let mut control = Control {
+        path: path.to_owned(),
+        cfg: parking_lot::Mutex::new(cfg.clone()),
+        edge: None,
+        admin: None,
+        certs: edge_certs.iter().chain(&admin_certs).cloned().collect(),
+        access: access.clone(),
+    };
+    if role.edge() {
+        for s in cfg.streams.values() {
+            tracing::info!(stream = %s.id, origin = %s.origin, playlist = %s.playlist, "static stream");
+        }
+        let live: Live = Arc::new(arc_swap::ArcSwap::from_pointee(EdgeState::new(
+            cfg.clone(),
+            keyring.clone(),
+            Some(directory.clone()),
+        )));
+        let limits = Limits::new(cfg.edge.max_connections, cfg.edge.header_timeout);
+        edge::add_services(&mut server, &live, &limits, edge_certs.as_ref(), access)?;
+        tracing::info!(listen = %cfg.edge.listen, "edge listening");
+        if let Some(t) = &cfg.edge.tls {
+            tracing::info!(listen = %t.listen, "edge listening (TLS: h2, http/1.1)");
+        }
+        tracing::info!(listen = %cfg.metrics_listen, "metrics at /metrics");
+        control.edge = Some((live, limits));
+    }
+    if role.admin() {
+        let state = Arc::new(AdminState::new(
+            cfg.clone(),
+            keyring.clone(),
+            store.clone(),
+            directory.clone(),
+        ));
+        let app = AdminApp::new(state.clone(), rt.handle().clone());
+        let open = app.open.clone();
+        let mut svc = pingora_core::services::listening::Service::new("hlsgate admin".into(), app);
+        svc.threads = Some(1);
+        svc.add_tcp(&cfg.admin.listen.to_string());
+        tracing::info!(listen = %cfg.admin.listen, "admin API listening");
+        if let (Some(t), Some(c)) = (&cfg.admin.tls, &admin_certs) {
+            svc.add_tls_with_settings(&t.listen.to_string(), None, c.settings(false));
+            tracing::info!(listen = %t.listen, "admin API listening (TLS)");
+        }
+        server.add_service(svc);
+        control.admin = Some((state, open));
+    }
+    let control = Arc::new(control);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals(control.clone())),
+    });
+    if let Some(a) = &control.access {
+        a.flush();
+    }
+    // `rt` (the store) lives until here.
+    drop(rt);
+    Ok(())
+}
+
+/// What a signal acts on.
+struct Control {
+    path: PathBuf,
+    /// The config in force.
+    cfg: parking_lot::Mutex<Arc<Config>>,
+    edge: Option<(Live, Arc<Limits>)>,
+    admin: Option<(Arc<AdminState>, Arc<AtomicUsize>)>,
+    certs: Vec<Arc<Certs>>,
+    access: Option<Arc<AccessLog>>,
+}
+
+/// Keys a reload cannot apply to a running process (listening sockets, threads, the
+/// store, the cache's size): they take effect on `--upgrade` or a restart.
+fn fixed_keys_changed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut check = |key, changed: bool| {
+        if changed {
+            v.push(key)
+        }
+    };
+    check("edge.listen", old.edge.listen != new.edge.listen);
+    check("edge.threads", old.edge.threads != new.edge.threads);
+    check("edge.tls", old.edge.tls != new.edge.tls);
+    check("admin.listen", old.admin.listen != new.admin.listen);
+    check("admin.tls", old.admin.tls != new.admin.tls);
+    check("metrics.listen", old.metrics_listen != new.metrics_listen);
+    check("store.url", old.store_url != new.store_url);
+    check(
+        "cache",
+        format!("{:?}", old.cache) != format!("{:?}", new.cache),
+    );
+    check(
+        "edge.upgrade_socket",
+        old.edge.upgrade_socket != new.edge.upgrade_socket,
+    );
+    check(
+        "edge.access_log",
+        old.edge.access_log != new.edge.access_log
+            || old.edge.access_log_json != new.edge.access_log_json,
+    );
+    check(
+        "edge.shutdown_grace",
+        old.edge.shutdown_grace != new.edge.shutdown_grace,
+    );
+    check(
+        "origins.ca_file",
+        old.origins.ca_file != new.origins.ca_file,
+    );
+    v
+}
+
+impl Control {
+    /// `SIGHUP`: read the config again; apply it, or refuse it and keep the old one.
+    fn reload(&self) {
+        sd_notify("RELOADING=1");
+        match load(&self.path) {
+            Err(e) => {
+                METRICS.reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(error = %format!("{e:#}"), "config reload refused; still serving the previous config");
+            }
+            Ok((cfg, keyring)) => {
+                let cfg = Arc::new(cfg);
+                let keyring = Arc::new(keyring);
+                let fixed = fixed_keys_changed(&self.cfg.lock(), &cfg);
+                if let Some((live, limits)) = &self.edge {
+                    let next = live.load().renewed(cfg.clone(), keyring.clone());
+                    live.store(Arc::new(next));
+                    limits.set(cfg.edge.max_connections, cfg.edge.header_timeout);
+                }
+                if let Some((admin, _)) = &self.admin {
+                    admin.reload(cfg.clone(), keyring);
+                }
+                for c in &self.certs {
+                    c.refresh();
+                }
+                if let Some(a) = &self.access {
+                    a.reopen();
+                }
+                METRICS.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(
+                    file = %self.path.display(),
+                    static_streams = cfg.streams.len(),
+                    "config reloaded"
+                );
+                if !fixed.is_empty() {
+                    tracing::warn!(keys = %fixed.join(", "), "changed, but these take effect only on an upgrade (--upgrade) or a restart");
+                }
+                *self.cfg.lock() = cfg;
+            }
+        }
+        sd_notify("READY=1");
+    }
+
+    fn open_connections(&self) -> usize {
+        self.edge.as_ref().map_or(0, |(_, l)| l.open())
+            + self
+                .admin
+                .as_ref()
+                .map_or(0, |(_, open)| open.load(Ordering::Acquire))
+    }
+
+    /// After `delay` (the handover, for an upgrade), exit as soon as no connection is
+    /// left, or when `edge.shutdown_grace` has passed (Pingora's own bound).
+    fn drain(self: &Arc<Self>, delay: Duration) {
+        edge::DRAINING.store(true, Ordering::Relaxed);
+        sd_notify("STOPPING=1");
+        let me = self.clone();
+        let grace = self.cfg.lock().edge.shutdown_grace;
+        let _ = std::thread::Builder::new()
+            .name("hlsgate-drain".into())
+            .spawn(move || {
+                std::thread::sleep(delay + Duration::from_millis(200));
+                let start = Instant::now();
+                loop {
+                    let open = me.open_connections();
+                    if open == 0 || start.elapsed() >= grace {
+                        tracing::info!(
+                            open,
+                            waited_ms = start.elapsed().as_millis() as u64,
+                            "drained; exiting"
+                        );
+                        if let Some(a) = &me.access {
+                            a.flush();
+                        }
+                        std::process::exit(0);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+    }
+}
+
+/// The signals of [`Control`], in place of Pingora's own watcher (which has no reload).
+struct Signals(Arc<Control>);
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Pingora calls this once its services are started.
+        sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+        tracing::info!(
+            pid = std::process::id(),
+            "running (SIGHUP reloads, SIGQUIT hands over to --upgrade, SIGTERM drains)"
+        );
+        let (Ok(mut hup), Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot watch signals; exiting");
+            return ShutdownSignal::FastShutdown;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => self.0.reload(),
+                _ = quit.recv() => {
+                    tracing::info!("SIGQUIT: handing the listening sockets over, then draining");
+                    self.0.drain(HANDOVER);
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: draining");
+                    self.0.drain(Duration::ZERO);
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => {
+                    if let Some(a) = &self.0.access {
+                        a.flush();
+                    }
+                    return ShutdownSignal::FastShutdown;
+                }
+            }
+        }
+    }
+}
+
+/// Tell systemd (`Type=notify`, `NotifyAccess=all`) about the service's state; nothing
+/// without `NOTIFY_SOCKET`.
+pub fn sd_notify(msg: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(Path::new(&path)),
+    };
+    if let Ok(addr) = addr {
+        let _ = sock.send_to_addr(msg.as_bytes(), &addr);
+    }
+}
+
+/// `--background`: fork; the parent exits at once (for systemd's `ExecReload`, which
+/// waits for its command), the child carries on in a session of its own. Called before
+/// any thread is started.
+pub fn background() -> anyhow::Result<bool> {
+    // SAFETY: no other thread exists yet (called first thing in main); the child only
+    // calls async-signal-safe functions before carrying on as the only thread.
+    match unsafe { libc::fork() } {
+        -1 => Err(anyhow!("fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            // SAFETY: plain system calls on the child's own process and descriptors.
+            unsafe {
+                libc::setsid();
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+                if null >= 0 {
+                    libc::dup2(null, 0);
+                    libc::close(null);
+                }
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}

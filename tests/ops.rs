@@ -1,0 +1,849 @@
+//! Production operation, run for real: TLS with h2 (curl, ffmpeg), certificates by SNI and
+//! renewed in place, an HTTPS origin checked against `origins.ca_file`, the graceful upgrade
+//! under wrk, SIGHUP reloads (good and broken), the SIGTERM drain, the access log.
+//! Certificates are made by the openssl command line.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const UA: &str = "hlsgate-ops-test/1.0";
+
+/// A test CA in `dir` (made once per directory).
+fn ca(dir: &Path) -> PathBuf {
+    let crt = dir.join("ca.crt");
+    if !crt.exists() {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=hlsgate test CA",
+            ],
+        );
+    }
+    crt
+}
+
+/// A certificate for `names` (DNS names; 127.0.0.1 as an IP SAN too) signed by the test CA:
+/// `dir/NAME.crt`, `dir/NAME.key`.
+fn leaf(dir: &Path, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    ca(dir);
+    let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName={},IP:127.0.0.1\n", san.join(",")),
+    )
+    .unwrap();
+    let (key, csr, crt) = (
+        format!("{name}.key.new"),
+        format!("{name}.csr"),
+        format!("{name}.crt.new"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={}", names[0]),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+    // Put in place by rename, as certbot and friends do.
+    let (k, c) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.crt")),
+    );
+    std::fs::rename(dir.join(&key), &k).unwrap();
+    std::fs::rename(dir.join(&crt), &c).unwrap();
+    (c, k)
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// curl: (HTTP status, HTTP version, body); `args` go before the URL.
+fn curl(args: &[&str], url: &str) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut t = tail.split(' ');
+    let code = t.next().unwrap_or("0").parse().unwrap_or(0);
+    (code, t.next().unwrap_or("").to_owned(), body.to_owned())
+}
+
+/// The path of a playback URL `hlsgate token` printed (after its scheme and authority).
+fn path(url: &str) -> String {
+    path_of(url)
+}
+
+struct Node {
+    h: Hlsgate,
+    dir: PathBuf,
+    ports: EdgePorts,
+    tls: u16,
+    _origin: Origin,
+}
+
+/// `hlsgate serve` with an edge TLS listener holding `localhost.crt` (default) and
+/// `other.crt` (by SNI), and streams on a loopback origin. `edge_keys`: more `edge:` keys.
+fn node(edge_keys: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let origin = Origin::with_streams(dir.join("origin"));
+    let (c1, k1) = leaf(&dir, "localhost", &["localhost"]);
+    let (c2, k2) = leaf(&dir, "other", &["other.test", "*.wild.test"]);
+    let tls = free_port();
+    let (config, ports) = write_config(&dir, "5s", &format!("streams:\n{}", origin.streams_yaml()));
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "edge:\n",
+        &format!(
+            "edge:\n  tls:\n    listen: \"127.0.0.1:{tls}\"\n    cert: \"{}\"\n    key: \"{}\"\n    certs:\n      - {{ cert: \"{}\", key: \"{}\" }}\n  upgrade_socket: \"{}/upgrade.sock\"\n{edge_keys}",
+            c1.display(),
+            k1.display(),
+            c2.display(),
+            k2.display(),
+            dir.display()
+        ),
+        1,
+    );
+    // Long enough for the requests in flight when an upgrade hands over.
+    let text = text.replace("grace_period: \"0s\"", "shutdown_grace: \"10s\"");
+    std::fs::write(&config, text).unwrap();
+    let h = Hlsgate::start("serve", &config, ports.edge);
+    Node {
+        h,
+        dir,
+        ports,
+        tls,
+        _origin: origin,
+    }
+}
+
+#[test]
+fn tls_speaks_h2_and_http1_picks_certificates_by_sni_and_takes_renewals() {
+    let n = node("");
+    let cacert = n.dir.join("ca.crt");
+    let ca = cacert.to_str().unwrap();
+    let p = path(&n.h.token_url(&["--stream", "ts", "--ttl", "600"]));
+    let t = n.tls;
+    let resolve = |name: &str| format!("{name}:{t}:127.0.0.1");
+
+    // h2 by ALPN, http/1.1 when asked; the rewritten playlist is the same either way.
+    let url = format!("https://localhost:{t}{p}");
+    let (code, ver, h2_body) = curl(
+        &[
+            "--http2",
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve("localhost"),
+        ],
+        &url,
+    );
+    assert_eq!((code, ver.as_str()), (200, "2"), "{h2_body}");
+    assert!(h2_body.starts_with("#EXTM3U"), "{h2_body}");
+    let (code, ver, h1_body) = curl(
+        &[
+            "--http1.1",
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve("localhost"),
+        ],
+        &url,
+    );
+    assert_eq!((code, ver.as_str()), (200, "1.1"));
+    assert_eq!(h1_body, h2_body);
+    // Each segment the playlist names plays over h2.
+    let seg = h2_body.lines().find(|l| l.ends_with(".ts")).unwrap();
+    let seg_url = format!("https://localhost:{t}{}", {
+        let base = p.rsplit_once('/').unwrap().0;
+        format!("{base}/{seg}")
+    });
+    let (code, ver, _) = curl(
+        &[
+            "--http2",
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve("localhost"),
+            "-o",
+            "/dev/null",
+        ],
+        &seg_url,
+    );
+    assert_eq!((code, ver.as_str()), (200, "2"));
+    // No token: the same JSON 401 over TLS.
+    let (code, _, body) = curl(
+        &[
+            "--http2",
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve("localhost"),
+        ],
+        &format!("https://localhost:{t}/api/hls/AAAA/ts/index.m3u8"),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+
+    // SNI: curl checks the name, so a wrong certificate would fail the handshake (000).
+    for name in ["other.test", "x.wild.test"] {
+        let (code, ver, _) = curl(
+            &["--http2", "--cacert", ca, "--resolve", &resolve(name)],
+            &format!("https://{name}:{t}{p}"),
+        );
+        assert_eq!((code, ver.as_str()), (200, "2"), "{name}");
+    }
+    let (code, _, _) = curl(
+        &["--cacert", ca, "--resolve", &resolve("a.b.wild.test")],
+        &format!("https://a.b.wild.test:{t}{p}"),
+    );
+    assert_eq!(code, 0, "a wildcard covers one label");
+
+    // Renewal: a new certificate for localhost that also names renewed.test, moved into
+    // place; picked up without a restart (SIGHUP here; a 10 s file watch otherwise).
+    let (code, _, _) = curl(
+        &["--cacert", ca, "--resolve", &resolve("renewed.test")],
+        &format!("https://renewed.test:{t}{p}"),
+    );
+    assert_eq!(code, 0, "not yet a name of the certificate");
+    leaf(&n.dir, "localhost", &["localhost", "renewed.test"]);
+    let mut h = n.h;
+    h.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, _, _) = curl(
+            &["--cacert", ca, "--resolve", &resolve("renewed.test")],
+            &format!("https://renewed.test:{t}{p}"),
+        );
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "renewed certificate not served:\n{}",
+            h.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(h.log_text().contains("TLS certificates reloaded"));
+    // Plain HTTP keeps working beside TLS.
+    let r = get(n.ports.edge, &p, &[]).unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn ffmpeg_plays_https_playback_urls_and_https_origins_are_checked_against_ca_file() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let root = dir.join("origin");
+    let plain = Origin::with_streams(root.clone());
+    let (c, k) = leaf(&dir, "localhost", &["localhost"]);
+    // An HTTPS origin (Python's http.server wrapped in TLS) serving the same files.
+    let oport = free_port();
+    let _https_origin = ChildGuard(
+        Command::new("python3")
+            .args([
+                "-c",
+                HTTPS_ORIGIN,
+                root.to_str().unwrap(),
+                &oport.to_string(),
+                c.to_str().unwrap(),
+                k.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let tls = free_port();
+    let streams = format!(
+        "streams:\n{}  secure: {{ url: \"https://localhost:{oport}/ts/index.m3u8\" }}\n",
+        plain.streams_yaml()
+    );
+    let mk = |name: &str, ca_file: bool| {
+        let (config, ports) = write_config_with(
+            &dir,
+            name,
+            "5s",
+            &format!("sqlite://{}/{name}.db", dir.display()),
+            &streams,
+        );
+        let mut text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replacen(
+                "edge:\n",
+                &format!(
+                    "edge:\n  tls: {{ listen: \"127.0.0.1:{tls}\", cert: \"{}\", key: \"{}\" }}\n",
+                    c.display(),
+                    k.display()
+                ),
+                1,
+            )
+            .replace(
+                "allow: [\"127.0.0.1\"]",
+                &format!("allow: [\"127.0.0.1\", \"localhost:{oport}\"]"),
+            );
+        text = text.replace(
+            &format!("public_edge_url: \"http://127.0.0.1:{}\"", ports.edge),
+            &format!("public_edge_url: \"https://localhost:{tls}\""),
+        );
+        if ca_file {
+            text = text.replacen(
+                "origins:\n",
+                &format!(
+                    "origins:\n  ca_file: \"{}\"\n",
+                    dir.join("ca.crt").display()
+                ),
+                1,
+            );
+        }
+        std::fs::write(&config, text).unwrap();
+        (config, ports)
+    };
+    // Wait for the HTTPS origin.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", oport)).is_err() {
+        assert!(Instant::now() < deadline, "https origin did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (config, ports) = mk("with-ca.yaml", true);
+    let h = Hlsgate::start("serve", &config, ports.edge);
+    let ca = dir.join("ca.crt");
+    for stream in ["ts", "fmp4", "aes", "secure"] {
+        let url = h.token_url(&["--stream", stream, "--ttl", "600"]);
+        assert!(
+            url.starts_with(&format!("https://localhost:{tls}/api/hls/")),
+            "{url}"
+        );
+        let out = Command::new("timeout")
+            .args([
+                "60",
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-user_agent",
+                UA,
+                "-tls_verify",
+                "1",
+                "-ca_file",
+            ])
+            .arg(&ca)
+            .args(["-i", &url, "-map", "0", "-c", "copy", "-f", "null", "-"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{stream}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(h);
+
+    // Without origins.ca_file the test CA is unknown: the HTTPS origin is refused (502),
+    // the plain one still plays.
+    let (config, ports) = mk("no-ca.yaml", false);
+    let h = Hlsgate::start("serve", &config, ports.edge);
+    let url = h.token_url(&["--stream", "secure", "--ttl", "600"]);
+    let r = get(ports.edge, &path(&url), &[]).unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    let url = h.token_url(&["--stream", "ts", "--ttl", "600"]);
+    assert_eq!(get(ports.edge, &path(&url), &[]).unwrap().status, 200);
+}
+
+const HTTPS_ORIGIN: &str = r#"
+import functools, http.server, ssl, sys
+root, port, cert, key = sys.argv[1:]
+class H(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t",
+                      ".m4s": "video/iso.segment", ".mp4": "video/mp4", ".key": "application/octet-stream",
+                      "": "application/octet-stream"}
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), functools.partial(H, directory=root))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#;
+
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// wrk's summary: (requests, socket error line, non-2xx line).
+fn wrk(args: &[&str]) -> (u64, Option<String>, Option<String>, String) {
+    let out = Command::new("wrk").args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let find = |needle: &str| text.lines().find(|l| l.contains(needle)).map(str::to_owned);
+    (requests, find("Socket errors"), find("Non-2xx"), text)
+}
+
+#[test]
+fn upgrade_under_load_loses_no_request() {
+    let n = node("");
+    let url = n.h.token_url(&["--stream", "ts", "--ttl", "600"]);
+    let p = path(&url);
+    let plain = format!("http://127.0.0.1:{}{p}", n.ports.edge);
+    let seg = {
+        let body = get(n.ports.edge, &p, &[]).unwrap().text();
+        let s = body
+            .lines()
+            .find(|l| l.ends_with(".ts"))
+            .unwrap()
+            .to_owned();
+        format!(
+            "http://127.0.0.1:{}{}/{s}",
+            n.ports.edge,
+            p.rsplit_once('/').unwrap().0
+        )
+    };
+    let tls = format!("https://127.0.0.1:{}{p}", n.tls);
+    let mut old = n.h;
+    let config = old.config.clone();
+    // wrk on the playlist and a segment (HTTP/1.1 keep-alive), curl over TLS, while the
+    // new process takes over.
+    let load = |u: String| std::thread::spawn(move || wrk(&["-t1", "-c16", "-d7s", &u]));
+    let w1 = load(plain.clone());
+    let w2 = load(seg);
+    let ca = n.dir.join("ca.crt");
+    let tls_loop = std::thread::spawn(move || {
+        let (mut ok, mut bad) = (0, Vec::new());
+        let end = Instant::now() + Duration::from_secs(7);
+        while Instant::now() < end {
+            let (code, _, _) = curl(&["--cacert", ca.to_str().unwrap()], &tls);
+            if code == 200 {
+                ok += 1
+            } else {
+                bad.push(code)
+            }
+        }
+        (ok, bad)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let new = Hlsgate::spawn("serve", &config, n.ports.edge, &["--upgrade"]);
+    std::thread::sleep(Duration::from_millis(300));
+    old.signal("QUIT");
+    let exited = old.wait_exit(Duration::from_secs(15));
+    let (r1, errs1, non2xx1, text1) = w1.join().unwrap();
+    let (r2, errs2, non2xx2, text2) = w2.join().unwrap();
+    let (tls_ok, tls_bad) = tls_loop.join().unwrap();
+    assert!(
+        exited.is_some(),
+        "old process still running:\n{}",
+        old.log_text()
+    );
+    assert!(r1 > 1000 && r2 > 1000, "{text1}\n{text2}");
+    assert_eq!((errs1, non2xx1), (None, None), "playlist: {text1}");
+    assert_eq!((errs2, non2xx2), (None, None), "segment: {text2}");
+    assert!(
+        tls_ok > 10 && tls_bad.is_empty(),
+        "TLS: {tls_ok} ok, failed {tls_bad:?}"
+    );
+    // Both processes served part of it: the old one logged its handover and drain, the new
+    // one serves now.
+    let old_log = old.log_text();
+    assert!(
+        old_log.contains("handing the listening sockets over")
+            && old_log.contains("drained; exiting"),
+        "{old_log}"
+    );
+    assert_eq!(
+        get(n.ports.edge, &p, &[]).unwrap().status,
+        200,
+        "{}",
+        new.log_text()
+    );
+    let m = get(n.ports.metrics, "/metrics", &[]).unwrap().text();
+    assert!(
+        sample(&m, "hlsgate_requests_total{") > 0.0,
+        "the new process counts its own requests"
+    );
+}
+
+#[test]
+fn sighup_reloads_streams_and_keys_and_refuses_a_broken_config() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let origin = Origin::with_streams(dir.join("origin"));
+    let o = origin.port;
+    let (config, ports) = write_config(
+        &dir,
+        "5s",
+        &format!("streams:\n  ts: {{ url: \"http://127.0.0.1:{o}/ts/index.m3u8\" }}\n"),
+    );
+    let mut h = Hlsgate::start("edge", &config, ports.edge);
+    let good = std::fs::read_to_string(&config).unwrap();
+    let old_ts = h.token_url(&["--stream", "ts", "--ttl", "600"]);
+
+    // A new stream, a CORS list and a connection cap in the file: unknown until SIGHUP.
+    let next = good
+        .replace(
+            "streams:\n",
+            &format!("streams:\n  fmp4: {{ url: \"http://127.0.0.1:{o}/fmp4/index.m3u8\" }}\n"),
+        )
+        .replacen(
+            "edge:\n",
+            "edge:\n  cors:\n    allow_origins: [\"https://player.example\"]\n",
+            1,
+        );
+    std::fs::write(&config, &next).unwrap();
+    let fmp4 = h.token_url(&["--stream", "fmp4", "--ttl", "600"]);
+    assert_eq!(
+        get(ports.edge, &path(&fmp4), &[]).unwrap().status,
+        404,
+        "before the reload"
+    );
+    h.signal("HUP");
+    wait_for(|| h.log_text().contains("config reloaded"), "reload");
+    let r = get(
+        ports.edge,
+        &path(&fmp4),
+        &[("Origin", "https://player.example")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://player.example")
+    );
+    let (ok, err) = ffmpeg_play(
+        &format!("http://127.0.0.1:{}{}", ports.edge, path(&fmp4)),
+        UA,
+    );
+    assert!(ok, "{err}");
+    // Tokens issued before still work (same key file); so does the old stream.
+    assert_eq!(get(ports.edge, &path(&old_ts), &[]).unwrap().status, 200);
+
+    // A broken file (a typo'd key, then bad YAML): refused, logged with the reason, the
+    // previous config keeps serving.
+    for (broken, why) in [
+        (
+            next.replacen("idle_timeout:", "idle_timout:", 1),
+            "unknown field `idle_timout`",
+        ),
+        (format!("{next}\nedge: [oops"), "hlsgate.yaml"),
+    ] {
+        std::fs::write(&config, &broken).unwrap();
+        let before = h.log_text().matches("config reload refused").count();
+        h.signal("HUP");
+        wait_for(
+            || h.log_text().matches("config reload refused").count() > before,
+            "refusal",
+        );
+        let log = h.log_text();
+        assert!(log.contains(why), "{log}");
+        assert_eq!(get(ports.edge, &path(&fmp4), &[]).unwrap().status, 200);
+        assert_eq!(get(ports.edge, &path(&old_ts), &[]).unwrap().status, 200);
+    }
+    let m = get(ports.metrics, "/metrics", &[]).unwrap().text();
+    assert_eq!(
+        sample(&m, "hlsgate_config_reloads_total{result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "hlsgate_config_reloads_total{result=\"refused\"}"),
+        2.0
+    );
+
+    // Removing a stream removes it at once.
+    std::fs::write(&config, &good).unwrap();
+    h.signal("HUP");
+    wait_for(
+        || h.log_text().matches("config reloaded").count() == 2,
+        "second reload",
+    );
+    assert_eq!(get(ports.edge, &path(&fmp4), &[]).unwrap().status, 404);
+}
+
+fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_and_exits_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let origin = Origin::with_streams(dir.join("origin"));
+    let o = origin.port;
+    // `/slow/` answers after 5 s.
+    std::fs::create_dir_all(dir.join("origin/slow")).unwrap();
+    std::fs::copy(
+        dir.join("origin/ts/index.m3u8"),
+        dir.join("origin/slow/index.m3u8"),
+    )
+    .unwrap();
+    let run = |grace: &str, name: &str| {
+        let (config, ports) = write_config_with(&dir, name, "10s", &format!("sqlite://{}/{name}.db", dir.display()),
+            &format!("streams:\n  slow: {{ url: \"http://127.0.0.1:{o}/slow/index.m3u8\" }}\n  ts: {{ url: \"http://127.0.0.1:{o}/ts/index.m3u8\" }}\n"));
+        let text = std::fs::read_to_string(&config).unwrap().replace(
+            "grace_period: \"0s\"",
+            &format!("shutdown_grace: \"{grace}\""),
+        );
+        std::fs::write(&config, text).unwrap();
+        (Hlsgate::start("edge", &config, ports.edge), ports)
+    };
+
+    // Idle: exits at once, not after the grace.
+    let (mut h, ports) = run("8s", "idle.yaml");
+    let ts = h.token_url(&["--stream", "ts"]);
+    assert_eq!(get(ports.edge, &path(&ts), &[]).unwrap().status, 200);
+    h.signal("TERM");
+    let took = h.wait_exit(Duration::from_secs(8)).expect("exits");
+    assert!(took < Duration::from_secs(2), "idle drain took {took:?}");
+
+    // A request in flight (5 s) within an 8 s grace: answered in full, then the exit.
+    let (mut h, ports) = run("8s", "busy.yaml");
+    let slow = path(&h.token_url(&["--stream", "slow"]));
+    let edge = ports.edge;
+    let req = std::thread::spawn(move || get(edge, &slow, &[]));
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    h.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        get(edge, "/healthz", &[]).is_err(),
+        "still accepting after SIGTERM"
+    );
+    let took = h.wait_exit(Duration::from_secs(12)).expect("exits");
+    let r = req
+        .join()
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("#EXTM3U"));
+    assert!(
+        took >= Duration::from_millis(3500) && t0.elapsed() < Duration::from_secs(8),
+        "took {took:?}"
+    );
+
+    // Longer than the grace (2 s): the process exits when it runs out.
+    let (mut h, ports) = run("2s", "short.yaml");
+    let slow = path(&h.token_url(&["--stream", "slow"]));
+    let edge = ports.edge;
+    let _req = std::thread::spawn(move || get(edge, &slow, &[]));
+    std::thread::sleep(Duration::from_millis(500));
+    h.signal("TERM");
+    let took = h.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3500),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn access_log_has_one_line_per_request_without_tokens() {
+    for (format, check_json) in [("text", false), ("json", true)] {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let origin = Origin::with_streams(dir.join("origin"));
+        let log = dir.join("access.log");
+        let (config, ports) =
+            write_config(&dir, "5s", &format!("streams:\n{}", origin.streams_yaml()));
+        let text = std::fs::read_to_string(&config).unwrap().replacen(
+            "edge:\n",
+            &format!(
+                "edge:\n  access_log: \"{}\"\n  access_log_format: {format}\n",
+                log.display()
+            ),
+            1,
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut h = Hlsgate::start("edge", &config, ports.edge);
+        let url = h.token_url(&["--stream", "ts", "--ttl", "600"]);
+        let token = path(&url).split('/').nth(3).unwrap().to_owned();
+        let p = path(&url);
+        assert_eq!(get(ports.edge, &p, &[]).unwrap().status, 200);
+        assert_eq!(get(ports.edge, &p, &[]).unwrap().status, 200);
+        assert_eq!(
+            get(ports.edge, &format!("{p}?token=secret-query"), &[])
+                .unwrap()
+                .status,
+            200
+        );
+        assert_eq!(
+            get(ports.edge, "/api/hls/forged/ts/index.m3u8", &[])
+                .unwrap()
+                .status,
+            401
+        );
+        h.signal("TERM");
+        h.wait_exit(Duration::from_secs(10)).expect("exits");
+        let lines = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = lines.lines().filter(|l| !l.contains("/healthz")).collect();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        let all = lines.join("\n");
+        assert!(
+            !all.contains(&token) && !all.contains("secret-query") && !all.contains("forged"),
+            "{all}"
+        );
+        if check_json {
+            let v: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(v[0]["status"], 200);
+            assert_eq!(v[0]["stream"], "ts");
+            assert_eq!(v[0]["kind"], "playlist");
+            assert_eq!(v[0]["cache"], "miss");
+            assert_eq!(v[1]["cache"], "hit");
+            assert_eq!(v[0]["path"], "/api/hls/<token>/ts/index.m3u8");
+            assert_eq!(v[3]["status"], 401);
+            assert_eq!(v[3]["deny"], "malformed");
+            assert!(v[0]["bytes"].as_u64().unwrap() > 100);
+        } else {
+            assert!(
+                lines[0].contains(" 127.0.0.1 GET /api/hls/<token>/ts/index.m3u8 200 ")
+                    && lines[0].contains(" stream=ts kind=playlist cache=miss "),
+                "{}",
+                lines[0]
+            );
+            assert!(lines[1].contains(" cache=hit "), "{}", lines[1]);
+            assert!(
+                lines[3].contains(" 401 ") && lines[3].contains(" deny=malformed "),
+                "{}",
+                lines[3]
+            );
+        }
+        // Nothing alarming at the default level for ordinary traffic (a miss then a hit).
+        let stderr = h.log_text();
+        assert!(
+            !stderr.contains(" WARN ") && !stderr.contains(" ERROR "),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn admin_listens_on_tls_too() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (c, k) = leaf(&dir, "localhost", &["localhost"]);
+    let atls = free_port();
+    let (config, ports) = write_config(&dir, "5s", "streams: {}\n");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "admin:\n",
+        &format!(
+            "admin:\n  tls: {{ listen: \"127.0.0.1:{atls}\", cert: \"{}\", key: \"{}\" }}\n",
+            c.display(),
+            k.display()
+        ),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let _h = Hlsgate::start("serve", &config, ports.edge);
+    let ca = dir.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    let url = format!("https://localhost:{atls}/api/register");
+    let r = format!("localhost:{atls}:127.0.0.1");
+    let (code, ver, body) = curl(
+        &[
+            "--cacert",
+            ca,
+            "--resolve",
+            &r,
+            "-H",
+            "Content-Type: application/json",
+            "-XPOST",
+            "-d",
+            r#"{"username":"tls-user","password":"correct horse battery"}"#,
+        ],
+        &url,
+    );
+    assert_eq!((code, ver.as_str()), (201, "1.1"), "{body}");
+    let (code, _, body) = curl(
+        &[
+            "--cacert",
+            ca,
+            "--resolve",
+            &r,
+            "-H",
+            "Content-Type: application/json",
+            "-XPOST",
+            "-d",
+            r#"{"username":"tls-user","password":"correct horse battery"}"#,
+        ],
+        &format!("https://localhost:{atls}/api/login"),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("token"), "{body}");
+    // The plain listener still answers.
+    assert_eq!(get(ports.admin, "/healthz", &[]).unwrap().status, 200);
+}
