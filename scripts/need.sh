@@ -45,6 +45,17 @@ need_build() {
     need pkg-config pkg-config
 }
 
+# cargo-deb (builds the .deb), and what checks a package: dpkg-deb, systemd-analyze.
+need_cargo_deb() {
+    need_cargo
+    if ! cargo deb --version >/dev/null 2>&1; then
+        echo ">> cargo-deb is missing: installing it from crates.io (cargo install cargo-deb, a few minutes)" >&2
+        cargo install --locked --quiet cargo-deb >&2
+    fi
+    need dpkg-deb dpkg
+    need systemd-analyze systemd
+}
+
 # rustfmt and clippy, which the test script runs.
 need_lint() {
     need_cargo

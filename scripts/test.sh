@@ -22,6 +22,7 @@ need_pymod botocore python3-botocore
 need_pyvenv
 need_browser
 need_rtmp
+need_cargo_deb
 need_postgres
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

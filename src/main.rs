@@ -76,6 +76,9 @@ struct RunFlags {
     /// ExecReload: `--upgrade --background`, then SIGQUIT to the old process).
     #[arg(long)]
     background: bool,
+    /// In place of edge.upgrade_socket (the systemd unit gives each instance its own).
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
 }
 
 /// mimalloc: Pingora's request path allocates a lot of small short-lived objects (about
@@ -140,7 +143,11 @@ fn start(config: &Path, role: Role, flags: RunFlags) -> ExitCode {
         }
     }
     init_logging();
-    report(hlsgate::server::run(config, role, flags.upgrade))
+    let start = hlsgate::server::Start {
+        upgrade: flags.upgrade,
+        upgrade_socket: flags.upgrade_socket,
+    };
+    report(hlsgate::server::run(config, role, start))
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

@@ -88,10 +88,30 @@ fn listeners(cfg: &Config, role: Role) -> Vec<(&'static str, std::net::SocketAdd
     v
 }
 
-/// Run `role` with the config at `path` until a signal ends it. `upgrade`: take the
-/// listening sockets over from the running process (through `edge.upgrade_socket`).
-pub fn run(path: &Path, role: Role, upgrade: bool) -> anyhow::Result<()> {
-    let (cfg, keyring) = load(path)?;
+/// How a process is started, besides its config file.
+#[derive(Debug, Default, Clone)]
+pub struct Start {
+    /// Take the listening sockets over from the running process (through
+    /// `edge.upgrade_socket`).
+    pub upgrade: bool,
+    /// In place of `edge.upgrade_socket` (the systemd unit gives each instance its own).
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+impl Start {
+    fn load(&self, path: &Path) -> anyhow::Result<(Config, Keyring)> {
+        let (mut cfg, keyring) = load(path)?;
+        if let Some(s) = &self.upgrade_socket {
+            cfg.edge.upgrade_socket = s.clone();
+        }
+        Ok((cfg, keyring))
+    }
+}
+
+/// Run `role` with the config at `path` until a signal ends it.
+pub fn run(path: &Path, role: Role, start: Start) -> anyhow::Result<()> {
+    let upgrade = start.upgrade;
+    let (cfg, keyring) = start.load(path)?;
     if !upgrade {
         // Pingora cannot report a busy port as an error; find out first. The probes are
         // held until all are bound (two keys naming one port are caught), then dropped for
@@ -160,6 +180,7 @@ pub fn run(path: &Path, role: Role, upgrade: bool) -> anyhow::Result<()> {
 
     let mut control = Control {
         path: path.to_owned(),
+        start,
         cfg: parking_lot::Mutex::new(cfg.clone()),
         edge: None,
         admin: None,
@@ -219,6 +240,7 @@ pub fn run(path: &Path, role: Role, upgrade: bool) -> anyhow::Result<()> {
 /// What a signal acts on.
 struct Control {
     path: PathBuf,
+    start: Start,
     /// The config in force.
     cfg: parking_lot::Mutex<Arc<Config>>,
     edge: Option<(Live, Arc<Limits>)>,
@@ -271,7 +293,7 @@ impl Control {
     /// `SIGHUP`: read the config again; apply it, or refuse it and keep the old one.
     fn reload(&self) {
         sd_notify("RELOADING=1");
-        match load(&self.path) {
+        match self.start.load(&self.path) {
             Err(e) => {
                 METRICS.reloads.with_label_values(&["refused"]).inc();
                 tracing::error!(error = %format!("{e:#}"), "config reload refused; still serving the previous config");
