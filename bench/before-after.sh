@@ -13,8 +13,9 @@ SCENARIOS=${1:-all}
 [ "$SCENARIOS" = all ] && SCENARIOS="segment live vod"
 ROUNDS=${ROUNDS:-5}
 
-# The other build: the same config on other ports, the same key file (tokens verify on both).
-sed -e 's/127.0.0.1:18080/127.0.0.1:18090/' -e 's/127.0.0.1:18083/127.0.0.1:18093/' \
+# The other build: the same config on other ports, the same key file (tokens verify on both),
+# without the keys older builds do not know (and whose listeners would clash).
+sed -E -e '/^  (tls|access_log|access_log_format|upgrade_socket):/d' -e 's/127.0.0.1:18080/127.0.0.1:18090/' -e 's/127.0.0.1:18083/127.0.0.1:18093/' \
     -e 's/127.0.0.1:18089/127.0.0.1:18099/' -e 's#sqlite://data/bench.db#sqlite://data/bench-old.db#' \
     "$HLSGATE_CONFIG" > "$RUN/old.yaml"
 RUST_LOG=warn "$OLD_BIN" edge -c "$RUN/old.yaml" >"$RUN/old.log" 2>&1 &

@@ -37,11 +37,20 @@ trap cleanup EXIT
 } > "$RUN/data/live/index.m3u8"
 head -c 1048576 /dev/urandom > "$RUN/data/vod/seg.ts"
 
+# --- a TLS certificate both servers use (bench/tls.sh) -------------------------------
+mkdir -p data
+if [ ! -s data/bench-tls.crt ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+        -keyout data/bench-tls.key -out data/bench-tls.crt -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+fi
+
 # --- servers ------------------------------------------------------------------------
 echo ">> building hlsgate (release)" >&2
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet
 for c in origin secure-link; do
     sed -e "s#@RUN@#$RUN#g" -e "s#@DATA@#$RUN/data#g" -e "s#@BENCH@#$BENCH#g" \
+        -e "s#@TLS@#$PWD/data/bench-tls#g" \
         "bench/nginx/$c.conf.in" > "$RUN/$c.conf"
     nginx -c "$RUN/$c.conf" -e "$RUN/$c-error.log"
 done

@@ -1,7 +1,7 @@
 //! The access log (`edge.access_log: off|stdout|stderr|FILE`, `edge.access_log_format:
-//! text|json`): one line per request, written by a thread of its own so a slow disk or a
-//! full pipe never holds a request up (past 64 Ki lines waiting, lines are dropped and
-//! counted in `hlsgate_access_log_dropped_total`).
+//! text|json`): one line per request, appended to a buffer that a thread of its own writes
+//! out every 100 ms, so a slow disk or a full pipe never holds a request up (past 16 MiB
+//! waiting, lines are dropped and counted in `hlsgate_access_log_dropped_total`).
 //!
 //! ```text
 //! 2026-11-26T14:25:35.123Z 203.0.113.7 GET /api/hls/<token>/demo/index.m3u8 200 1423 0.41ms stream=demo kind=playlist cache=hit deny=-
@@ -13,26 +13,32 @@
 
 use crate::config::AccessLog as Dest;
 use crate::metrics::METRICS;
+use parking_lot::Mutex;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Lines waiting for the writer at most.
-const QUEUE: usize = 65_536;
+/// Bytes waiting for the writer at most (then lines are dropped and counted).
+const MAX_PENDING: usize = 16 << 20;
+
+/// How often the writer wakes to write what has been logged.
+const PERIOD: Duration = Duration::from_millis(100);
 
 enum Msg {
-    Line(String),
     /// Open the file again (SIGHUP).
     Reopen,
     /// Write out everything before this, then answer.
     Flush(SyncSender<()>),
 }
 
-/// The sending side; the writer thread ends when it is dropped.
+/// The logging side: requests append their line to a shared buffer (no wake-up, no
+/// system call); a thread writes the buffer out every 100 ms. It ends when this is dropped.
 pub struct AccessLog {
+    pending: Arc<Mutex<Vec<u8>>>,
     tx: SyncSender<Msg>,
     json: bool,
 }
@@ -41,7 +47,7 @@ pub struct AccessLog {
 pub struct Entry<'a> {
     pub client: Option<IpAddr>,
     pub method: &'a str,
-    /// The path, token already redacted; no query.
+    /// The request path as received (the token is redacted when written; no query).
     pub path: &'a str,
     pub status: u16,
     pub bytes: usize,
@@ -55,6 +61,10 @@ pub struct Entry<'a> {
     pub tls: bool,
 }
 
+thread_local! {
+    static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(256));
+}
+
 impl AccessLog {
     /// Start the writer for `dest` (None for `off`). A file that cannot be opened is an
     /// error now, not lines lost later.
@@ -65,19 +75,33 @@ impl AccessLog {
             Dest::Stderr => Out::Stderr,
             Dest::File(p) => Out::File(p.clone(), Box::new(open_file(p)?)),
         };
-        let (tx, rx) = sync_channel(QUEUE);
+        let pending = Arc::new(Mutex::new(Vec::with_capacity(256 << 10)));
+        let (tx, rx) = sync_channel(4);
+        let p = pending.clone();
         std::thread::Builder::new()
             .name("hlsgate-access".into())
-            .spawn(move || writer(rx, out))?;
-        Ok(Some(AccessLog { tx, json }))
+            .spawn(move || writer(rx, p, out))?;
+        Ok(Some(AccessLog { pending, tx, json }))
     }
 
-    /// Queue one line (never waits).
+    /// Add one line (never waits for the disk).
     pub fn log(&self, e: &Entry<'_>) {
-        let line = if self.json { json(e) } else { text(e) };
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(line)) {
-            METRICS.access_log_dropped.inc();
-        }
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            if self.json {
+                json(&mut line, e)
+            } else {
+                text(&mut line, e)
+            }
+            let mut p = self.pending.lock();
+            if p.len() + line.len() > MAX_PENDING {
+                drop(p);
+                METRICS.access_log_dropped.inc();
+            } else {
+                p.extend_from_slice(line.as_bytes());
+            }
+        })
     }
 
     /// Reopen the file (after logrotate moved it).
@@ -85,7 +109,7 @@ impl AccessLog {
         let _ = self.tx.try_send(Msg::Reopen);
     }
 
-    /// Wait (up to a second) until every line queued so far is written.
+    /// Wait (up to a second) until every line logged so far is written.
     pub fn flush(&self) {
         let (tx, rx) = sync_channel(1);
         if self.tx.send(Msg::Flush(tx)).is_ok() {
@@ -110,72 +134,90 @@ enum Out {
     File(PathBuf, Box<std::fs::File>),
 }
 
-fn writer(rx: Receiver<Msg>, mut out: Out) {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
-    let write = |out: &mut Out, buf: &mut Vec<u8>| {
+impl Out {
+    fn write(&mut self, buf: &[u8]) {
         if buf.is_empty() {
             return;
         }
-        let _ = match out {
+        let _ = match self {
             Out::Stdout => std::io::stdout().lock().write_all(buf),
             Out::Stderr => std::io::stderr().lock().write_all(buf),
             Out::File(_, f) => f.write_all(buf),
         };
-        buf.clear();
-    };
-    loop {
-        // Gather what is waiting, then write it in one go.
-        let msg = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => {
-                write(&mut out, &mut buf);
-                return;
-            }
-        };
-        let mut next = Some(msg);
-        while let Some(m) = next.take() {
-            match m {
-                Msg::Line(l) => {
-                    buf.extend_from_slice(l.as_bytes());
-                    if buf.len() >= 60 << 10 {
-                        write(&mut out, &mut buf);
-                    }
-                }
-                Msg::Reopen => {
-                    write(&mut out, &mut buf);
-                    if let Out::File(p, f) = &mut out {
-                        match open_file(p) {
-                            Ok(n) => **f = n,
-                            Err(e) => tracing::warn!(error = %e, "access log: cannot reopen"),
-                        }
-                    }
-                }
-                Msg::Flush(done) => {
-                    write(&mut out, &mut buf);
-                    let _ = done.send(());
-                }
-            }
-            next = rx.try_recv().ok();
-        }
-        write(&mut out, &mut buf);
     }
 }
 
-fn client(e: &Entry<'_>) -> String {
-    e.client.map_or_else(|| "-".into(), |ip| ip.to_string())
+fn writer(rx: Receiver<Msg>, pending: Arc<Mutex<Vec<u8>>>, mut out: Out) {
+    let mut spare: Vec<u8> = Vec::with_capacity(256 << 10);
+    let mut drain = |out: &mut Out| {
+        {
+            let mut p = pending.lock();
+            std::mem::swap(&mut *p, &mut spare);
+        }
+        out.write(&spare);
+        spare.clear();
+    };
+    loop {
+        match rx.recv_timeout(PERIOD) {
+            Err(RecvTimeoutError::Timeout) => drain(&mut out),
+            Err(RecvTimeoutError::Disconnected) => {
+                drain(&mut out);
+                return;
+            }
+            Ok(Msg::Flush(done)) => {
+                drain(&mut out);
+                let _ = done.send(());
+            }
+            Ok(Msg::Reopen) => {
+                // Lines still waiting go to the new file: none is lost or written to a
+                // file logrotate has already moved aside.
+                if let Out::File(p, f) = &mut out {
+                    match open_file(p) {
+                        Ok(n) => **f = n,
+                        Err(e) => tracing::warn!(error = %e, "access log: cannot reopen"),
+                    }
+                }
+                drain(&mut out);
+            }
+        }
+    }
 }
 
-fn text(e: &Entry<'_>) -> String {
-    let mut s = String::with_capacity(160 + e.path.len());
+/// The path with a playback token replaced by `<token>`; `escape`: as [`push_escaped`].
+fn push_path(out: &mut String, path: &str, escape: bool) {
+    let rest = match path.strip_prefix("/api/hls/") {
+        Some(rest) => {
+            out.push_str("/api/hls/<token>");
+            rest.find('/').map_or("", |i| &rest[i..])
+        }
+        None => path,
+    };
+    if escape {
+        push_escaped(out, rest)
+    } else {
+        out.push_str(rest)
+    }
+}
+
+fn text(s: &mut String, e: &Entry<'_>) {
+    let _ = write!(
+        s,
+        "{} ",
+        humantime::format_rfc3339_millis(SystemTime::now())
+    );
+    match e.client {
+        Some(ip) => {
+            let _ = write!(s, "{ip} ");
+        }
+        None => s.push_str("- "),
+    }
+    s.push_str(e.method);
+    s.push(' ');
+    // The path is what the client sent: no spaces or controls may split the line.
+    push_path(s, e.path, true);
     let _ = writeln!(
         s,
-        "{} {} {} {} {} {} {:.2}ms stream={} kind={} cache={} deny={} proto={}{}",
-        humantime::format_rfc3339_millis(SystemTime::now()),
-        client(e),
-        e.method,
-        // The path is what the client sent: no spaces or controls can split the line.
-        sanitize(e.path),
+        " {} {} {:.2}ms stream={} kind={} cache={} deny={} proto={}{}",
         e.status,
         e.bytes,
         e.duration.as_secs_f64() * 1000.0,
@@ -186,15 +228,16 @@ fn text(e: &Entry<'_>) -> String {
         e.proto,
         if e.tls { "+tls" } else { "" },
     );
-    s
 }
 
-fn json(e: &Entry<'_>) -> String {
-    let mut s = serde_json::json!({
+fn json(s: &mut String, e: &Entry<'_>) {
+    let mut path = String::new();
+    push_path(&mut path, e.path, false);
+    let v = serde_json::json!({
         "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        "client": client(e),
+        "client": e.client.map_or_else(|| "-".into(), |ip| ip.to_string()),
         "method": e.method,
-        "path": e.path,
+        "path": path,
         "status": e.status,
         "bytes": e.bytes,
         "ms": (e.duration.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
@@ -204,27 +247,20 @@ fn json(e: &Entry<'_>) -> String {
         "deny": e.deny,
         "proto": e.proto,
         "tls": e.tls,
-    })
-    .to_string();
-    s.push('\n');
-    s
+    });
+    let _ = writeln!(s, "{v}");
 }
 
-/// Bytes that could split or forge a text log line (space, controls, non-ASCII), escaped
-/// as `%XX`.
-fn sanitize(path: &str) -> std::borrow::Cow<'_, str> {
-    if path.bytes().all(|b| b.is_ascii_graphic()) {
-        return path.into();
-    }
-    let mut out = String::with_capacity(path.len() + 8);
-    for b in path.bytes() {
+/// Append `text` with the bytes that could split or forge a text log line (space,
+/// controls, non-ASCII) escaped as `%XX`.
+fn push_escaped(out: &mut String, text: &str) {
+    for b in text.bytes() {
         if b.is_ascii_graphic() {
             out.push(b as char);
         } else {
             let _ = write!(out, "%{b:02X}");
         }
     }
-    out.into()
 }
 
 #[cfg(test)]
@@ -248,19 +284,46 @@ mod tests {
         }
     }
 
+    fn text_of(e: &Entry<'_>) -> String {
+        let mut s = String::new();
+        text(&mut s, e);
+        s
+    }
+
+    fn json_of(e: &Entry<'_>) -> String {
+        let mut s = String::new();
+        json(&mut s, e);
+        s
+    }
+
+    #[test]
+    fn tokens_are_redacted() {
+        let l = text_of(&entry("/api/hls/AQHsecret/demo/index.m3u8"));
+        assert!(
+            l.contains(" GET /api/hls/<token>/demo/index.m3u8 200 "),
+            "{l}"
+        );
+        assert!(!l.contains("AQHsecret"));
+        let l = json_of(&entry("/api/hls/AQHsecret"));
+        assert!(
+            l.contains("\"/api/hls/<token>\"") && !l.contains("AQHsecret"),
+            "{l}"
+        );
+    }
+
     #[test]
     fn text_lines_cannot_be_split_or_forged() {
-        let l = text(&entry("/a b\n200 fake"));
+        let l = text_of(&entry("/a b\n200 fake"));
         assert_eq!(l.matches('\n').count(), 1, "{l}");
         assert!(l.contains(" /a%20b%0A200%20fake 200 1423 0.41ms stream=demo kind=playlist cache=hit deny=- proto=h2+tls\n"), "{l}");
     }
 
     #[test]
     fn json_lines_are_json() {
-        let l = json(&entry("/api/hls/<token>/demo/\"x\"\n"));
+        let l = json_of(&entry("/demo/\"x\"\n"));
         assert!(l.ends_with('\n') && l.matches('\n').count() == 1);
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
-        assert_eq!(v["path"], "/api/hls/<token>/demo/\"x\"\n");
+        assert_eq!(v["path"], "/demo/\"x\"\n");
         assert_eq!(v["status"], 200);
         assert_eq!(v["ms"], 0.41);
         assert_eq!(v["tls"], true);

@@ -909,14 +909,13 @@ impl ProxyHttp for EdgeProxy {
         };
         if let Some(log) = &self.access {
             let req = session.req_header();
-            let path = playback::redact(req.uri.path());
             log.log(&access::Entry {
                 client: session
                     .client_addr()
                     .and_then(|a| a.as_inet())
                     .map(|a| a.ip()),
                 method: req.method.as_str(),
-                path: &path,
+                path: req.uri.path(),
                 status,
                 bytes: session.body_bytes_sent(),
                 duration: ctx.started.elapsed(),

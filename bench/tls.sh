@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# HTTPS: hlsgate (rustls) against nginx (OpenSSL, secure_link + proxy_cache + sub_filter)
+# with the same P-256 certificate, h2 and HTTP/1.1, driven by h2load; each side ROUNDS
+# times interleaved; medians and the ratio.
+#
+#   bench/tls.sh [live|segment|all]            (default: all)
+#   ROUNDS=3 DURATION=8 CONNS=32 STREAMS=10 bench/tls.sh live
+#
+#   live     the cached 6-segment live playlist, rewritten per viewer
+#   segment  the cached 1 MiB segment, token checked on every request
+. "$(dirname "$0")/lib.sh"
+need h2load nghttp2-client
+
+SCENARIOS=${1:-all}
+[ "$SCENARIOS" = all ] && SCENARIOS="live segment"
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+CONNS=${CONNS:-32}
+STREAMS=${STREAMS:-10}
+
+tls_url() { # http URL on port P -> https on port Q
+    echo "$1" | sed -e "s#^http://127.0.0.1:$2/#https://127.0.0.1:$3/#"
+}
+
+# h2load: "req/s" (exit 1 if any request failed or was not 2xx)
+run_h2load() { # proto url
+    local args=(-t1 -c"$CONNS" -D"$DURATION")
+    if [ "$1" = h2 ]; then args+=(-m"$STREAMS"); else args+=(--h1 -m1); fi
+    h2load "${args[@]}" "$2" 2>&1 | awk '
+        /^finished in/ { gsub(",", "", $4); rps = $4 }
+        /^requests:/ { failed = $10; errored = $12 }
+        /^status codes:/ { ok = $3; other = $5 + $7 + $9 }
+        /Application protocol:/ { proto = $3 }
+        END { if (failed + errored + other > 0 || ok == 0) { print "ERR failed=" failed " errored=" errored " non2xx=" other; exit 1 }
+              print rps, proto }'
+}
+
+RESULTS=$RUN/tls.txt
+: >"$RESULTS"
+for sc in $SCENARIOS; do
+    case $sc in
+    live) NU=$(nginx_url live/index.m3u8); HU=$(hlsgate_url live index.m3u8) ;;
+    segment) NU=$(nginx_url vod/seg.ts); HU=$(hlsgate_url vod seg.ts) ;;
+    *) echo "unknown scenario: $sc" >&2; exit 2 ;;
+    esac
+    NS=$(tls_url "$NU" 18082 18443); HS=$(tls_url "$HU" 18080 18444)
+    for u in "$NS" "$HS"; do
+        [ "$(curl -sk --http2 -o /dev/null -w '%{http_code} %{http_version}' "$u")" = "200 2" ] \
+            || { echo "!! $u: not 200 over h2" >&2; exit 1; }
+    done
+    for proto in h2 h1; do
+        : >"$RUN/n.txt"; : >"$RUN/h.txt"
+        echo ">> $sc over TLS $proto: h2load -t1 -c$CONNS -D$DURATION $([ $proto = h2 ] && echo "-m$STREAMS"), $ROUNDS rounds interleaved" >&2
+        for r in $(seq "$ROUNDS"); do
+            n=$(run_h2load $proto "$NS"); echo "$n" >>"$RUN/n.txt"
+            h=$(run_h2load $proto "$HS"); echo "$h" >>"$RUN/h.txt"
+            echo "   round $r: nginx $n | hlsgate $h   (req/s protocol)" >&2
+        done
+        echo "$sc $proto $(cut -d' ' -f1 "$RUN/n.txt" | median) $(cut -d' ' -f1 "$RUN/h.txt" | median)" >>"$RESULTS"
+    done
+done
+CIPHER=$(echo | openssl s_client -connect 127.0.0.1:18444 -alpn h2 2>/dev/null | awk '/^ *Cipher *:/ {print $3; exit}')
+NCIPHER=$(echo | openssl s_client -connect 127.0.0.1:18443 -alpn h2 2>/dev/null | awk '/^ *Cipher *:/ {print $3; exit}')
+printf '\n%-8s %-6s %14s %14s %8s\n' scenario proto 'nginx req/s' 'hlsgate req/s' ratio
+awk '{ printf "%-8s %-6s %14.1f %14.1f %7.2fx\n", $1, $2, $3, $4, $4 / $3 }' "$RESULTS"
+echo "(medians of $ROUNDS interleaved rounds; h2load -t1 -c$CONNS -D$DURATION, h2: -m$STREAMS; TLS 1.3, cipher hlsgate $CIPHER / nginx $NCIPHER, P-256 certificate; $(nproc) CPUs shared by h2load, both servers and the origin)"
