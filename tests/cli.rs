@@ -248,7 +248,7 @@ fn systemd_unit_is_least_privilege_and_bench_config_checks() {
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "MemoryDenyWriteExecute=yes",
         "SystemCallFilter=@system-service",
-        "ExecStart=/usr/local/bin/hlsgate %i -c /etc/hlsgate/hlsgate.yaml",
+        "ExecStart=/usr/bin/hlsgate %i -c /etc/hlsgate/hlsgate.yaml --upgrade-socket /run/hlsgate-%i/upgrade.sock",
     ] {
         assert!(
             lines.contains(&want),
