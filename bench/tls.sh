@@ -59,8 +59,8 @@ for sc in $SCENARIOS; do
         echo "$sc $proto $(cut -d' ' -f1 "$RUN/n.txt" | median) $(cut -d' ' -f1 "$RUN/h.txt" | median)" >>"$RESULTS"
     done
 done
-CIPHER=$(echo | openssl s_client -connect 127.0.0.1:18444 -alpn h2 2>/dev/null | awk '/^ *Cipher *:/ {print $3; exit}')
-NCIPHER=$(echo | openssl s_client -connect 127.0.0.1:18443 -alpn h2 2>/dev/null | awk '/^ *Cipher *:/ {print $3; exit}')
+CIPHER=$(echo | openssl s_client -connect 127.0.0.1:18444 -alpn h2 2>/dev/null | awk '/Cipher is/ {print $NF; exit}')
+NCIPHER=$(echo | openssl s_client -connect 127.0.0.1:18443 -alpn h2 2>/dev/null | awk '/Cipher is/ {print $NF; exit}')
 printf '\n%-8s %-6s %14s %14s %8s\n' scenario proto 'nginx req/s' 'hlsgate req/s' ratio
 awk '{ printf "%-8s %-6s %14.1f %14.1f %7.2fx\n", $1, $2, $3, $4, $4 / $3 }' "$RESULTS"
 echo "(medians of $ROUNDS interleaved rounds; h2load -t1 -c$CONNS -D$DURATION, h2: -m$STREAMS; TLS 1.3, cipher hlsgate $CIPHER / nginx $NCIPHER, P-256 certificate; $(nproc) CPUs shared by h2load, both servers and the origin)"
