@@ -14,6 +14,7 @@ need_lint
 need ffmpeg ffmpeg
 need curl curl
 need wrk wrk
+need h2load nghttp2-client
 need promtool prometheus
 need openssl openssl
 need_pymod cryptography python3-cryptography

@@ -847,3 +847,29 @@ fn admin_listens_on_tls_too() {
     // The plain listener still answers.
     assert_eq!(get(ports.admin, "/healthz", &[]).unwrap().status, 200);
 }
+
+#[test]
+fn h2_connections_outlive_the_http1_header_deadline() {
+    // edge.header_timeout bounds HTTP/1 request headers; an h2 connection carries binary
+    // frames, not header lines, and must not be cut by it: h2load keeps 2 connections for
+    // 4 s at 5 requests a second each, past a 1 s header deadline.
+    let n = node("  header_timeout: \"1s\"\n");
+    let p = path(&n.h.token_url(&["--stream", "ts", "--ttl", "600"]));
+    let url = format!("https://127.0.0.1:{}{p}", n.tls);
+    let out = Command::new("h2load")
+        .args(["-t1", "-c2", "-m1", "--rps=5", "-D4", &url])
+        .output()
+        .expect("h2load is installed (scripts/test.sh installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = |p: &str| text.lines().find(|l| l.starts_with(p)).unwrap_or("").to_owned();
+    assert!(line("Application protocol:").contains("h2"), "{text}");
+    let requests = line("requests:");
+    let done: u64 = requests
+        .split_whitespace()
+        .nth(7)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(done >= 30, "{text}");
+    assert!(requests.contains(" 0 failed, 0 errored"), "{text}");
+    assert!(line("status codes:").starts_with(&format!("status codes: {done} 2xx")), "{text}");
+}
