@@ -35,10 +35,6 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    run(Command::new("openssl").args(args).current_dir(dir));
-}
-
 /// A 1080/720/360 ladder (`ladder3/master.m3u8`), one second long.
 fn make_ladder3(root: &Path) {
     std::fs::create_dir_all(root.join("ladder3")).unwrap();

@@ -12,29 +12,26 @@ use std::time::{Duration, Instant};
 
 const UA: &str = "hlsgate-ops-test/1.0";
 
+/// `openssl req` making a new P-256 key (`key`, unencrypted) and `out` for `subject`;
+/// `more`: `-x509` and its days for a self-signed certificate, else a request.
+fn new_ec(dir: &Path, key: &str, out: &str, subject: &str, more: &[&str]) {
+    let mut args = vec!["req"];
+    args.extend_from_slice(more);
+    args.extend_from_slice(&["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]);
+    args.extend_from_slice(&["-nodes", "-keyout", key, "-out", out, "-subj", subject]);
+    openssl(dir, &args);
+}
+
 /// A test CA in `dir` (made once per directory).
 fn ca(dir: &Path) -> PathBuf {
     let crt = dir.join("ca.crt");
     if !crt.exists() {
-        openssl(
+        new_ec(
             dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=hlsgate test CA",
-            ],
+            "ca.key",
+            "ca.crt",
+            "/CN=hlsgate test CA",
+            &["-x509", "-days", "2"],
         );
     }
     crt
@@ -55,23 +52,7 @@ fn leaf(dir: &Path, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         format!("{name}.csr"),
         format!("{name}.crt.new"),
     );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={}", names[0]),
-        ],
-    );
+    new_ec(dir, &key, &csr, &format!("/CN={}", names[0]), &[]);
     openssl(
         dir,
         &[
@@ -100,19 +81,6 @@ fn leaf(dir: &Path, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
     std::fs::rename(dir.join(&key), &k).unwrap();
     std::fs::rename(dir.join(&crt), &c).unwrap();
     (c, k)
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// curl: (HTTP status, HTTP version, body); `args` go before the URL.
@@ -375,34 +343,15 @@ fn ffmpeg_plays_https_playback_urls_and_https_origins_are_checked_against_ca_fil
     let (config, ports) = mk("with-ca.yaml", true);
     let h = Hlsgate::start("serve", &config, ports.edge);
     let ca = dir.join("ca.crt");
+    let ca = ca.to_str().unwrap();
     for stream in ["ts", "fmp4", "aes", "secure"] {
         let url = h.token_url(&["--stream", stream, "--ttl", "600"]);
         assert!(
             url.starts_with(&format!("https://localhost:{tls}/api/hls/")),
             "{url}"
         );
-        let out = Command::new("timeout")
-            .args([
-                "60",
-                "ffmpeg",
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-user_agent",
-                UA,
-                "-tls_verify",
-                "1",
-                "-ca_file",
-            ])
-            .arg(&ca)
-            .args(["-i", &url, "-map", "0", "-c", "copy", "-f", "null", "-"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{stream}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, err) = ffmpeg_play_opts(&url, UA, &[], &["-tls_verify", "1", "-ca_file", ca]);
+        assert!(ok, "{stream}: {err}");
     }
     drop(h);
 
@@ -811,39 +760,27 @@ fn admin_listens_on_tls_too() {
     let _h = Hlsgate::start("serve", &config, ports.edge);
     let ca = dir.join("ca.crt");
     let ca = ca.to_str().unwrap();
-    let url = format!("https://localhost:{atls}/api/register");
     let r = format!("localhost:{atls}:127.0.0.1");
-    let (code, ver, body) = curl(
-        &[
-            "--cacert",
-            ca,
-            "--resolve",
-            &r,
-            "-H",
-            "Content-Type: application/json",
-            "-XPOST",
-            "-d",
-            r#"{"username":"tls-user","password":"correct horse battery"}"#,
-        ],
-        &url,
-    );
-    assert_eq!((code, ver.as_str()), (201, "1.1"), "{body}");
-    let (code, _, body) = curl(
-        &[
-            "--cacert",
-            ca,
-            "--resolve",
-            &r,
-            "-H",
-            "Content-Type: application/json",
-            "-XPOST",
-            "-d",
-            r#"{"username":"tls-user","password":"correct horse battery"}"#,
-        ],
-        &format!("https://localhost:{atls}/api/login"),
-    );
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("token"), "{body}");
+    for (route, status) in [("register", 201), ("login", 200)] {
+        let (code, ver, body) = curl(
+            &[
+                "--cacert",
+                ca,
+                "--resolve",
+                &r,
+                "-H",
+                "Content-Type: application/json",
+                "-XPOST",
+                "-d",
+                r#"{"username":"tls-user","password":"correct horse battery"}"#,
+            ],
+            &format!("https://localhost:{atls}/api/{route}"),
+        );
+        assert_eq!((code, ver.as_str()), (status, "1.1"), "{route}: {body}");
+        if route == "login" {
+            assert!(body.contains("\"token\""), "{body}");
+        }
+    }
     // The plain listener still answers.
     assert_eq!(get(ports.admin, "/healthz", &[]).unwrap().status, 200);
 }
@@ -861,7 +798,12 @@ fn h2_connections_outlive_the_http1_header_deadline() {
         .output()
         .expect("h2load is installed (scripts/test.sh installs nghttp2-client)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let line = |p: &str| text.lines().find(|l| l.starts_with(p)).unwrap_or("").to_owned();
+    let line = |p: &str| {
+        text.lines()
+            .find(|l| l.starts_with(p))
+            .unwrap_or("")
+            .to_owned()
+    };
     assert!(line("Application protocol:").contains("h2"), "{text}");
     let requests = line("requests:");
     let done: u64 = requests
@@ -871,5 +813,8 @@ fn h2_connections_outlive_the_http1_header_deadline() {
         .unwrap_or(0);
     assert!(done >= 30, "{text}");
     assert!(requests.contains(" 0 failed, 0 errored"), "{text}");
-    assert!(line("status codes:").starts_with(&format!("status codes: {done} 2xx")), "{text}");
+    assert!(
+        line("status codes:").starts_with(&format!("status codes: {done} 2xx")),
+        "{text}"
+    );
 }

@@ -226,6 +226,20 @@ pub fn make_streams(root: &Path, origin_port: u16) {
     }
 }
 
+/// Run the openssl command line in `dir`; panics with its stderr when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Play `url` to the end with ffmpeg as the client: every playlist, key, init segment and
 /// segment is fetched. Returns (success, stderr).
 pub fn ffmpeg_play(url: &str, ua: &str) -> (bool, String) {
@@ -234,6 +248,16 @@ pub fn ffmpeg_play(url: &str, ua: &str) -> (bool, String) {
 
 /// [`ffmpeg_play`] sending more request headers (`-headers`, e.g. cookies).
 pub fn ffmpeg_play_with(url: &str, ua: &str, headers: &[(&str, &str)]) -> (bool, String) {
+    ffmpeg_play_opts(url, ua, headers, &[])
+}
+
+/// [`ffmpeg_play_with`] with more input options (`-ca_file`, `-tls_verify`, ...).
+pub fn ffmpeg_play_opts(
+    url: &str,
+    ua: &str,
+    headers: &[(&str, &str)],
+    opts: &[&str],
+) -> (bool, String) {
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
@@ -254,6 +278,7 @@ pub fn ffmpeg_play_with(url: &str, ua: &str, headers: &[(&str, &str)]) -> (bool,
             ua,
         ])
         .args(&header_args)
+        .args(opts)
         .args(["-i", url])
         .args(["-map", "0", "-c", "copy", "-f", "null", "-"])
         .output()
