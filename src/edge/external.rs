@@ -18,6 +18,7 @@ use crate::config::External as Config;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 /// The handler's answer for a viewer session.
@@ -43,10 +44,14 @@ pub struct Message<'a> {
 
 pub struct External {
     cfg: Config,
-    slots: Semaphore,
-    waiting: AtomicUsize,
+    slots: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
     decisions: moka::future::Cache<[u8; 16], Decision>,
 }
+
+/// Longest a call may keep its slot after its viewer stopped waiting (at least; 5 timeouts
+/// when that is longer).
+const HARD_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Longest handler answer read.
 const MAX_ANSWER: usize = 16 * 1024;
@@ -59,8 +64,8 @@ impl External {
 
     pub fn new(cfg: Config) -> External {
         External {
-            slots: Semaphore::new(cfg.concurrency),
-            waiting: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(cfg.concurrency)),
+            waiting: Arc::new(AtomicUsize::new(0)),
             decisions: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(cfg.cache_ttl)
@@ -110,24 +115,30 @@ impl External {
                 .inc();
             return Err(self.default());
         }
-        let outcome = tokio::time::timeout(self.cfg.timeout, async {
-            let permit = self.slots.acquire().await;
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            let _permit = permit.map_err(|_| "closed")?;
-            post(&self.cfg.url, body).await
-        })
-        .await;
-        let (result, decision) = match outcome {
-            Ok(Ok((200, answer))) => match parse(&answer) {
+        // The call runs on a task of its own that waits for a slot only as long as the
+        // viewer waits, then holds it until the handler has answered (or `hard` has
+        // passed): a viewer who gives up at the timeout does not free the slot of a call
+        // the handler is still working on, so the handler never has more than
+        // `concurrency` of this edge's calls at once.
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        let hard = self.cfg.timeout.saturating_mul(5).max(HARD_LIMIT);
+        let (slots, waiting, url) = (self.slots.clone(), self.waiting.clone(), self.cfg.url.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let permit = tokio::time::timeout_at(deadline, slots.acquire_owned()).await;
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            let Ok(Ok(_permit)) = permit else { return };
+            let _ = tx.send(tokio::time::timeout(hard, post(&url, body)).await);
+        });
+        let (result, decision) = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(Ok((200, answer))))) => match parse(&answer) {
                 Some(d) => ("ok", Ok(d)),
                 None => ("bad_answer", Err(self.default())),
             },
-            Ok(Ok(_)) => ("bad_status", Err(self.default())),
-            Ok(Err(_)) => ("error", Err(self.default())),
-            Err(_) => {
-                // Timed out, possibly still waiting for a slot.
-                ("timeout", Err(self.default()))
-            }
+            Ok(Ok(Ok(Ok(_)))) => ("bad_status", Err(self.default())),
+            Ok(Ok(Ok(Err(_)))) => ("error", Err(self.default())),
+            // Timed out: waiting for a slot, or for the answer.
+            _ => ("timeout", Err(self.default())),
         };
         crate::metrics::METRICS
             .external_calls
