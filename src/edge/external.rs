@@ -122,7 +122,11 @@ impl External {
         // `concurrency` of this edge's calls at once.
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         let hard = self.cfg.timeout.saturating_mul(5).max(HARD_LIMIT);
-        let (slots, waiting, url) = (self.slots.clone(), self.waiting.clone(), self.cfg.url.clone());
+        let (slots, waiting, url) = (
+            self.slots.clone(),
+            self.waiting.clone(),
+            self.cfg.url.clone(),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let permit = tokio::time::timeout_at(deadline, slots.acquire_owned()).await;
