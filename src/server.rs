@@ -180,6 +180,7 @@ pub fn run(path: &Path, role: Role, start: Start) -> anyhow::Result<()> {
 
     let mut control = Control {
         path: path.to_owned(),
+        listeners: listeners(&cfg, role).into_iter().map(|(_, a)| a).collect(),
         start,
         cfg: parking_lot::Mutex::new(cfg.clone()),
         edge: None,
@@ -240,6 +241,8 @@ pub fn run(path: &Path, role: Role, start: Start) -> anyhow::Result<()> {
 /// What a signal acts on.
 struct Control {
     path: PathBuf,
+    /// Every listening address of this process (ready = all of them accept).
+    listeners: Vec<std::net::SocketAddr>,
     start: Start,
     /// The config in force.
     cfg: parking_lot::Mutex<Arc<Config>>,
@@ -377,7 +380,29 @@ struct Signals(Arc<Control>);
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        // Pingora calls this once its services are started.
+        // Pingora calls this once its services are started; each binds its listeners on a
+        // task of its own. Ready (for systemd, scripts/run.sh and the tests) is when every
+        // listener accepts.
+        for addr in &self.0.listeners {
+            let mut probe = *addr;
+            if probe.ip().is_unspecified() {
+                probe.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(probe),
+            )
+            .await
+            .map_or(true, |c| c.is_err())
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
         tracing::info!(
             pid = std::process::id(),

@@ -438,12 +438,13 @@ impl Hlsgate {
         }
     }
 
-    /// Wait (up to 20 s) until `/healthz` answers 200.
+    /// Wait (up to 20 s) until `/healthz` answers 200 and the process says it runs (every
+    /// listener accepts: in `serve` the admin may come up after the edge).
     pub fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(r) = get(self.port, "/healthz", &[]) {
-                if r.status == 200 {
+                if r.status == 200 && self.log_text().contains(" running (SIGHUP") {
                     return;
                 }
             }
