@@ -509,10 +509,21 @@ fn sighup_reloads_streams_and_keys_and_refuses_a_broken_config() {
         )
         .replacen(
             "edge:\n",
-            "edge:\n  cors:\n    allow_origins: [\"https://player.example\"]\n",
+            "edge:\n  max_connections: 3\n  cors:\n    allow_origins: [\"https://player.example\"]\n",
             1,
         );
     std::fs::write(&config, &next).unwrap();
+    // Before the reload 4 open connections are fine (the cap is 20,000).
+    let hold = |n: usize| -> Vec<std::net::TcpStream> {
+        let v = (0..n)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", ports.edge)).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        v
+    };
+    let held = hold(3);
+    assert_eq!(get(ports.edge, "/healthz", &[]).unwrap().status, 200);
+    drop(held);
     let fmp4 = h.token_url(&["--stream", "fmp4", "--ttl", "600"]);
     assert_eq!(
         get(ports.edge, &path(&fmp4), &[]).unwrap().status,
@@ -539,6 +550,12 @@ fn sighup_reloads_streams_and_keys_and_refuses_a_broken_config() {
     assert!(ok, "{err}");
     // Tokens issued before still work (same key file); so does the old stream.
     assert_eq!(get(ports.edge, &path(&old_ts), &[]).unwrap().status, 200);
+    // The new connection cap (3) holds: a 4th connection is answered 503 and closed.
+    let held = hold(3);
+    let r = get(ports.edge, "/healthz", &[]).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
 
     // A broken file (a typo'd key, then bad YAML): refused, logged with the reason, the
     // previous config keeps serving.
