@@ -8,6 +8,12 @@
 #
 #   live     the cached 6-segment live playlist, rewritten per viewer
 #   segment  the cached 1 MiB segment, token checked on every request
+# bench/hlsgate.yaml with a TLS listener on the certificate bench/lib.sh makes (and nginx
+# serves too).
+mkdir -p "$(dirname "$0")/../data"
+sed 's|^edge:$|edge:\n  tls: { listen: "127.0.0.1:18444", cert: "data/bench-tls.crt", key: "data/bench-tls.key" }|' \
+    "$(dirname "$0")/hlsgate.yaml" > "$(dirname "$0")/../data/bench-tls.yaml"
+export HLSGATE_CONFIG=data/bench-tls.yaml
 . "$(dirname "$0")/lib.sh"
 need h2load nghttp2-client
 
