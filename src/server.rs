@@ -198,7 +198,7 @@ pub fn run(path: &Path, role: Role, start: Start) -> anyhow::Result<()> {
             Some(directory.clone()),
         )));
         let limits = Limits::new(cfg.edge.max_connections, cfg.edge.header_timeout);
-        edge::add_services(&mut server, &live, &limits, edge_certs.as_ref(), access)?;
+        edge::add_services(&mut server, &live, &limits, edge_certs.as_ref(), access);
         tracing::info!(listen = %cfg.edge.listen, "edge listening");
         if let Some(t) = &cfg.edge.tls {
             tracing::info!(listen = %t.listen, "edge listening (TLS: h2, http/1.1)");
@@ -268,10 +268,7 @@ fn fixed_keys_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     check("admin.tls", old.admin.tls != new.admin.tls);
     check("metrics.listen", old.metrics_listen != new.metrics_listen);
     check("store.url", old.store_url != new.store_url);
-    check(
-        "cache",
-        format!("{:?}", old.cache) != format!("{:?}", new.cache),
-    );
+    check("cache", old.cache != new.cache);
     check(
         "edge.upgrade_socket",
         old.edge.upgrade_socket != new.edge.upgrade_socket,
@@ -430,12 +427,8 @@ impl ShutdownSignalWatch for Signals {
                     self.0.drain(Duration::ZERO);
                     return ShutdownSignal::GracefulTerminate;
                 }
-                _ = int.recv() => {
-                    if let Some(a) = &self.0.access {
-                        a.flush();
-                    }
-                    return ShutdownSignal::FastShutdown;
-                }
+                // `run` flushes the access log once Pingora returns.
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
             }
         }
     }

@@ -22,7 +22,7 @@ use pingora_http::ResponseHeader;
 use std::time::{Duration, SystemTime};
 
 /// Freshness settings (`cache.*` in the config).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub max_bytes: u64,
     /// Segments, init segments, keys, anything that is not a playlist.

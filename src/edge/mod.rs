@@ -299,7 +299,7 @@ pub fn add_services(
     limits: &Arc<guard::Limits>,
     certs: Option<&Arc<crate::tls::Certs>>,
     access: Option<Arc<access::AccessLog>>,
-) -> anyhow::Result<()> {
+) {
     let state = live.load_full();
     let cfg = &state.cfg;
     let mut proxy = pingora_proxy::HttpProxy::new(
@@ -331,7 +331,6 @@ pub fn add_services(
     );
     metrics.add_tcp(&cfg.metrics_listen.to_string());
     server.add_service(metrics);
-    Ok(())
 }
 
 /// The Pingora settings of a process: threads, shutdown grace, upgrade socket, origin CAs.
