@@ -130,12 +130,18 @@ fn main() -> ExitCode {
 }
 
 fn start(config: &Path, role: Role, flags: RunFlags) -> ExitCode {
+    let start = hlsgate::server::Start {
+        upgrade: flags.upgrade,
+        upgrade_socket: flags.upgrade_socket,
+    };
+    // With --background, a config that does not load fails the command (and so systemd's
+    // reload) here, before the running process is told to hand over; the child runs
+    // exactly the config checked.
+    let loaded = match start.load(config) {
+        Ok(l) => l,
+        Err(e) => return report(Err(e)),
+    };
     if flags.background {
-        // A config that does not load fails the command (and so systemd's reload) here,
-        // before the running process is told to hand over.
-        if let Err(e) = hlsgate::server::load(config) {
-            return report(Err(e));
-        }
         match hlsgate::server::background() {
             Ok(true) => {}
             Ok(false) => return ExitCode::SUCCESS,
@@ -143,11 +149,7 @@ fn start(config: &Path, role: Role, flags: RunFlags) -> ExitCode {
         }
     }
     init_logging();
-    let start = hlsgate::server::Start {
-        upgrade: flags.upgrade,
-        upgrade_socket: flags.upgrade_socket,
-    };
-    report(hlsgate::server::run(config, role, start))
+    report(hlsgate::server::run(config, role, start, loaded))
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

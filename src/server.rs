@@ -99,7 +99,8 @@ pub struct Start {
 }
 
 impl Start {
-    fn load(&self, path: &Path) -> anyhow::Result<(Config, Keyring)> {
+    /// The config at `path` and its key file, with this start's overrides.
+    pub fn load(&self, path: &Path) -> anyhow::Result<(Config, Keyring)> {
         let (mut cfg, keyring) = load(path)?;
         if let Some(s) = &self.upgrade_socket {
             cfg.edge.upgrade_socket = s.clone();
@@ -108,10 +109,11 @@ impl Start {
     }
 }
 
-/// Run `role` with the config at `path` until a signal ends it.
-pub fn run(path: &Path, role: Role, start: Start) -> anyhow::Result<()> {
+/// Run `role` with `loaded` (`start.load(path)`: `path` is read again on SIGHUP) until a
+/// signal ends it.
+pub fn run(path: &Path, role: Role, start: Start, loaded: (Config, Keyring)) -> anyhow::Result<()> {
     let upgrade = start.upgrade;
-    let (cfg, keyring) = start.load(path)?;
+    let (cfg, keyring) = loaded;
     if !upgrade {
         // Pingora cannot report a busy port as an error; find out first. The probes are
         // held until all are bound (two keys naming one port are caught), then dropped for
