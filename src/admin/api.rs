@@ -475,13 +475,21 @@ pub(super) fn path_id(id: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| bad("stream ids are positive integers"))
 }
 
+/// The user's stream `id`; another user's stream is 404, as one that does not exist.
+pub(super) async fn user_stream(
+    st: &AdminState,
+    user_id: i64,
+    id: i64,
+) -> Result<StreamRecord, ApiError> {
+    st.store
+        .user_stream(user_id, id)
+        .await?
+        .ok_or_else(stream_not_found)
+}
+
 async fn read_stream(State(st): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
     let c = caller(&st, &headers).await?;
-    let s = st
-        .store
-        .user_stream(c.user_id, path_id(&id)?)
-        .await?
-        .ok_or_else(stream_not_found)?;
+    let s = user_stream(&st, c.user_id, path_id(&id)?).await?;
     Ok(Json(stream_view(&st, &s).await?).into_response())
 }
 
@@ -595,11 +603,7 @@ async fn playback_url(
         .and_then(|s| s.parse::<i64>().ok())
         .filter(|n| *n > 0)
         .ok_or_else(|| bad("streamID must be a positive integer"))?;
-    let s = st
-        .store
-        .user_stream(c.user_id, id)
-        .await?
-        .ok_or_else(stream_not_found)?;
+    let s = user_stream(&st, c.user_id, id).await?;
 
     let mut ip = client(&st, peer, &headers);
     let mut ua = user_agent(&headers);

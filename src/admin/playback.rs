@@ -3,7 +3,7 @@
 //! the edge's own key, CloudFront-format cookies for cookie mode and their sign-out, and
 //! the revocation of JWT viewer ids.
 
-use super::api::{bad, caller, parse, stream_id_value, stream_not_found, ApiResult, Body, St};
+use super::api::{bad, caller, parse, stream_id_value, user_stream, ApiResult, Body, St};
 use super::ApiError;
 use crate::store::{hex, now_ms, PlaybackKey};
 use crate::token::{cloudfront, jwt, unix_now};
@@ -133,11 +133,7 @@ async fn own_stream(
 ) -> Result<(crate::store::StreamRecord, u32), ApiError> {
     let c = caller(st, headers).await?;
     let id = stream_id_value(id)?;
-    let s = st
-        .store
-        .user_stream(c.user_id, id)
-        .await?
-        .ok_or_else(stream_not_found)?;
+    let s = user_stream(st, c.user_id, id).await?;
     let session_end = (c.session.expires_at / 1000).clamp(0, u32::MAX as i64) as u32;
     let end = unix_now()
         .saturating_add(st.cfg().tokens.session_ttl.as_secs().min(u32::MAX as u64) as u32)

@@ -11,7 +11,7 @@
 //!
 //! Callbacks are believed only from `hooks.allow_from` (default loopback).
 
-use super::api::{bad, caller, path_id, stream_not_found, ApiResult, St};
+use super::api::{bad, caller, path_id, user_stream, ApiResult, St};
 use super::{AdminState, ApiError};
 use crate::metrics::METRICS;
 use crate::net::in_nets;
@@ -42,11 +42,7 @@ fn key_hash(secret: &[u8; 32], key: &str) -> String {
 /// once: `{"key", "publishUrl", "streamID"}`.
 pub async fn new_key(State(st): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
     let c = caller(&st, &headers).await?;
-    let s = st
-        .store
-        .user_stream(c.user_id, path_id(&id)?)
-        .await?
-        .ok_or_else(stream_not_found)?;
+    let s = user_stream(&st, c.user_id, path_id(&id)?).await?;
     let mut raw = [0u8; 16];
     getrandom::getrandom(&mut raw).map_err(|_| bad("no randomness"))?;
     let key = format!("sk_{}", hex(&raw));
