@@ -317,15 +317,20 @@ impl Default for FileAdmin {
 struct FileMetrics {
     #[serde(deserialize_with = "socket_addr")]
     listen: SocketAddr,
+    stream_labels: usize,
 }
 
 impl Default for FileMetrics {
     fn default() -> Self {
         FileMetrics {
             listen: ([127, 0, 0, 1], 9100).into(),
+            stream_labels: 20,
         }
     }
 }
+
+/// Most `metrics.stream_labels`: series per metric a scrape can hold for streams.
+pub const MAX_STREAM_LABELS: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -446,6 +451,8 @@ pub struct Config {
     pub edge: Edge,
     pub admin: Admin,
     pub metrics_listen: SocketAddr,
+    /// How many streams get their own `stream` label (the rest: `_other`); 0 = none.
+    pub metrics_stream_labels: usize,
     pub store_url: String,
     /// How long an edge trusts what it read from the store about a stream or a session.
     pub store_cache_ttl: Duration,
@@ -853,6 +860,12 @@ impl Config {
             }
         }
 
+        if f.metrics.stream_labels > MAX_STREAM_LABELS {
+            return Err(err(
+                "metrics.stream_labels",
+                format!("at most {MAX_STREAM_LABELS} (0 turns per-stream series off)"),
+            ));
+        }
         let c = &f.cache;
         if c.max_bytes < 1 << 20 {
             return Err(err("cache.max_bytes", "must be at least 1MiB".into()));
@@ -1047,6 +1060,7 @@ impl Config {
                 tls: admin_tls,
             },
             metrics_listen: f.metrics.listen,
+            metrics_stream_labels: f.metrics.stream_labels,
             store_url: f.store.url,
             store_cache_ttl: f.store.cache_ttl,
             tokens: Tokens {

@@ -25,6 +25,9 @@ impl Kind {
         }
     }
 
+    /// Every [`Kind::label`].
+    pub const LABELS: [&'static str; 4] = ["playlist", "segment", "key", "other"];
+
     pub fn label(self) -> &'static str {
         match self {
             Kind::Playlist => "playlist",

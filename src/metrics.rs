@@ -3,14 +3,20 @@
 
 use crate::cache::SegmentStore;
 use async_trait::async_trait;
+use parking_lot::RwLock;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
+
+/// The `stream` label of every stream past `metrics.stream_labels`.
+pub const OTHER_STREAMS: &str = "_other";
 
 pub struct Metrics {
     pub registry: Registry,
@@ -49,7 +55,93 @@ pub struct Metrics {
     pub token_sharing: IntCounter,
     pub access_log_dropped: IntCounter,
     pub reloads: IntCounterVec,
-    sessions: moka::sync::Cache<[u8; 16], ()>,
+    /// `cache.max_bytes`, so an alert can compare the cache's size with it.
+    pub cache_max_bytes: IntGauge,
+    /// Connections open on the edge's listeners now.
+    pub edge_connections: IntGauge,
+    /// The process's resident memory (from `/proc/self/statm`).
+    pub resident_bytes: IntGauge,
+    /// Per-stream series, bounded by `metrics.stream_labels`.
+    pub streams: StreamSeries,
+    /// Viewer sessions seen in the last minute, and the stream each watched last.
+    sessions: moka::sync::Cache<[u8; 16], Arc<str>>,
+    /// Where `edge_connections` is read from (the edge's connection cap).
+    connections: OnceLock<Arc<crate::edge::guard::Limits>>,
+}
+
+/// Series labelled by stream, at most `limit` streams of them. A counter's label, once
+/// given, stays for the life of the process (a counter that moved from one label to another
+/// would break `rate()`): the first `limit` streams served get their own, every later one
+/// is counted under `stream="_other"`. The viewer gauge is recomputed at each scrape: the
+/// `limit` streams with the most viewers, the rest summed under `_other`. `limit` 0: no
+/// per-stream series at all. However many streams users create, a scrape holds at most
+/// `limit + 1` series of each.
+pub struct StreamSeries {
+    limit: AtomicUsize,
+    requests: IntCounterVec,
+    sent_bytes: IntCounterVec,
+    viewers: IntGaugeVec,
+    named: RwLock<HashMap<Box<str>, (IntCounter, IntCounter)>>,
+}
+
+impl StreamSeries {
+    /// Set `metrics.stream_labels` (labels already given are kept).
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// An admitted request of `stream` was answered with `bytes` of body.
+    pub fn served(&self, stream: &str, bytes: u64) {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return;
+        }
+        if let Some((r, b)) = self.named.read().get(stream) {
+            r.inc();
+            b.inc_by(bytes);
+            return;
+        }
+        let mut named = self.named.write();
+        let label = if named.len() < limit || named.contains_key(stream) {
+            stream
+        } else {
+            OTHER_STREAMS
+        };
+        let (r, b) = named.entry(label.into()).or_insert_with(|| {
+            (
+                self.requests.with_label_values(&[label]),
+                self.sent_bytes.with_label_values(&[label]),
+            )
+        });
+        r.inc();
+        b.inc_by(bytes);
+    }
+
+    /// Set the viewer gauge from each session's stream: the top `limit` and `_other`.
+    fn count_viewers(&self, sessions: &moka::sync::Cache<[u8; 16], Arc<str>>) {
+        self.viewers.reset();
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return;
+        }
+        let mut per: HashMap<Arc<str>, i64> = HashMap::new();
+        for (_, stream) in sessions.iter() {
+            *per.entry(stream).or_default() += 1;
+        }
+        let mut per: Vec<(Arc<str>, i64)> = per.into_iter().collect();
+        per.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut other = 0;
+        for (i, (stream, n)) in per.into_iter().enumerate() {
+            if i < limit && &*stream != OTHER_STREAMS {
+                self.viewers.with_label_values(&[&*stream]).set(n);
+            } else {
+                other += n;
+            }
+        }
+        if other > 0 {
+            self.viewers.with_label_values(&[OTHER_STREAMS]).set(other);
+        }
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -80,7 +172,7 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let r = Registry::new();
-    Metrics {
+    let m = Metrics {
         requests: counter_vec(
             &r,
             "hlsgate_requests_total",
@@ -193,20 +285,96 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "hlsgate_active_sessions",
             "Distinct viewer sessions seen in the last minute.",
         ),
+        cache_max_bytes: gauge(
+            &r,
+            "hlsgate_cache_max_bytes",
+            "The segment cache's bound (cache.max_bytes).",
+        ),
+        edge_connections: gauge(
+            &r,
+            "hlsgate_edge_connections",
+            "Connections open on the edge's listeners (plain and TLS).",
+        ),
+        resident_bytes: gauge(
+            &r,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+        ),
+        streams: StreamSeries {
+            limit: AtomicUsize::new(0),
+            requests: counter_vec(
+                &r,
+                "hlsgate_stream_requests_total",
+                "Admitted edge requests by stream (the first metrics.stream_labels streams; the rest as _other).",
+                &["stream"],
+            ),
+            sent_bytes: counter_vec(
+                &r,
+                "hlsgate_stream_sent_bytes_total",
+                "Body bytes sent to viewers by stream (labels as hlsgate_stream_requests_total).",
+                &["stream"],
+            ),
+            viewers: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "hlsgate_stream_viewers",
+                        "Viewer sessions seen in the last minute by the stream they watched last (the top metrics.stream_labels streams; the rest as _other).",
+                    ),
+                    &["stream"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            named: RwLock::new(HashMap::new()),
+        },
+        connections: OnceLock::new(),
         sessions: moka::sync::Cache::builder()
             .max_capacity(1_000_000)
             .time_to_idle(Duration::from_secs(60))
             .build(),
         registry: r,
-    }
+    };
+    m.zero_series();
+    m
 });
 
 impl Metrics {
-    /// A viewer session was seen (a valid token).
-    pub fn saw_session(&self, session: [u8; 16]) {
-        // A read refreshes the idle timer; only a new session pays for an insert.
-        if self.sessions.get(&session).is_none() {
-            self.sessions.insert(session, ());
+    /// A viewer session was seen (a valid token) watching `stream`.
+    pub fn saw_session(&self, session: [u8; 16], stream: &str) {
+        // A read refreshes the idle timer; only a new session (or one that moved to another
+        // stream) pays for an insert.
+        if self.sessions.get(&session).is_none_or(|s| &*s != stream) {
+            self.sessions.insert(session, Arc::from(stream));
+        }
+    }
+
+    /// Read `hlsgate_edge_connections` from the edge's connection counter.
+    pub fn count_connections(&self, limits: Arc<crate::edge::guard::Limits>) {
+        let _ = self.connections.set(limits);
+    }
+
+    /// Pre-create the series of the labels every deployment has, so that a rule's `rate()`
+    /// sees them at zero before the first event instead of not at all.
+    fn zero_series(&self) {
+        for kind in crate::media::Kind::LABELS {
+            self.origin_fetches.with_label_values(&[kind]);
+            self.origin_errors.with_label_values(&[kind]);
+        }
+        for result in ["hit", "miss", "stale", "pass"] {
+            self.cache_lookups.with_label_values(&[result]);
+        }
+        for (what, result) in [("session", "error"), ("stream", "error")] {
+            self.store_queries.with_label_values(&[what, result]);
+        }
+        for result in ["ok", "refused"] {
+            self.reloads.with_label_values(&[result]);
+        }
+        for result in ["ok", "error", "timeout", "busy"] {
+            self.external_calls.with_label_values(&[result]);
+        }
+        for event in ["publish", "publish_denied", "publish_done"] {
+            self.publish_events.with_label_values(&[event]);
         }
     }
 
@@ -220,10 +388,18 @@ impl Metrics {
     pub fn render(&self, store: Option<&SegmentStore>) -> Vec<u8> {
         self.sessions.run_pending_tasks();
         self.active_sessions.set(self.sessions.entry_count() as i64);
+        self.streams.count_viewers(&self.sessions);
         if let Some(store) = store {
             let (bytes, objects) = store.usage();
             self.cache_held_bytes.set(bytes as i64);
             self.cache_objects.set(objects as i64);
+            self.cache_max_bytes.set(store.policy().max_bytes as i64);
+        }
+        if let Some(l) = self.connections.get() {
+            self.edge_connections.set(l.open() as i64);
+        }
+        if let Some(rss) = resident_bytes() {
+            self.resident_bytes.set(rss as i64);
         }
         let mut out = Vec::with_capacity(8192);
         TextEncoder::new()
@@ -231,6 +407,15 @@ impl Metrics {
             .expect("text encoding to a Vec cannot fail");
         out
     }
+}
+
+/// The resident set size from `/proc/self/statm` (its second field, in pages).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 /// `GET /metrics` on `metrics.listen`.

@@ -200,6 +200,8 @@ pub fn run(path: &Path, role: Role, start: Start, loaded: (Config, Keyring)) -> 
             Some(directory.clone()),
         )));
         let limits = Limits::new(cfg.edge.max_connections, cfg.edge.header_timeout);
+        METRICS.count_connections(limits.clone());
+        METRICS.streams.set_limit(cfg.metrics_stream_labels);
         edge::add_services(&mut server, &live, &limits, edge_certs.as_ref(), access);
         tracing::info!(listen = %cfg.edge.listen, "edge listening");
         if let Some(t) = &cfg.edge.tls {
@@ -309,6 +311,7 @@ impl Control {
                     live.store(Arc::new(next));
                     limits.set(cfg.edge.max_connections, cfg.edge.header_timeout);
                 }
+                METRICS.streams.set_limit(cfg.metrics_stream_labels);
                 if let Some((admin, _)) = &self.admin {
                     admin.reload(cfg.clone(), keyring);
                 }

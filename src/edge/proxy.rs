@@ -218,7 +218,7 @@ impl EdgeProxy {
                 return self.deny(session, ctx, d).await;
             }
         };
-        METRICS.saw_session(g.session);
+        METRICS.saw_session(g.session, &g.stream.id);
         ctx.viewer = Some((g.session, g.ip));
         ctx.cors = std::mem::take(&mut ctx.cors).with_rules(g.rules.as_deref(), facts.origin);
         ctx.rules = g.rules.clone();
@@ -881,6 +881,11 @@ impl ProxyHttp for EdgeProxy {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             v.saw(id, &stream.id, ip, ua, session.body_bytes_sent() as u64);
+        }
+        if let Some(stream) = &ctx.stream {
+            METRICS
+                .streams
+                .served(&stream.id, session.body_bytes_sent() as u64);
         }
         let status = session
             .response_written()
