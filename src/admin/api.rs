@@ -65,6 +65,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .layer(axum::middleware::from_fn(require_json))
         // The media servers' callbacks are form-encoded (nginx-rtmp) or JSON (SRS).
         .merge(super::publish::hooks())
+        .merge(super::web::routes())
         .layer(axum::middleware::from_fn(
             |req: axum::extract::Request, next: axum::middleware::Next| async move {
                 match tokio::time::timeout(super::REQUEST_TIMEOUT, next.run(req)).await {

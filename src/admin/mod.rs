@@ -15,6 +15,7 @@ pub mod api;
 pub mod auth;
 pub mod playback;
 pub mod publish;
+pub mod web;
 
 use crate::config::Config;
 use crate::store::{Changes, Store};
