@@ -3,9 +3,11 @@
 fetches the newest segment, through keep-alive connections, like a real player at the
 live edge. Reports requests, errors and p50/p99 latency per kind.
 
-    viewers.py URL [--players N] [--seconds S]
+    viewers.py URL [--players N] [--seconds S] [--urls FILE]
 
-URL is a playback URL (an hlsgate token URL, or nginx's signed URL). Stops by itself."""
+URL is a playback URL (an hlsgate token URL, or nginx's signed URL); with --urls, player i
+uses line i (mod the number of lines) of FILE instead: one viewer session each. Stops by
+itself."""
 import argparse, http.client, re, threading, time, urllib.parse
 
 
@@ -14,7 +16,12 @@ def main():
     ap.add_argument("url")
     ap.add_argument("--players", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--urls")
     a = ap.parse_args()
+    urls = [a.url]
+    if a.urls:
+        with open(a.urls) as f:
+            urls = [l.strip() for l in f if l.strip()]
     u = urllib.parse.urlsplit(a.url)
     lock = threading.Lock()
     lat = {"playlist": [], "segment": []}
@@ -39,6 +46,7 @@ def main():
         return body if ok else None
 
     def player(i):
+        u = urllib.parse.urlsplit(urls[i % len(urls)])
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
         path = u.path + ("?" + u.query if u.query else "")
         time.sleep((i % 100) / 50)  # players join over two seconds

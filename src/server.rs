@@ -199,7 +199,11 @@ pub fn run(path: &Path, role: Role, start: Start, loaded: (Config, Keyring)) -> 
             keyring.clone(),
             Some(directory.clone()),
         )));
-        let limits = Limits::new(cfg.edge.max_connections, cfg.edge.header_timeout);
+        let limits = Limits::new(
+            cfg.edge.max_connections,
+            cfg.edge.header_timeout,
+            cfg.edge.idle_timeout,
+        );
         METRICS.count_connections(limits.clone());
         METRICS.streams.set_limit(cfg.metrics_stream_labels);
         edge::add_services(&mut server, &live, &limits, edge_certs.as_ref(), access);
@@ -309,7 +313,11 @@ impl Control {
                 if let Some((live, limits)) = &self.edge {
                     let next = live.load().renewed(cfg.clone(), keyring.clone());
                     live.store(Arc::new(next));
-                    limits.set(cfg.edge.max_connections, cfg.edge.header_timeout);
+                    limits.set(
+                        cfg.edge.max_connections,
+                        cfg.edge.header_timeout,
+                        cfg.edge.idle_timeout,
+                    );
                 }
                 METRICS.streams.set_limit(cfg.metrics_stream_labels);
                 if let Some((admin, _)) = &self.admin {

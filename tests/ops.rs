@@ -637,11 +637,39 @@ fn sigterm_finishes_requests_in_flight_and_exits_within_the_grace() {
         (Hlsgate::start("edge", &config, ports.edge), ports)
     };
 
-    // Idle: exits at once, not after the grace.
+    // Idle: exits at once, not after the grace; a kept-alive connection waiting for its
+    // next request is closed at once (not at edge.idle_timeout, 2 s here).
     let (mut h, ports) = run("8s", "idle.yaml");
     let ts = h.token_url(&["--stream", "ts"]);
     assert_eq!(get(ports.edge, &path(&ts), &[]).unwrap().status, 200);
+    let mut kept = std::net::TcpStream::connect(("127.0.0.1", ports.edge)).unwrap();
+    {
+        use std::io::{Read, Write};
+        kept.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(b"ok\n") {
+            let n = kept.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
     h.signal("TERM");
+    {
+        use std::io::Read;
+        let n = kept.read(&mut [0u8; 64]).unwrap_or(0);
+        assert_eq!(n, 0, "bytes on an idle connection");
+    }
+    let closed = t0.elapsed();
+    assert!(
+        closed < Duration::from_millis(1000),
+        "idle connection closed after {closed:?}"
+    );
     let took = h.wait_exit(Duration::from_secs(8)).expect("exits");
     assert!(took < Duration::from_secs(2), "idle drain took {took:?}");
 

@@ -15,7 +15,8 @@
 
 use crate::metrics::METRICS;
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::SslDigest;
 use pingora_core::protocols::Stream;
@@ -40,19 +41,24 @@ pub struct Limits {
     pub open: AtomicUsize,
     pub max: AtomicUsize,
     pub header_timeout_ms: AtomicU64,
+    /// `edge.idle_timeout`: how long a kept-alive HTTP/1 connection may wait for its next
+    /// request.
+    pub idle_timeout_ms: AtomicU64,
 }
 
 impl Limits {
-    pub fn new(max: usize, header_timeout: Duration) -> Arc<Limits> {
+    pub fn new(max: usize, header_timeout: Duration, idle_timeout: Duration) -> Arc<Limits> {
         let l = Arc::new(Limits::default());
-        l.set(max, header_timeout);
+        l.set(max, header_timeout, idle_timeout);
         l
     }
 
-    pub fn set(&self, max: usize, header_timeout: Duration) {
+    pub fn set(&self, max: usize, header_timeout: Duration, idle_timeout: Duration) {
         self.max.store(max, Ordering::Relaxed);
         self.header_timeout_ms
             .store(header_timeout.as_millis() as u64, Ordering::Relaxed);
+        self.idle_timeout_ms
+            .store(idle_timeout.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
     /// Connections open now.
@@ -78,7 +84,7 @@ Content-Length: 35\r\nConnection: close\r\nRetry-After: 1\r\nX-Content-Type-Opti
 \r\n{\"error\":\"too many open connections\"}";
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut session: Stream,
@@ -99,21 +105,69 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             .await;
             return None;
         }
-        // A kept-alive connection comes back wrapped already (and between requests). An
-        // HTTP/2 connection is not: its frames are not HTTP/1 header lines (h2 bounds its
-        // idle connections itself, `h2_idle_timeout`).
+        // HTTP/2 (ALPN h2) is Pingora's own: its frames are not HTTP/1 header lines, and
+        // h2 bounds its idle connections itself (`h2_idle_timeout`). So is h2c, were it on.
         let h2 = matches!(session.selected_alpn_proto(), Some(ALPN::H2));
-        let wrapped: Stream = if h2 || session.as_any().is::<HeaderDeadline>() {
-            session
-        } else {
-            let t = Duration::from_millis(l.header_timeout_ms.load(Ordering::Relaxed));
-            Box::new(HeaderDeadline::new(session, t))
-        };
-        self.inner.process_new(wrapped, shutdown).await
+        let h2c = self.inner.server_options().is_some_and(|o| o.h2c);
+        if h2 || h2c {
+            return self.inner.process_new(session, shutdown).await;
+        }
+        let t = Duration::from_millis(l.header_timeout_ms.load(Ordering::Relaxed));
+        let stream: Stream = Box::new(HeaderDeadline::new(session, t));
+        self.serve_http1(stream, shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
+    /// Pingora's HTTP/1 keep-alive loop (`HttpServerApp`'s `process_new`), with the wait
+    /// for each next request done here. Pingora waits inside `process_new_http`, whose
+    /// future holds the whole proxy's state (tens of KiB) for as long as the connection
+    /// idles; here an idle connection holds only this small future, its socket and the
+    /// header deadline, and the proxy's state exists while a request is being served.
+    async fn serve_http1(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        session.set_keepalive_reuses_remaining(
+            self.inner
+                .server_options()
+                .and_then(|o| o.keepalive_request_limit),
+        );
+        let mut result = self.inner.process_new_http(session, shutdown).await;
+        while let Some((mut stream, settings)) = result.map(|r| r.consume()) {
+            if !self.idle(&mut stream, shutdown).await {
+                return;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(s) = settings {
+                s.apply_to_session(&mut session);
+            }
+            result = self.inner.process_new_http(session, shutdown).await;
+        }
+    }
+
+    /// Wait for the first byte of the next request on a kept-alive connection: `false`
+    /// when it closed, failed, stayed idle for `edge.idle_timeout`, or the edge is
+    /// shutting down (an idle connection is closed at once then). A stream that cannot
+    /// be peeked at (TLS) is handed back at once: Pingora's own wait bounds it.
+    async fn idle(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
+        let idle = Duration::from_millis(self.limits.idle_timeout_ms.load(Ordering::Relaxed));
+        let mut first = [0u8; 1];
+        let mut stop = shutdown.clone();
+        if *stop.borrow() {
+            return false;
+        }
+        tokio::select! {
+            r = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
+                // Ok(false): peeking unsupported; Pingora's read will wait instead.
+                matches!(r, Ok(Ok(_)))
+            }
+            _ = stop.changed() => false,
+        }
     }
 }
 
