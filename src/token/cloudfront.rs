@@ -200,12 +200,13 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
+        // A `*` is a wildcard even facing a `*` in the text (tested before the literal).
+        if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((sp, st)) = star {
             pi = sp + 1;
             ti = st + 1;
@@ -496,6 +497,20 @@ mod tests {
         assert!(wildcard_match("*", ""));
         assert!(!wildcard_match("a*b*c", "aXbY"));
         assert!(wildcard_match(&"*a".repeat(20), &"a".repeat(40)));
+    }
+
+    /// Found by the `token_cloudfront` fuzz target: a `*` in the pattern facing a literal
+    /// `*` in the URL was taken as that character, not as a wildcard, so the rest of the
+    /// URL had to match exactly: a policy for `/hls/s1/*` refused `/hls/s1/*/x.ts`.
+    #[test]
+    fn a_star_in_the_url_does_not_disarm_the_wildcard() {
+        assert!(wildcard_match("h/L*s", "h/L*s\th\"r:s"));
+        assert!(wildcard_match(
+            "https://h/hls/s1/*",
+            "https://h/hls/s1/*/x.ts"
+        ));
+        assert!(wildcard_match("a*c", "a*bc"));
+        assert!(!wildcard_match("a*c", "a*b"));
     }
 
     #[test]
