@@ -69,6 +69,20 @@ hlsgate_url() { # stream object
     echo "${u%/*}/$2"
 }
 
+# A real live stream: ffmpeg writes 2 s segments, 6 in the playlist, into the origin's
+# live/ folder for at most $1 seconds; returns once the second segment exists.
+start_live_stream() {
+    need ffmpeg ffmpeg
+    echo ">> starting a live stream with ffmpeg (2 s segments, 6 in the playlist)" >&2
+    timeout "$1" ffmpeg -nostdin -loglevel error -re -f lavfi -i "testsrc=size=640x360:rate=25" \
+        -f lavfi -i "sine=frequency=440:sample_rate=48000" -c:v libx264 -preset ultrafast \
+        -g 50 -keyint_min 50 -sc_threshold 0 -c:a aac -f hls -hls_time 2 -hls_list_size 6 \
+        -hls_flags delete_segments -hls_segment_filename "$RUN/data/live/tv%d.ts" \
+        "$RUN/data/live/index.m3u8" &
+    PIDS+=($!)
+    for _ in $(seq 100); do [ -s "$RUN/data/live/tv1.ts" ] && break; sleep 0.2; done
+}
+
 # --- measuring ----------------------------------------------------------------------
 run_wrk() { # url [wrk args...] -> "req/s p99_ms"
     local url=$1; shift

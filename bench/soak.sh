@@ -22,14 +22,7 @@ export HLSGATE_CONFIG=data/bench-soak.yaml
 need ffmpeg ffmpeg
 need python3 python3
 
-echo ">> starting a live stream with ffmpeg (2 s segments, 6 in the playlist)" >&2
-timeout $((DURATION + 120)) ffmpeg -nostdin -loglevel error -re -f lavfi -i "testsrc=size=640x360:rate=25" \
-    -f lavfi -i "sine=frequency=440:sample_rate=48000" -c:v libx264 -preset ultrafast \
-    -g 50 -keyint_min 50 -sc_threshold 0 -c:a aac -f hls -hls_time 2 -hls_list_size 6 \
-    -hls_flags delete_segments -hls_segment_filename "$RUN/data/live/tv%d.ts" \
-    "$RUN/data/live/index.m3u8" &
-PIDS+=($!)
-for _ in $(seq 100); do [ -s "$RUN/data/live/tv1.ts" ] && break; sleep 0.2; done
+start_live_stream $((DURATION + 120))
 
 echo ">> $PLAYERS viewer tokens" >&2
 for i in $(seq "$PLAYERS"); do
@@ -39,7 +32,7 @@ done > "$RUN/urls"
 IDLE_PATH=$(hlsgate_url live index.m3u8 | sed 's#^http://[^/]*##')
 
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$HLSGATE_PID/status"; }
-conns() { curl -s 127.0.0.1:18089/metrics | awk '/^hlsgate_edge_connections / {print $2}'; }
+metric() { curl -s 127.0.0.1:18089/metrics | awk -v m="$1" '$1 == m {print $2}'; }
 echo ">> $IDLE idle connections + $PLAYERS viewers for $DURATION s (idle_timeout $IDLE_TIMEOUT)" >&2
 echo "rss before: $(rss) kB"
 python3 bench/idle.py 127.0.0.1 18080 "$IDLE_PATH" --conns "$IDLE" --seconds "$DURATION" --ramp 20 \
@@ -51,17 +44,21 @@ VIEWERS_PID=$!
 start=$(date +%s)
 : > "$RUN/samples"
 while kill -0 "$IDLE_PID" 2>/dev/null || kill -0 "$VIEWERS_PID" 2>/dev/null; do
-    echo "$(( $(date +%s) - start )) $(rss) $(conns)" >> "$RUN/samples"
+    echo "$(( $(date +%s) - start )) $(rss) $(( $(metric hlsgate_cache_held_bytes) / 1024 )) $(metric hlsgate_edge_connections)" >> "$RUN/samples"
     sleep 10
 done
 wait "$IDLE_PID" || true
 wait "$VIEWERS_PID" || true
-echo "samples (seconds, RSS kB, open edge connections):"
+echo "samples (seconds, RSS kB, cache held kB, open edge connections):"
 cat "$RUN/samples"
-awk 'NR==1 {next} $1 >= 30 && !s {s=$2} {if ($2>p) p=$2; e=$2} END {printf "RSS start %d kB (at 30 s, after the ramp), peak %d kB, end %d kB\n", s, p, e}' "$RUN/samples"
+# The end is the last sample with the connections still open (the one after the clients
+# stop is lower).
+awk -v n="$IDLE" '$1 >= 30 && !s {s=$2; sc=$2-$3} $4 >= n {if ($2>p) p=$2; if ($2-$3>pc) pc=$2-$3; e=$2; ec=$2-$3}
+     END {printf "RSS start %d kB (at 30 s, after the ramp), peak %d kB, end %d kB\n", s, p, e;
+          printf "RSS minus the segment cache: start %d kB, peak %d kB, end %d kB\n", sc, pc, ec}' "$RUN/samples"
 echo "viewers:"; cat "$RUN/viewers.txt"
 echo "idle: $(cat "$RUN/idle.json")"
 curl -s 127.0.0.1:18089/metrics | grep -E '^hlsgate_(requests_total|auth_denials_total|origin_errors_total|active_sessions|cache_requests_total)' | grep -v ' 0$'
 # pingora-cache's one-time note about its header compression dictionary is not a problem.
 echo "hlsgate log ERROR|WARN lines: $(grep -iE ' (ERROR|WARN) ' "$RUN/hlsgate.log" | grep -vc 'no header compression dictionary')"
-grep -iE ' (ERROR|WARN) ' "$RUN/hlsgate.log" | grep -v 'no header compression dictionary' | head -5
+grep -iE ' (ERROR|WARN) ' "$RUN/hlsgate.log" | grep -v 'no header compression dictionary' | head -5 || true

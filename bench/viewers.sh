@@ -11,14 +11,7 @@ need python3 python3
 PLAYERS=${PLAYERS:-200}
 DURATION_S=${DURATION:-20}
 
-echo ">> starting a live stream with ffmpeg" >&2
-ffmpeg -nostdin -loglevel error -re -f lavfi -i "testsrc=size=640x360:rate=25" \
-    -f lavfi -i "sine=frequency=440:sample_rate=48000" -c:v libx264 -preset ultrafast \
-    -g 50 -keyint_min 50 -sc_threshold 0 -c:a aac -f hls -hls_time 2 -hls_list_size 6 \
-    -hls_flags delete_segments -hls_segment_filename "$RUN/data/live/tv%d.ts" \
-    "$RUN/data/live/index.m3u8" &
-PIDS+=($!)
-for _ in $(seq 100); do [ -s "$RUN/data/live/tv1.ts" ] && break; sleep 0.2; done
+start_live_stream 600
 
 for side in hlsgate nginx; do
     if [ $side = hlsgate ]; then URL=$(hlsgate_url live index.m3u8); else URL=$(nginx_url live/index.m3u8); fi
