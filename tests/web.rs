@@ -2,7 +2,8 @@
 //! markup (strict CSP, no inline script or style, nothing that would carry a credential by
 //! itself), and the page used in headless Chromium (npm `playwright-core` driving Debian's
 //! `chromium`): register, add, edit and play a stream with hls.js for 4 s of media time,
-//! see its viewer, copy the playback URL, sign out — and the playback URL stops.
+//! see its viewer, copy the playback URL, delete a stream, revoke another session of the
+//! same user, sign out — and the playback URL stops.
 
 mod common;
 
@@ -183,6 +184,8 @@ fn the_page_in_chromium_logs_in_adds_plays_and_signs_out() {
             "stream edited",
             "played",
             "copied",
+            "stream deleted",
+            "session revoked",
             "signed out"
         ]),
         "{ctx}"
@@ -215,6 +218,12 @@ fn the_page_in_chromium_logs_in_adds_plays_and_signs_out() {
         "{copied}"
     );
     assert!(copied.ends_with("/1/main.m3u8"), "{copied}");
+    // The other session worked until the page revoked it.
+    assert_eq!(
+        (v["otherBefore"].as_u64(), v["otherAfter"].as_u64()),
+        (Some(200), Some(401)),
+        "{ctx}"
+    );
     // The JWT was nowhere but in the script's memory.
     assert_eq!(
         v["stored"],

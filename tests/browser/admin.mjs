@@ -1,7 +1,8 @@
 // The admin web page in headless Chromium (Debian's chromium, driven by playwright-core),
 // used the way a person would: register and log in, add a stream, play it (hls.js from
 // the page, the edge on another origin) for 4 seconds of media time, look at its viewers,
-// copy the playback URL, sign out; then the playback URL must stop working.
+// copy the playback URL, delete a stream, revoke another session, sign out; then the
+// playback URL must stop working.
 //
 //   [UA=...] [SCREENSHOTS=DIR] node admin.mjs ADMIN_URL STREAM_URL
 //
@@ -97,6 +98,30 @@ try {
   await until(() => document.getElementById('notice').textContent.includes('copied'), null, 5000);
   out.copied = await page.evaluate(() => navigator.clipboard.readText());
   step('copied');
+
+  // Delete: a second stream, removed with the two-click button.
+  await page.fill('#add-url', streamUrl);
+  await page.click('#add-submit');
+  await until(() => document.querySelectorAll('#streams tbody tr').length === 2, null, 10000);
+  const second = page.locator('#streams tbody tr').nth(1);
+  await second.locator('button.delete').click();
+  await second.locator('button.delete').click();
+  await until(() => document.querySelectorAll('#streams tbody tr').length === 1, null, 10000);
+  step('stream deleted');
+
+  // Revoke: a second login of the same user (another device), ended from the page.
+  const login = await fetch(new URL('/api/login', adminUrl), {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ username: 'ada', password: 'correct horse battery' }),
+  }).then((r) => r.json());
+  const other = (path) => fetch(new URL(path, adminUrl), { headers: { Authorization: `Bearer ${login.token}` } })
+    .then((r) => r.status);
+  out.otherBefore = await other('/api/streams');
+  await until(() => document.querySelectorAll('#sessions tbody button.danger').length === 1, null, 12000);
+  await page.click('#sessions tbody button.danger');
+  await until(() => document.querySelectorAll('#sessions tbody tr').length === 1, null, 10000);
+  out.otherAfter = await other('/api/streams');
+  step('session revoked');
 
   // Where the login JWT is not: storage, cookies, this page's URL.
   out.stored = await page.evaluate(() => ({
