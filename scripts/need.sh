@@ -124,8 +124,9 @@ need_browser() {
     need chromium chromium
     need node nodejs
     need npm npm
-    [ -d tests/browser/node_modules/playwright-core ] && [ -d tests/browser/node_modules/hls.js ] && return 0
-    echo ">> installing tests/browser's npm packages (playwright-core, hls.js)" >&2
+    local m=tests/browser/node_modules
+    [ -d $m/playwright-core ] && [ -d $m/hls.js ] && [ -d $m/typescript ] && [ -d $m/@grafana/schema ] && return 0
+    echo ">> installing tests/browser's npm packages (playwright-core, hls.js, typescript, @grafana/schema)" >&2
     (cd tests/browser && npm ci --no-audit --no-fund --silent) >&2
 }
 

@@ -1,7 +1,8 @@
 //! What operators look at: the Prometheus alert rules (`conf/prometheus/`) pass `promtool
 //! check rules` and their unit tests (`promtool test rules`); the Grafana dashboard
-//! (`conf/grafana/hlsgate.json`) is a dashboard model Grafana imports as it is, and every
-//! query in it parses as PromQL (checked by promtool); every metric a rule or a panel names
+//! (`conf/grafana/hlsgate.json`) is a dashboard model Grafana imports as it is (it
+//! type-checks as Grafana's own `Dashboard` type), and every query in it parses as PromQL
+//! (checked by promtool); every metric a rule or a panel names
 //! is one a running hlsgate exports; per-stream series stay within `metrics.stream_labels`.
 
 mod common;
@@ -205,6 +206,47 @@ fn dashboard_is_a_grafana_model_and_every_query_parses() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
+/// The dashboard type-checks as Grafana's own `Dashboard` type (npm `@grafana/schema`,
+/// generated from Grafana's schema) with `tsc --strict`, written as an object literal so
+/// that a property Grafana does not know is an error too.
+#[test]
+fn dashboard_type_checks_against_grafanas_own_schema() {
+    let browser = root().join("tests/browser");
+    let tsc = browser.join("node_modules/.bin/tsc");
+    assert!(
+        tsc.exists() && browser.join("node_modules/@grafana/schema").exists(),
+        "tests/browser's npm packages are missing: scripts/test.sh installs them (npm ci)"
+    );
+    let json = std::fs::read_to_string(root().join("conf/grafana/hlsgate.json")).unwrap();
+    // Beside node_modules, so that the import resolves; removed afterwards.
+    let file = browser.join(format!("dashboard-check-{}.ts", std::process::id()));
+    std::fs::write(
+        &file,
+        format!("import type {{ Dashboard }} from '@grafana/schema';\nexport const d: Dashboard = {json};\n"),
+    )
+    .unwrap();
+    let out = Command::new(&tsc)
+        .args([
+            "--noEmit",
+            "--strict",
+            "--skipLibCheck",
+            "--moduleResolution",
+            "node",
+        ])
+        .args(["--module", "commonjs", "--target", "es2020"])
+        .arg(&file)
+        .current_dir(&browser)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "tsc: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Scrape a running `hlsgate serve` after traffic: the metric families it exports.
 fn exported(stream_labels: usize) -> (String, Hlsgate, EdgePorts, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -248,7 +290,7 @@ fn exported(stream_labels: usize) -> (String, Hlsgate, EdgePorts, tempfile::Temp
 
 #[test]
 fn every_metric_a_rule_or_a_panel_names_is_exported() {
-    let (scrape, _h, _ports, _dir) = exported(20);
+    let (scrape, h, ports, _dir) = exported(20);
     let families: BTreeSet<String> = scrape
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -268,7 +310,17 @@ fn every_metric_a_rule_or_a_panel_names_is_exported() {
     // The gauges the rules divide by have values.
     assert!(sample(&scrape, "hlsgate_cache_max_bytes") >= (1 << 20) as f64);
     assert!(sample(&scrape, "process_resident_memory_bytes") > (1 << 20) as f64);
-    assert!(sample(&scrape, "hlsgate_edge_connections") >= 1.0);
+    // A connection held open (a request header begun) is counted.
+    let _open = std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    let counted = (0..40).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let m = get(ports.metrics, "/metrics", &[]).unwrap().text();
+        sample(&m, "hlsgate_edge_connections") >= 1.0
+    });
+    assert!(
+        counted,
+        "an open edge connection is not in hlsgate_edge_connections"
+    );
 }
 
 /// The `stream` label values of `metric`'s series.

@@ -110,11 +110,11 @@ dash = {
     "tags": ["hlsgate", "hls", "edge"],
     "templating": {"list": [
         {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
-         "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1, "regex": "", "skipUrlSync": False},
+         "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1, "regex": "", "skipUrlSync": False},
         {"name": "instance", "label": "Instance", "type": "query", "datasource": DS,
-         "definition": "label_values(hlsgate_requests_total, instance)",
+
          "query": {"query": "label_values(hlsgate_requests_total, instance)", "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-         "current": {}, "hide": 0, "includeAll": True, "allValue": ".*", "multi": True, "options": [], "refresh": 2,
+         "hide": 0, "includeAll": True, "allValue": ".*", "multi": True, "options": [], "refresh": 2,
          "regex": "", "skipUrlSync": False, "sort": 1}]},
     "time": {"from": "now-3h", "to": "now"},
     "timepicker": {},
