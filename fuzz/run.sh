@@ -36,5 +36,5 @@ for t in "${targets[@]}"; do
         > "corpus/$t.log" 2>&1 || { echo "!! $t failed: see fuzz/corpus/$t.log" >&2; tail -40 "corpus/$t.log" >&2; exit 1; }
     end=$(date +%s)
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "corpus/$t.log" | grep -o '[0-9]*$')
-    echo "$t: $runs executions in $((end - start)) s, corpus $(ls "corpus/$t" | wc -l) inputs, no crash: $(grep -E '^#[0-9]+ +(DONE|pulse)' "corpus/$t.log" | tail -1)"
+    echo "$t: $runs executions in $((end - start)) s, corpus $(ls "corpus/$t" | wc -l) inputs, no crash: $(grep -m1 '^Done ' "corpus/$t.log")"
 done
