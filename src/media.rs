@@ -25,8 +25,8 @@ impl Kind {
         }
     }
 
-    /// Every [`Kind::label`].
-    pub const LABELS: [&'static str; 4] = ["playlist", "segment", "key", "other"];
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [Kind::Playlist, Kind::Segment, Kind::Key, Kind::Other];
 
     pub fn label(self) -> &'static str {
         match self {

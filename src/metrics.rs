@@ -357,7 +357,7 @@ impl Metrics {
     /// Pre-create the series of the labels every deployment has, so that a rule's `rate()`
     /// sees them at zero before the first event instead of not at all.
     fn zero_series(&self) {
-        for kind in crate::media::Kind::LABELS {
+        for kind in crate::media::Kind::ALL.map(crate::media::Kind::label) {
             self.origin_fetches.with_label_values(&[kind]);
             self.origin_errors.with_label_values(&[kind]);
         }

@@ -24,7 +24,7 @@ use crate::stream::Stream;
 use crate::token::{Keyring, TokenError, Verified};
 use admission::Denial;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use std::collections::HashMap;
@@ -293,9 +293,6 @@ pub fn draining() -> bool {
 }
 
 /// Add the edge (on `edge.listen`, and on `edge.tls.listen` with `certs`) and the metrics
-/// The edge listeners' L4 read buffer (see `add_services`).
-const EDGE_L4_READ_BUFFER: usize = 0;
-
 /// endpoint to `server`.
 pub fn add_services(
     server: &mut Server,
@@ -326,7 +323,7 @@ pub fn add_services(
     // whole life, which is most of what an idle keep-alive connection costs (~110 KiB each,
     // 1.1 GB for 10,000: bench/soak.sh). The HTTP/1 parser reads into its own header
     // buffer, and rustls into its own, so the L4 one only copied bytes twice.
-    let l4 = L4BufferSettings::new(EDGE_L4_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    let l4 = L4BufferSettings::default().read(0);
     svc.add_listener(ListenerConfig::tcp(cfg.edge.listen.to_string()).l4_buffer(l4));
     if let (Some(tls), Some(certs)) = (&cfg.edge.tls, certs) {
         svc.add_listener(

@@ -871,21 +871,18 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if let (Some(v), Some((id, ip)), Some(stream)) =
-            (&self.state().viewers, ctx.viewer, ctx.stream.as_ref())
-        {
-            let ua = session
-                .req_header()
-                .headers
-                .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            v.saw(id, &stream.id, ip, ua, session.body_bytes_sent() as u64);
-        }
         if let Some(stream) = &ctx.stream {
-            METRICS
-                .streams
-                .served(&stream.id, session.body_bytes_sent() as u64);
+            let sent = session.body_bytes_sent() as u64;
+            METRICS.streams.served(&stream.id, sent);
+            if let (Some(v), Some((id, ip))) = (&self.state().viewers, ctx.viewer) {
+                let ua = session
+                    .req_header()
+                    .headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                v.saw(id, &stream.id, ip, ua, sent);
+            }
         }
         let status = session
             .response_written()
