@@ -59,12 +59,11 @@ fn hls_js_in_chromium_plays_path_jwt_and_cookie_mode_cross_origin() {
         "2s",
         &format!("streams:\n{}", origin.streams_yaml()),
     );
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "edge:\n",
-        "edge:\n  cors:\n    allow_origins: [\"http://127.0.0.1:*\"]\n",
-        1,
+    add_config_keys(
+        &config,
+        "edge",
+        "  cors:\n    allow_origins: [\"http://127.0.0.1:*\"]\n",
     );
-    std::fs::write(&config, text).unwrap();
     let _serve = Hlsgate::start("serve", &config, ports.edge);
     let a = ports.admin;
     let creds = json!({"username": "viewer", "password": "correct horse battery"});

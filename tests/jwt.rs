@@ -40,12 +40,11 @@ fn harness() -> &'static Harness {
             &format!("streams:\n{}", origin.streams_yaml()),
         );
         let k = keys.display();
-        let text = std::fs::read_to_string(&config).unwrap().replacen(
-            "tokens:\n",
-            &format!("tokens:\n  jwt:\n    keys:\n      ivs: \"{k}/es384.pub\"\n      k256: \"{k}/es256.pub\"\n      rsa: \"{k}/rsa.pub\"\n"),
-            1,
+        add_config_keys(
+            &config,
+            "tokens",
+            &format!("  jwt:\n    keys:\n      ivs: \"{k}/es384.pub\"\n      k256: \"{k}/es256.pub\"\n      rsa: \"{k}/rsa.pub\"\n"),
         );
-        std::fs::write(&config, text).unwrap();
         let edge = Hlsgate::start("edge", &config, ports.edge);
         Harness {
             edge,

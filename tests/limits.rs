@@ -24,12 +24,7 @@ fn serve(
         origin.port
     );
     let (config, ports) = write_config(dir.path(), "2s", &streams);
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "edge:\n",
-        &format!("edge:\n{edge_opts}"),
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+    add_config_keys(&config, "edge", edge_opts);
     let h = Hlsgate::start("serve", &config, ports.edge);
     (h, ports, dir, origin)
 }

@@ -87,21 +87,19 @@ fn harness() -> &'static Harness {
             origin.streams_yaml()
         );
         let (config, ports) = write_config(&dir, "2s", &streams);
-        let text = std::fs::read_to_string(&config).unwrap();
-        let text = text.replacen(
-            "tokens:\n",
+        add_config_keys(
+            &config,
+            "tokens",
             &format!(
-                "tokens:\n  cloudfront:\n    keys:\n      {KEY_PAIR}: \"{}/cf.pub\"\n  akamai:\n    key_hex: \"{AKAMAI_KEY}\"\n  secure_link:\n    secret: \"{SECURE_LINK_SECRET}\"\n",
+                "  cloudfront:\n    keys:\n      {KEY_PAIR}: \"{}/cf.pub\"\n  akamai:\n    key_hex: \"{AKAMAI_KEY}\"\n  secure_link:\n    secret: \"{SECURE_LINK_SECRET}\"\n",
                 keys.display()
             ),
-            1,
         );
-        let text = text.replacen(
-            "edge:\n",
-            "edge:\n  cors:\n    allow_origins: [\"http://player.example\", \"https://*.example.com\"]\n",
-            1,
+        add_config_keys(
+            &config,
+            "edge",
+            "  cors:\n    allow_origins: [\"http://player.example\", \"https://*.example.com\"]\n",
         );
-        std::fs::write(&config, text).unwrap();
         let serve = Hlsgate::start("serve", &config, ports.edge);
         Harness {
             serve,

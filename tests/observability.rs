@@ -256,12 +256,11 @@ fn exported(stream_labels: usize) -> (String, Hlsgate, EdgePorts, tempfile::Temp
         "2s",
         &format!("streams:\n{}", origin.streams_yaml()),
     );
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "metrics:\n",
-        &format!("metrics:\n  stream_labels: {stream_labels}\n"),
-        1,
+    add_config_keys(
+        &config,
+        "metrics",
+        &format!("  stream_labels: {stream_labels}\n"),
     );
-    std::fs::write(&config, text).unwrap();
     let h = Hlsgate::start("serve", &config, ports.edge);
     // Every stream once, the first three by two viewers (UAs) each, `ts` by three.
     for (stream, viewers) in [

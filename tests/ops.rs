@@ -720,15 +720,14 @@ fn access_log_has_one_line_per_request_without_tokens() {
         let log = dir.join("access.log");
         let (config, ports) =
             write_config(&dir, "5s", &format!("streams:\n{}", origin.streams_yaml()));
-        let text = std::fs::read_to_string(&config).unwrap().replacen(
-            "edge:\n",
+        add_config_keys(
+            &config,
+            "edge",
             &format!(
-                "edge:\n  access_log: \"{}\"\n  access_log_format: {format}\n",
+                "  access_log: \"{}\"\n  access_log_format: {format}\n",
                 log.display()
             ),
-            1,
         );
-        std::fs::write(&config, text).unwrap();
         let mut h = Hlsgate::start("edge", &config, ports.edge);
         let url = h.token_url(&["--stream", "ts", "--ttl", "600"]);
         let token = path(&url).split('/').nth(3).unwrap().to_owned();
@@ -800,16 +799,15 @@ fn admin_listens_on_tls_too() {
     let (c, k) = leaf(&dir, "localhost", &["localhost"]);
     let atls = free_port();
     let (config, ports) = write_config(&dir, "5s", "streams: {}\n");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "admin:\n",
+    add_config_keys(
+        &config,
+        "admin",
         &format!(
-            "admin:\n  tls: {{ listen: \"127.0.0.1:{atls}\", cert: \"{}\", key: \"{}\" }}\n",
+            "  tls: {{ listen: \"127.0.0.1:{atls}\", cert: \"{}\", key: \"{}\" }}\n",
             c.display(),
             k.display()
         ),
-        1,
     );
-    std::fs::write(&config, text).unwrap();
     let _h = Hlsgate::start("serve", &config, ports.edge);
     let ca = dir.join("ca.crt");
     let ca = ca.to_str().unwrap();

@@ -331,6 +331,18 @@ pub struct EdgePorts {
     pub admin: u16,
 }
 
+/// Add `keys` (YAML lines, indented) at the top of the `section:` of the config at `path`.
+pub fn add_config_keys(path: &Path, section: &str, keys: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let head = format!("{section}:\n");
+    assert!(
+        text.contains(&head),
+        "no `{section}:` in {}",
+        path.display()
+    );
+    std::fs::write(path, text.replacen(&head, &format!("{head}{keys}"), 1)).unwrap();
+}
+
 /// Write `dir/hlsgate.yaml` for an edge on free loopback ports with short origin timeouts,
 /// 2 s keep-alive idle timeout, its key in `dir`, 30 s tokens, loopback origins allowed; `extra` is more YAML (it must hold
 /// `streams:`), `read_timeout` the origin read timeout.
