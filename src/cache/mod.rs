@@ -11,6 +11,7 @@
 //! playlists about half a target duration; VOD playlists longer; an origin's
 //! `Cache-Control` (`s-maxage`, `max-age`, `no-store`, `private`, `no-cache`) wins.
 
+pub mod lock;
 mod store;
 
 pub use store::SegmentStore;

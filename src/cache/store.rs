@@ -151,6 +151,17 @@ impl SegmentStore {
         Box::leak(Box::new(SegmentStore::new(policy)))
     }
 
+    /// Whether a lookup of `key` now would find a fill in progress or a fresh copy (see
+    /// `lock::FillLock`).
+    pub(crate) fn holds(&self, key: &CacheKey) -> bool {
+        let k = key_of(key);
+        self.partial.lock().contains_key(&k)
+            || self
+                .done
+                .get(&k)
+                .is_some_and(|e| e.meta.fresh_until > SystemTime::now())
+    }
+
     /// Bytes and objects held (complete objects; in-flight ones are bounded by the number
     /// of concurrent misses).
     pub fn usage(&self) -> (u64, u64) {

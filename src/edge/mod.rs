@@ -17,13 +17,14 @@ pub mod respond;
 pub mod store_cache;
 pub mod viewers;
 
+use crate::cache::lock::FillLock;
 use crate::cache::SegmentStore;
 use crate::config::Config;
 use crate::metrics::MetricsApp;
 use crate::stream::Stream;
 use crate::token::{Keyring, TokenError, Verified};
 use admission::Denial;
-use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::lock::CacheKeyLockImpl;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
@@ -122,8 +123,8 @@ impl EdgeState {
                         + e.origin_read_timeout
                         + std::time::Duration::from_secs(1),
                 );
-                let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(lock_age));
-                (SegmentStore::leak(cfg.cache.clone()), lock, None)
+                let store = SegmentStore::leak(cfg.cache.clone());
+                (store, FillLock::leak(lock_age, store), None)
             }
         };
         let cloudfront_native = keyring.derive(crate::token::cloudfront::NATIVE_LABEL);
