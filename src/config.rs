@@ -3,8 +3,8 @@
 //! problem on one line. The shipped `conf/hlsgate.yaml` documents every key and its default.
 
 use crate::origin::Origin;
-use crate::stream::AllowEntry;
 pub use crate::stream::{valid_stream_id, OriginPolicy, Stream};
+use crate::stream::{AllowEntry, Shield};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -410,6 +410,8 @@ struct FileOrigins {
     allow: Vec<String>,
     users: Vec<String>,
     media_types: Vec<String>,
+    /// Another hlsgate that misses are fetched from (`http(s)://host[:port]`).
+    shield: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -946,6 +948,18 @@ impl Config {
                 ));
             }
             origins.users.push(u.clone());
+        }
+        if let Some(url) = &f.origins.shield {
+            let shield = Shield::parse(url).map_err(|p| err("origins.shield", p))?;
+            if let Ok(ip) = shield.host.parse::<IpAddr>() {
+                if origins.own.contains(&SocketAddr::new(ip, shield.port)) {
+                    return Err(err(
+                        "origins.shield",
+                        "is this hlsgate's own listener (a shield is another hlsgate)".into(),
+                    ));
+                }
+            }
+            origins.shield = Some(shield);
         }
         for (i, t) in f.origins.media_types.iter().enumerate() {
             let t = t.trim().to_ascii_lowercase();

@@ -93,6 +93,50 @@ pub struct OriginPolicy {
     pub media_types: Vec<String>,
     /// `origins.ca_file`: the CAs HTTPS origins must chain to (none: the system's).
     pub ca_file: Option<std::path::PathBuf>,
+    /// `origins.shield`: the hlsgate that misses of HTTP origins are fetched from.
+    pub shield: Option<Shield>,
+}
+
+/// `origins.shield`: another hlsgate, trusted (the operator names it) and sharing the token
+/// key, that this edge asks for the objects it misses (see `edge::shield`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shield {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `host[:port]` as the `Host` header names it.
+    pub authority: String,
+}
+
+impl Shield {
+    /// `http(s)://host[:port]`, optionally with a trailing `/`; no path, query or credentials.
+    pub fn parse(url: &str) -> Result<Shield, String> {
+        let bare = url.strip_suffix('/').unwrap_or(url);
+        if !(bare.starts_with("http://") || bare.starts_with("https://"))
+            || bare.matches('/').count() != 2
+        {
+            return Err(format!(
+                "{url:?} must be http(s)://HOST[:PORT], with no path"
+            ));
+        }
+        match crate::origin::Origin::from_playlist_url(&format!("{bare}/x"))? {
+            (
+                crate::origin::Origin::Http {
+                    tls,
+                    host,
+                    port,
+                    space,
+                },
+                _,
+            ) => Ok(Shield {
+                tls,
+                host,
+                port,
+                authority: space.authority.clone(),
+            }),
+            _ => Err(format!("{url:?} must be http(s)://HOST[:PORT]")),
+        }
+    }
 }
 
 /// The media types an edge passes when `origins.media_types` is not set.

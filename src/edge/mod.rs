@@ -14,6 +14,7 @@ pub mod guard;
 pub mod modes;
 pub mod proxy;
 pub mod respond;
+pub mod shield;
 pub mod store_cache;
 pub mod viewers;
 

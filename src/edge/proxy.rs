@@ -6,7 +6,7 @@
 
 use super::admission::{self, Admission, Denial, Request};
 use super::cors::Cors;
-use super::{access, file, respond, EdgeState};
+use super::{access, file, respond, shield, EdgeState};
 use crate::cache::content_length;
 use crate::media::{self, Kind};
 use crate::metrics::METRICS;
@@ -72,6 +72,9 @@ pub struct Ctx {
     /// A cached playlist already rewritten whole (see `rewrite_hit_whole`): the body to send
     /// instead of the cached one.
     rewritten: Option<Bytes>,
+    /// This process is the shield for this request (another edge asked, see `shield`): the
+    /// origin's bytes and headers go back as they are.
+    shield: bool,
 }
 
 impl Ctx {
@@ -176,6 +179,31 @@ impl EdgeProxy {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
         };
+        if facts.path.starts_with(shield::PREFIX) {
+            let header = req.headers.get(shield::HEADER).map(|v| v.as_bytes());
+            let admitted = shield::admit(
+                &st.keyring,
+                facts.method,
+                facts.path,
+                facts.query,
+                header,
+                token::unix_now(),
+            );
+            return match admitted {
+                Ok(o) => {
+                    ctx.shield = true;
+                    ctx.kind = o.kind;
+                    ctx.origin_path = o.origin_path;
+                    ctx.upstream_uri = o.upstream_uri;
+                    ctx.stream = Some(o.stream);
+                    Ok(false)
+                }
+                Err(d) => {
+                    ctx.kind = Kind::of(facts.path);
+                    self.deny(session, ctx, d).await
+                }
+            };
+        }
         ctx.cors = Cors::by_config(&st.cfg.edge.cors_allow_origins, facts.origin);
         if req.method == http::Method::OPTIONS
             && matches!(
@@ -350,6 +378,15 @@ impl EdgeProxy {
     /// (their `Location` may point anywhere, the metadata service included), error pages
     /// (they may hold internal text), and anything that is not media.
     /// `(status, denial reason or "", message)`.
+    /// The shield this request's miss is fetched from: `origins.shield`, unless this
+    /// request is itself a shield request (one tier).
+    fn via_shield(&self, ctx: &Ctx) -> Option<crate::stream::Shield> {
+        if ctx.shield {
+            return None;
+        }
+        self.state().cfg.origins.shield.clone()
+    }
+
     fn refusal(
         &self,
         ctx: &Ctx,
@@ -364,6 +401,8 @@ impl EdgeProxy {
                 "origin redirected; redirects are not followed",
             )),
             404 | 410 => Some((404, "", "not found at the origin")),
+            // The shield timed out on the origin (its own 502s stay 502s).
+            504 if self.via_shield(ctx).is_some() => Some((504, "", "origin timed out")),
             400..=499 => Some((502, "", "origin refused the request")),
             500..=599 => Some((502, "", "origin error")),
             _ if status < 200 => None,
@@ -432,6 +471,7 @@ impl ProxyHttp for EdgeProxy {
             rules: None,
             rewritten: None,
             viewer: None,
+            shield: false,
         }
     }
 
@@ -580,7 +620,29 @@ impl ProxyHttp for EdgeProxy {
         else {
             return Err(bad_gateway("not an http origin"));
         };
-        let policy = &self.state().cfg.origins;
+        let st = self.state();
+        let e = &st.cfg.edge;
+        let with_timeouts = |mut peer: HttpPeer| {
+            peer.options.connection_timeout = Some(e.origin_connect_timeout);
+            peer.options.total_connection_timeout = Some(e.origin_connect_timeout);
+            peer.options.read_timeout = Some(e.origin_read_timeout);
+            peer.options.write_timeout = Some(e.origin_read_timeout);
+            peer.options.idle_timeout = Some(Duration::from_secs(60));
+            Box::new(peer)
+        };
+        if let Some(sh) = self.via_shield(ctx) {
+            // The operator's own hlsgate: no origin policy (it applies its own).
+            let addr = match sh.host.parse::<IpAddr>() {
+                Ok(ip) => Some(SocketAddr::new(ip, sh.port)),
+                Err(_) => tokio::net::lookup_host((sh.host.as_str(), sh.port))
+                    .await
+                    .map_err(|e| Error::because(ErrorType::HTTPStatus(502), "shield DNS", e))?
+                    .next(),
+            };
+            let addr = addr.ok_or_else(|| bad_gateway("shield address unknown"))?;
+            return Ok(with_timeouts(HttpPeer::new(addr, sh.tls, sh.host.clone())));
+        }
+        let policy = &st.cfg.origins;
         // Checked again at every connection: a name that resolved to a public address at
         // start-up may point inside later (DNS rebinding).
         let addr = match host.parse::<IpAddr>() {
@@ -597,14 +659,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.failure = Some("not an allowed origin");
             return Err(bad_gateway("origin address not allowed"));
         };
-        let mut peer = HttpPeer::new(addr, *tls, host.clone());
-        let e = &self.state().cfg.edge;
-        peer.options.connection_timeout = Some(e.origin_connect_timeout);
-        peer.options.total_connection_timeout = Some(e.origin_connect_timeout);
-        peer.options.read_timeout = Some(e.origin_read_timeout);
-        peer.options.write_timeout = Some(e.origin_read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
+        Ok(with_timeouts(HttpPeer::new(addr, *tls, host.clone())))
     }
 
     /// Every origin fetch ends by `edge.origin_total_timeout`, however slowly its body
@@ -664,15 +719,19 @@ impl ProxyHttp for EdgeProxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let uri: http::Uri = ctx
-            .upstream_uri
-            .parse()
-            .map_err(|e| Error::because(ErrorType::HTTPStatus(400), "origin URI", e))?;
-        req.set_uri(uri);
         let stream = ctx
             .stream
             .as_ref()
             .ok_or_else(|| bad_gateway("no stream"))?;
+        let shield = self.via_shield(ctx);
+        let target = match &shield {
+            Some(_) => shield::target(stream.origin.space(), &ctx.upstream_uri),
+            None => ctx.upstream_uri.clone(),
+        };
+        let uri: http::Uri = target
+            .parse()
+            .map_err(|e| Error::because(ErrorType::HTTPStatus(400), "origin URI", e))?;
+        req.set_uri(uri);
         // Only the allow-listed headers go on: playlists arrive uncompressed (no
         // Accept-Encoding) to be rewritten; the viewer's credentials, the page they came
         // from (whose URL carries a token) and anything an origin could vary on stay here.
@@ -685,8 +744,15 @@ impl ProxyHttp for EdgeProxy {
         for name in drop {
             req.remove_header(&name);
         }
-        req.insert_header("Host", stream.origin.space().authority.as_str())?;
         req.insert_header("User-Agent", EDGE_UA)?;
+        match shield {
+            Some(sh) => {
+                req.insert_header("Host", sh.authority.as_str())?;
+                let auth = shield::authorization(&self.state().keyring, &target, token::unix_now());
+                req.insert_header(shield::HEADER, auth)?;
+            }
+            None => req.insert_header("Host", stream.origin.space().authority.as_str())?,
+        }
         Ok(())
     }
 
@@ -727,8 +793,10 @@ impl ProxyHttp for EdgeProxy {
                 resp.insert_header(http::header::CONTENT_TYPE, t)?;
             }
         }
-        resp.insert_header(respond::NEW_TOKEN, ctx.token.as_str())?;
-        ctx.cors.apply(resp)?;
+        if !ctx.shield {
+            resp.insert_header(respond::NEW_TOKEN, ctx.token.as_str())?;
+            ctx.cors.apply(resp)?;
+        }
         let cache_state = cache_state(session.cache.phase()).map(|(header, _)| header);
         ctx.from_cache = matches!(cache_state, Some("HIT" | "STALE" | "REVALIDATED"));
         if let Some(state) = cache_state {
@@ -739,7 +807,7 @@ impl ProxyHttp for EdgeProxy {
             resp.insert_header("Warning", "110 hlsgate \"Response is Stale\"")?;
         }
         let is_playlist = ctx.kind == Kind::Playlist || is_playlist_response(resp);
-        if !is_playlist || resp.status != http::StatusCode::OK {
+        if ctx.shield || !is_playlist || resp.status != http::StatusCode::OK {
             return Ok(());
         }
         if resp
@@ -871,7 +939,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if let Some(stream) = &ctx.stream {
+        if let Some(stream) = ctx.stream.as_ref().filter(|_| !ctx.shield) {
             let sent = session.body_bytes_sent() as u64;
             METRICS.streams.served(&stream.id, sent);
             if let (Some(v), Some((id, ip))) = (&self.state().viewers, ctx.viewer) {

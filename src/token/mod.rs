@@ -425,6 +425,17 @@ impl Keyring {
         self.verify_short(&query_parts(stream, path, query), sig)
     }
 
+    /// An edge's authorisation of one shield request (`origins.shield`): the short form
+    /// over the request's path and query and its expiry, with a domain label of its own.
+    pub fn sign_shield(&self, uri: &str, exp: u32) -> String {
+        self.sign_short(&[b"shield\0", &exp.to_be_bytes(), uri.as_bytes()])
+    }
+
+    /// Whether `sig` is [`Keyring::sign_shield`]'s signature of `uri` and `exp`.
+    pub fn verify_shield(&self, uri: &str, exp: u32, sig: &str) -> bool {
+        self.verify_short(&[b"shield\0", &exp.to_be_bytes(), uri.as_bytes()], sig)
+    }
+
     /// The short signature form: URL-safe base64 of the active key id and a 96-bit
     /// truncated HMAC over `parts`.
     fn sign_short(&self, parts: &[&[u8]]) -> String {
@@ -688,5 +699,21 @@ mod tests {
         assert!(!k.verify_path("demo", "/keys/k2.bin", &sig));
         assert!(!k.verify_path("other", "/keys/k.bin", &sig));
         assert!(!k.verify_path("demo", "/keys/k.bin", "AAAA"));
+    }
+
+    #[test]
+    fn shield_signatures_bind_uri_and_expiry_and_are_not_path_signatures() {
+        let k = ring();
+        let uri = "/_shield/http/o:80/live/a.ts";
+        let sig = k.sign_shield(uri, 100);
+        assert!(k.verify_shield(uri, 100, &sig));
+        assert!(!k.verify_shield(uri, 101, &sig));
+        assert!(!k.verify_shield("/_shield/http/o:80/live/b.ts", 100, &sig));
+        assert!(!k.verify_path("shield", uri, &sig));
+        let other = Keyring::from_text(
+            "1 ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff\n",
+        )
+        .unwrap();
+        assert!(!other.verify_shield(uri, 100, &sig));
     }
 }
