@@ -10,9 +10,9 @@
 //!
 //! When the file is missing it is created with one fresh key, mode 0600.
 
+use super::hmac::HmacSha256;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ring::hmac;
 use siphasher::sip::SipHasher13;
 use std::hash::Hasher;
 use std::path::Path;
@@ -33,19 +33,18 @@ pub enum KeyError {
     Empty,
 }
 
-/// One key: the HMAC-SHA256 key (ring keeps its inner and outer pads pre-hashed, and uses
-/// the CPU's fastest SHA-256 code) and the SipHash key for binding tags, derived from it.
+/// One key: the HMAC-SHA256 key (its inner and outer pads pre-hashed, the CPU's SHA
+/// extensions used: see `token::hmac`) and the SipHash key for binding tags, derived from it.
 #[derive(Clone)]
 pub(crate) struct Key {
-    hmac: hmac::Key,
+    hmac: HmacSha256,
     sip: (u64, u64),
 }
 
 impl Key {
     fn new(secret: &[u8]) -> Key {
-        let hmac = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        let tag = hmac::sign(&hmac, b"hlsgate binding tag key");
-        let d = tag.as_ref();
+        let hmac = HmacSha256::new(secret);
+        let d = hmac.mac(&[b"hlsgate binding tag key"]);
         let sip = (
             u64::from_le_bytes(d[0..8].try_into().expect("8 bytes")),
             u64::from_le_bytes(d[8..16].try_into().expect("8 bytes")),
@@ -54,13 +53,7 @@ impl Key {
     }
 
     pub(crate) fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut m = hmac::Context::with_key(&self.hmac);
-        for p in parts {
-            m.update(p);
-        }
-        let mut out = [0u8; 32];
-        out.copy_from_slice(m.sign().as_ref());
-        out
+        self.hmac.mac(parts)
     }
 
     pub(crate) fn tag(&self, data: &[u8]) -> [u8; 8] {

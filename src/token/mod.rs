@@ -26,6 +26,7 @@
 
 pub mod akamai;
 pub mod cloudfront;
+mod hmac;
 pub mod jwt;
 mod keys;
 pub mod secure_link;
