@@ -14,6 +14,7 @@
 //! blank space around a URI line, comments, unknown tags, attribute order and spacing.
 
 mod ladder;
+mod scan;
 mod uri;
 
 pub use ladder::Ladder;
@@ -50,7 +51,8 @@ pub enum RewriteError {
 }
 
 /// `out.extend_from_slice(a); out.extend_from_slice(b)` with one capacity check: the hot
-/// loop does this once per segment line.
+/// loop does this once per segment line. Both are short (a line or two; the prefix), so
+/// they are copied inline in 16-byte moves rather than by two calls to `memcpy`.
 #[inline(always)]
 fn extend2(out: &mut Vec<u8>, a: &[u8], b: &[u8]) {
     out.reserve(a.len() + b.len());
@@ -61,9 +63,41 @@ fn extend2(out: &mut Vec<u8>, a: &[u8], b: &[u8]) {
     // made long enough. All `a.len() + b.len()` bytes are initialised before `set_len`.
     unsafe {
         let p = spare.as_mut_ptr().cast::<u8>();
-        std::ptr::copy_nonoverlapping(a.as_ptr(), p, a.len());
-        std::ptr::copy_nonoverlapping(b.as_ptr(), p.add(a.len()), b.len());
+        copy_short(a.as_ptr(), p, a.len());
+        copy_short(b.as_ptr(), p.add(a.len()), b.len());
         out.set_len(len + a.len() + b.len());
+    }
+}
+
+/// `copy_nonoverlapping(src, dst, n)` in fixed-size moves (the last one overlapping the one
+/// before), which the compiler emits inline.
+///
+/// # Safety
+/// As `copy_nonoverlapping`: `src` readable and `dst` writable for `n` bytes, not
+/// overlapping.
+#[inline(always)]
+unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
+    use std::ptr::copy_nonoverlapping as copy;
+    // SAFETY (every arm): each move lies inside `[0, n)` of both pointers.
+    unsafe {
+        if n >= 16 {
+            let mut i = 0;
+            while i + 16 < n {
+                copy(src.add(i), dst.add(i), 16);
+                i += 16;
+            }
+            copy(src.add(n - 16), dst.add(n - 16), 16);
+        } else if n >= 8 {
+            copy(src, dst, 8);
+            copy(src.add(n - 8), dst.add(n - 8), 8);
+        } else if n >= 4 {
+            copy(src, dst, 4);
+            copy(src.add(n - 4), dst.add(n - 4), 4);
+        } else {
+            for i in 0..n {
+                *dst.add(i) = *src.add(i);
+            }
+        }
     }
 }
 
@@ -83,6 +117,8 @@ pub struct Rewriter<M> {
     changed: bool,
     /// A ladder cut the lines pass through first, and its output buffer.
     ladder: Option<(Ladder, Vec<u8>)>,
+    /// The block scanner's buffers (fast path).
+    scan: scan::Scan,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -99,6 +135,7 @@ impl<M: UriMap> Rewriter<M> {
             bytes_out: 0,
             changed: false,
             ladder: None,
+            scan: scan::Scan::default(),
         }
     }
 
@@ -181,42 +218,16 @@ impl<M: UriMap> Rewriter<M> {
             self.line(&rest[..=nl], out);
             rest = &rest[nl + 1..];
         }
+        if let Some(prefix) = self.fast.take() {
+            let r = self.feed_plain(rest, &prefix, out);
+            self.fast = Some(prefix);
+            return r;
+        }
         out.reserve(self.output_hint(rest.len()));
-        // Lines that stay as they are accumulate in a run copied with one memcpy; a plain
-        // relative URI line only needs the prefix put before it, so it joins the next run.
+        // Lines that stay as they are accumulate in a run copied with one memcpy.
         let mut run = 0; // rest[run..start] is still to be copied
         let mut start = 0;
-        let mut plain = 0;
-        loop {
-            // A URI line is found and checked for plainness in one pass over its words.
-            let scanned = match (&self.fast, rest.get(start)) {
-                (Some(_), Some(&b)) if b != b'#' => uri::scan_plain_line(rest, start),
-                _ => None,
-            };
-            if let (Some((nl, true)), Some(prefix)) = (scanned, &self.fast) {
-                if nl - start > MAX_LINE {
-                    return Err(RewriteError::LineTooLong);
-                }
-                if prefix.is_empty() {
-                    // Kept as it is: the line joins the current run.
-                    plain += 1;
-                    start = nl + 1;
-                    continue;
-                }
-                self.changed = true;
-                extend2(out, &rest[run..start], prefix);
-                run = start;
-                plain += 1;
-                start = nl + 1;
-                continue;
-            }
-            let nl = match scanned {
-                Some((nl, _)) => nl,
-                None => match find_newline(rest, start) {
-                    Some(nl) => nl,
-                    None => break,
-                },
-            };
+        while let Some(nl) = find_newline(rest, start) {
             // One rule however the body was cut into chunks: a line over the cap is an
             // error here too, not only when it straddles two chunks.
             if nl - start > MAX_LINE {
@@ -231,19 +242,7 @@ impl<M: UriMap> Rewriter<M> {
             let verbatim = match body.first() {
                 None => true,
                 Some(b'#') => !needs_tag_rewrite(body),
-                // The scan above stops at `\r`, so a CRLF URI line is checked here again.
-                // (Folding this into the branch above measured 30-40 % slower.)
-                Some(_) => match &self.fast {
-                    Some(prefix) if is_plain_relative(body) => {
-                        self.changed |= !prefix.is_empty();
-                        extend2(out, &rest[run..start], prefix);
-                        run = start;
-                        plain += 1;
-                        start = nl + 1;
-                        continue;
-                    }
-                    _ => false,
-                },
+                Some(_) => false,
             };
             if !verbatim {
                 out.extend_from_slice(&rest[run..start]);
@@ -252,9 +251,70 @@ impl<M: UriMap> Rewriter<M> {
             }
             start = nl + 1;
         }
-        self.uris += plain;
         out.extend_from_slice(&rest[run..start]);
         self.keep(&rest[start..])
+    }
+
+    /// The fast path, when every plain relative URI gets the same `prefix` (empty: kept as
+    /// it is): the complete lines of `rest` are classified by the block scanner, then
+    /// copied in runs, `prefix` put before each plain URI line, and only the lines the
+    /// scanner flagged go through [`Rewriter::line`]. The output is sized once.
+    fn feed_plain(
+        &mut self,
+        rest: &[u8],
+        prefix: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RewriteError> {
+        let Some(last) = memchr::memrchr(b'\n', rest) else {
+            return self.keep(rest);
+        };
+        let (lines, tail) = rest.split_at(last + 1);
+        let mut sc = std::mem::take(&mut self.scan);
+        sc.starts.clear();
+        sc.slow.clear();
+        if scan::scan(lines, &mut sc).is_err() {
+            self.scan = sc;
+            return Err(RewriteError::LineTooLong);
+        }
+        let uri_lines: u64 = sc.starts.iter().map(|m| u64::from(m.count_ones())).sum();
+        out.reserve(lines.len() + uri_lines as usize * prefix.len() + 1024);
+        let mut run = 0; // lines[run..] is still to be copied
+        let mut slow = sc.slow.iter().copied().peekable();
+        let mut slow_uris = 0;
+        let mut general = |me: &mut Self, start: usize, run: &mut usize, out: &mut Vec<u8>| {
+            let nl = start + memchr(b'\n', &lines[start..]).unwrap_or(lines.len() - start - 1);
+            out.extend_from_slice(&lines[*run..start]);
+            me.line(&lines[start..=nl], out);
+            *run = nl + 1;
+            slow_uris += u64::from(!matches!(lines[start], b'#' | b'\n'));
+        };
+        if !prefix.is_empty() {
+            for (i, &mask) in sc.starts.iter().enumerate() {
+                let mut m = mask;
+                while m != 0 {
+                    let at = i * 64 + m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    while let Some(s) = slow.next_if(|&s| s < at) {
+                        general(self, s, &mut run, out);
+                    }
+                    if slow.next_if_eq(&at).is_some() {
+                        general(self, at, &mut run, out);
+                        continue;
+                    }
+                    extend2(out, &lines[run..at], prefix);
+                    run = at;
+                }
+            }
+        }
+        for s in slow {
+            general(self, s, &mut run, out);
+        }
+        out.extend_from_slice(&lines[run..]);
+        let plain = uri_lines - slow_uris;
+        self.uris += plain;
+        self.changed |= plain > 0 && !prefix.is_empty();
+        self.scan = sc;
+        self.keep(tail)
     }
 
     /// Rewrite the last line if the body did not end with a newline.

@@ -181,34 +181,6 @@ pub fn is_plain_relative(uri: &[u8]) -> bool {
     !word_is_bad(last, &mut carry)
 }
 
-/// From `start`, the first line of `buf` looked at a word at a time: where its `\n` is
-/// and whether it is a plain relative URI (its first byte is the caller's to check; a
-/// `\r` before the `\n` does not count against it). `None` when the line runs into the
-/// last word of `buf`: the caller falls back to the byte-wise path.
-#[inline]
-pub fn scan_plain_line(buf: &[u8], start: usize) -> Option<(usize, bool)> {
-    let first = *buf.get(start)?;
-    let mut ok = !matches!(first, b'/' | b'.' | b' ' | b'\t' | b'#' | b'\r' | b'\n');
-    let mut carry = 0u64;
-    let mut i = start;
-    loop {
-        let w = u64::from_le_bytes(buf.get(i..i + 8)?.try_into().ok()?);
-        let nl = bytes_eq(w, b'\n');
-        let slash = bytes_eq(w, b'/');
-        let bad =
-            bytes_eq(w, b':') | bytes_eq(w, b'?') | (((slash << 8) | carry) & bytes_eq(w, b'.'));
-        carry = slash >> 56;
-        if nl != 0 {
-            // only the bytes before the newline count
-            let before = (nl & nl.wrapping_neg()) - 1;
-            ok &= bad & before == 0;
-            return Some((i + (nl.trailing_zeros() / 8) as usize, ok));
-        }
-        ok &= bad == 0;
-        i += 8;
-    }
-}
-
 const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
 
 /// High bit of each byte of `w` that equals `b`, exactly (no borrow between bytes).

@@ -1,0 +1,287 @@
+//! The rewriter's block scanner: 64 bytes at a time, SIMD compares turned into one bit per
+//! byte (SSE2, which every x86-64 has; plain Rust elsewhere), and the lines of a whole chunk
+//! classified with bit arithmetic instead of byte by byte. (An AVX2 variant measured slower
+//! here: see bench/README.md.)
+//!
+//! For a chunk of complete lines it finds (a) where every URI line starts (a line whose
+//! first byte is not `#`, `\r` or `\n`) and (b) which lines need the rewriter's general,
+//! line-by-line path: a tag line holding a `"` (it may carry `URI="..."`), a URI line that
+//! is not a plain relative reference (a `:` or `?` anywhere, a `.` right after a `/`, or a
+//! first byte `/`, `.`, space, tab or `\r`: see [`super::is_plain_relative`]). Every other line is copied as it is, or, for a plain URI line, with the
+//! prefix before it. A line's region (its first byte to its `\n`) comes from one
+//! subtraction: `(E - S) ^ E` sets every bit from each start in `S` to the first end in `E`
+//! after it, the borrow carrying a line on into the next block.
+
+use super::MAX_LINE;
+
+/// One bit per byte of a 64-byte block, for each class of byte the scanner looks at.
+#[derive(Default, Clone, Copy)]
+struct Masks {
+    nl: u64,
+    hash: u64,
+    quote: u64,
+    /// `:` or `?`.
+    colon_q: u64,
+    slash: u64,
+    dot: u64,
+    /// A byte no URI line may start with: `/`, `.`, space, tab, `\r`.
+    first_bad: u64,
+}
+
+/// What [`scan`] found, kept between calls so its buffers are reused.
+#[derive(Default)]
+pub(super) struct Scan {
+    /// Per block of 64 bytes, the URI line starts in it (bit i: byte 64·block + i).
+    pub starts: Vec<u64>,
+    /// Starts of the lines that take the general path, in order.
+    pub slow: Vec<usize>,
+}
+
+/// A line of more than [`MAX_LINE`] bytes.
+pub(super) struct TooLong;
+
+/// Bits from each start in `s` to its end in `e` (the end included); `borrow`: a line runs
+/// on from the block before (in) / into the next (out).
+#[inline(always)]
+fn region(s: u64, e: u64, borrow: &mut u64) -> u64 {
+    let (d, out) = e.overflowing_sub(s | *borrow);
+    *borrow = u64::from(out);
+    d ^ e
+}
+
+/// Classify `buf`: complete lines (it starts at a line's first byte and ends with `\n`).
+pub(super) fn scan(buf: &[u8], out: &mut Scan) -> Result<(), TooLong> {
+    #[cfg(target_arch = "x86_64")]
+    return scan_with(buf, out, x86::sse2);
+    #[cfg(not(target_arch = "x86_64"))]
+    return scan_with(buf, out, portable);
+}
+
+#[inline(always)]
+fn scan_with(
+    buf: &[u8],
+    out: &mut Scan,
+    classify: impl Fn(&[u8; 64]) -> Masks,
+) -> Result<(), TooLong> {
+    let mut line_carry = 1u64; // byte 0 starts a line
+    let mut slash_carry = 0u64;
+    let mut tag_borrow = 0u64;
+    let mut uri_borrow = 0u64;
+    let mut prev_nl: isize = -1;
+    let mut slow_until = 0usize; // bytes before this are in a line already listed slow
+    for (i, block) in buf.chunks(64).enumerate() {
+        let base = i * 64;
+        let (m, valid) = match <&[u8; 64]>::try_from(block) {
+            Ok(b) => (classify(b), u64::MAX),
+            Err(_) => {
+                let mut b = [0u8; 64];
+                b[..block.len()].copy_from_slice(block);
+                (classify(&b), (1u64 << block.len()) - 1)
+            }
+        };
+        let starts = ((m.nl << 1) | line_carry) & valid;
+        line_carry = m.nl >> 63;
+        // (A line starting with `\r` counts as a URI line here; it is always slow.)
+        let uri = starts & !(m.hash | m.nl);
+        let tag = region(starts & m.hash, m.nl, &mut tag_borrow);
+        let in_uri = region(uri, m.nl, &mut uri_borrow);
+        let dot_after_slash = m.dot & ((m.slash << 1) | slash_carry);
+        slash_carry = m.slash >> 63;
+        let mut bad =
+            (tag & m.quote) | (in_uri & (m.colon_q | dot_after_slash)) | (uri & m.first_bad);
+        if m.nl != 0 {
+            let first = (base + m.nl.trailing_zeros() as usize) as isize;
+            if first - prev_nl - 1 > MAX_LINE as isize {
+                return Err(TooLong);
+            }
+            prev_nl = (base + 63 - m.nl.leading_zeros() as usize) as isize;
+        }
+        out.starts.push(uri);
+        while bad != 0 {
+            let at = base + bad.trailing_zeros() as usize;
+            bad &= bad - 1;
+            if at < slow_until {
+                continue;
+            }
+            let start = memchr::memrchr(b'\n', &buf[..at]).map_or(0, |p| p + 1);
+            out.slow.push(start);
+            slow_until = memchr::memchr(b'\n', &buf[at..]).map_or(buf.len(), |p| at + p + 1);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn portable(b: &[u8; 64]) -> Masks {
+    let mut m = Masks::default();
+    for (i, &c) in b.iter().enumerate() {
+        let bit = 1u64 << i;
+        match c {
+            b'\n' => m.nl |= bit,
+            b'#' => m.hash |= bit,
+            b'"' => m.quote |= bit,
+            b':' | b'?' => m.colon_q |= bit,
+            b'/' => {
+                m.slash |= bit;
+                m.first_bad |= bit
+            }
+            b'.' => {
+                m.dot |= bit;
+                m.first_bad |= bit
+            }
+            b' ' | b'\t' | b'\r' => m.first_bad |= bit,
+            _ => {}
+        }
+    }
+    m
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Masks;
+    use std::arch::x86_64::*;
+
+    /// 16 bytes at a time: SSE2 is part of x86-64 itself.
+    #[inline(always)]
+    pub(super) fn sse2(b: &[u8; 64]) -> Masks {
+        let mut m = Masks::default();
+        for k in 0..4 {
+            // SAFETY: SSE2 is always available on x86-64; the load reads 16 bytes inside
+            // `b` (offset 16·k, k < 4) and has no alignment requirement.
+            unsafe {
+                let v = _mm_loadu_si128(b.as_ptr().add(16 * k).cast());
+                let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+                let bits = |x: __m128i| (_mm_movemask_epi8(x) as u16 as u64) << (16 * k);
+                m.nl |= bits(eq(b'\n'));
+                m.hash |= bits(eq(b'#'));
+                m.quote |= bits(eq(b'"'));
+                m.colon_q |= bits(_mm_or_si128(eq(b':'), eq(b'?')));
+                let slash = eq(b'/');
+                let dot = eq(b'.');
+                m.slash |= bits(slash);
+                m.dot |= bits(dot);
+                let blank = _mm_or_si128(eq(b' '), eq(b'\t'));
+                let odd = _mm_or_si128(blank, eq(b'\r'));
+                m.first_bad |= bits(_mm_or_si128(_mm_or_si128(slash, dot), odd));
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_classifier_agrees_with_the_portable_one() {
+        let mut b = [0u8; 64];
+        for seed in 0..2000u32 {
+            for (i, x) in b.iter_mut().enumerate() {
+                let r = (seed.wrapping_mul(2654435761) ^ (i as u32).wrapping_mul(40503)) >> 7;
+                *x = b"\n#\":?/. \t\rab\x00\xff"[(r % 14) as usize];
+            }
+            let want = portable(&b);
+            #[cfg(target_arch = "x86_64")]
+            {
+                let g = x86::sse2(&b);
+                {
+                    assert_eq!(
+                        [
+                            g.nl,
+                            g.hash,
+                            g.quote,
+                            g.colon_q,
+                            g.slash,
+                            g.dot,
+                            g.first_bad
+                        ],
+                        [
+                            want.nl,
+                            want.hash,
+                            want.quote,
+                            want.colon_q,
+                            want.slash,
+                            want.dot,
+                            want.first_bad
+                        ],
+                        "{b:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn regions_run_from_start_to_end_across_blocks() {
+        let mut borrow = 0;
+        // starts at 2 and 10, ends at 5 and (next block) 1
+        let r = region((1 << 2) | (1 << 10), 1 << 5, &mut borrow);
+        assert_eq!(r, 0b111100 | (u64::MAX << 10));
+        assert_eq!(borrow, 1);
+        let r = region(0, 1 << 1, &mut borrow);
+        assert_eq!(r, 0b11);
+        assert_eq!(borrow, 0);
+    }
+
+    #[test]
+    fn slow_lines_are_found_wherever_they_cross_a_block() {
+        let lines = [
+            "#EXTINF:2.0,",
+            "plain/seg.ts",
+            "#EXT-X-KEY:METHOD=AES-128,URI=\"k\"",
+            "a/./b.ts",
+            "/abs.ts",
+            "q.ts?x=1",
+            "http://h/x.ts",
+            " lead.ts",
+            "\rcr",
+            "",
+            "# comment",
+        ];
+        let slow_ones = [2, 3, 4, 5, 6, 7, 8];
+        for pad in 0..70 {
+            let mut text = "x".repeat(pad) + "\n";
+            let mut want = Vec::new();
+            let mut uri_starts = if pad > 0 { vec![0] } else { vec![] };
+            for (i, l) in lines.iter().enumerate() {
+                if slow_ones.contains(&i) {
+                    want.push(text.len());
+                }
+                if !l.is_empty() && !l.starts_with('#') {
+                    uri_starts.push(text.len());
+                }
+                text.push_str(l);
+                text.push('\n');
+            }
+            let mut s = Scan::default();
+            assert!(scan(text.as_bytes(), &mut s).is_ok());
+            assert_eq!(s.slow, want, "pad {pad}");
+            let got: Vec<usize> = s
+                .starts
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &m)| {
+                    (0..64)
+                        .filter(move |b| m >> b & 1 == 1)
+                        .map(move |b| i * 64 + b)
+                })
+                .collect();
+            assert_eq!(got, uri_starts, "pad {pad}");
+        }
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_refused_wherever_it_is() {
+        for before in [0, 1, 63, 64, 100] {
+            let mut text = "a\n".repeat(before);
+            text.push_str(&"b".repeat(MAX_LINE));
+            text.push('\n');
+            let mut s = Scan::default();
+            assert!(scan(text.as_bytes(), &mut s).is_ok());
+            text.insert(text.len() - 1, 'c');
+            let mut s = Scan::default();
+            assert!(scan(text.as_bytes(), &mut s).is_err(), "{before}");
+        }
+    }
+}
