@@ -5,8 +5,6 @@
 //! and no allocation, buffer copy or per-call key set-up (ring's `hmac::Context` costs
 //! about twice that here: see bench/README.md). Checked against ring's HMAC in the tests.
 
-use sha2::digest::generic_array::GenericArray;
-
 const BLOCK: usize = 64;
 /// SHA-256's initial state (FIPS 180-4 §5.3.3).
 const H0: [u32; 8] = [
@@ -21,7 +19,8 @@ pub struct HmacSha256 {
 }
 
 fn compress(state: &mut [u32; 8], block: &[u8; BLOCK]) {
-    sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
+    // (`into`: generic-array 0.14.8+ deprecates naming its type; the conversion is free.)
+    sha2::compress256(state, &[(*block).into()]);
 }
 
 /// The last block(s) of a message whose final `rest` bytes (< 64) are in `buf[..rest]` and
