@@ -199,6 +199,7 @@ struct FileEdge {
     #[serde(deserialize_with = "socket_addr")]
     listen: SocketAddr,
     threads: usize,
+    work_stealing: bool,
     #[serde(deserialize_with = "nets")]
     trusted_proxies: Vec<IpNet>,
     #[serde(deserialize_with = "duration")]
@@ -260,6 +261,7 @@ impl Default for FileEdge {
         FileEdge {
             listen: ([0, 0, 0, 0], 8080).into(),
             threads: 2,
+            work_stealing: false,
             trusted_proxies: Vec::new(),
             origin_connect_timeout: Duration::from_secs(3),
             origin_read_timeout: Duration::from_secs(15),
@@ -501,6 +503,9 @@ pub struct Hooks {
 pub struct Edge {
     pub listen: SocketAddr,
     pub threads: usize,
+    /// One tokio runtime for all threads, tasks moving between them (`true`), or one
+    /// runtime per thread, each connection staying on the thread that took it (`false`).
+    pub work_stealing: bool,
     pub trusted_proxies: Vec<IpNet>,
     pub origin_connect_timeout: Duration,
     pub origin_read_timeout: Duration,
@@ -1046,6 +1051,7 @@ impl Config {
             edge: Edge {
                 listen: f.edge.listen,
                 threads: f.edge.threads,
+                work_stealing: f.edge.work_stealing,
                 trusted_proxies: f.edge.trusted_proxies,
                 origin_connect_timeout: f.edge.origin_connect_timeout,
                 origin_read_timeout: f.edge.origin_read_timeout,

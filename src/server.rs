@@ -271,6 +271,10 @@ fn fixed_keys_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     check("edge.listen", old.edge.listen != new.edge.listen);
     check("edge.threads", old.edge.threads != new.edge.threads);
+    check(
+        "edge.work_stealing",
+        old.edge.work_stealing != new.edge.work_stealing,
+    );
     check("edge.tls", old.edge.tls != new.edge.tls);
     check("admin.listen", old.admin.listen != new.admin.listen);
     check("admin.tls", old.admin.tls != new.admin.tls);

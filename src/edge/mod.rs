@@ -361,6 +361,9 @@ pub fn server_conf(cfg: &Config) -> ServerConf {
             .ca_file
             .as_ref()
             .map(|p| p.display().to_string()),
+        // One runtime per thread by default: no cross-thread wake-ups per request (about
+        // 10 % more cached playlists a second here: bench/README.md).
+        work_stealing: cfg.edge.work_stealing,
         ..ServerConf::default()
     }
 }
