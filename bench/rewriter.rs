@@ -88,6 +88,40 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // How the cost grows with the playlist (bench/scale.sh divides by the entries): the
+    // same shape at 50, 5,000 and 50,000 segments, whole, in 64 KiB chunks.
+    let mut g = c.benchmark_group("rewriter_entries");
+    for n in [50usize, 5_000, 50_000] {
+        let input = vod_playlist(n);
+        g.throughput(Throughput::Elements(n as u64));
+        for (mode, keep) in [("prefixed", false), ("kept", true)] {
+            g.bench_function(format!("{mode}_{n}"), |b| {
+                let mut out = Vec::with_capacity(input.len() * 5);
+                b.iter(|| {
+                    let uris = EdgeUris::new(
+                        origin.clone(),
+                        prefix.clone(),
+                        "/vod/movie/index.m3u8",
+                        keyring.clone(),
+                        "movie",
+                    );
+                    let mut rw = Rewriter::new(if keep {
+                        uris.keep_plain_relative()
+                    } else {
+                        uris
+                    });
+                    out.clear();
+                    for chunk in input.chunks(64 * 1024) {
+                        rw.feed(chunk, &mut out).unwrap();
+                    }
+                    rw.finish(&mut out).unwrap();
+                    criterion::black_box(out.len())
+                })
+            });
+        }
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench);
