@@ -17,6 +17,36 @@ pub fn vod_playlist(segments: usize) -> Vec<u8> {
     p.into_bytes()
 }
 
+/// One whole rewrite of `input` in 64 KiB chunks into `out` (cleared first), as the edge
+/// does it: a fresh `EdgeUris`, relative URIs kept or every URI prefixed.
+fn rewrite(
+    input: &[u8],
+    out: &mut Vec<u8>,
+    origin: &Arc<OriginSpace>,
+    prefix: &[u8],
+    keyring: &Arc<Keyring>,
+    keep: bool,
+) -> usize {
+    let uris = EdgeUris::new(
+        origin.clone(),
+        prefix.to_vec(),
+        "/vod/movie/index.m3u8",
+        keyring.clone(),
+        "movie",
+    );
+    let mut rw = Rewriter::new(if keep {
+        uris.keep_plain_relative()
+    } else {
+        uris
+    });
+    out.clear();
+    for chunk in input.chunks(64 * 1024) {
+        rw.feed(chunk, out).unwrap();
+    }
+    rw.finish(out).unwrap();
+    out.len()
+}
+
 fn bench(c: &mut Criterion) {
     let keyring = Arc::new(
         Keyring::from_text("1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n")
@@ -42,43 +72,14 @@ fn bench(c: &mut Criterion) {
         g.bench_function(name, |b| {
             let mut out = Vec::with_capacity(input.len() * 5);
             b.iter(|| {
-                let uris = EdgeUris::new(
-                    origin.clone(),
-                    prefix.clone(),
-                    "/vod/movie/index.m3u8",
-                    keyring.clone(),
-                    "movie",
-                );
-                let mut rw = Rewriter::new(if keep {
-                    uris.keep_plain_relative()
-                } else {
-                    uris
-                });
-                out.clear();
-                for chunk in input.chunks(64 * 1024) {
-                    rw.feed(chunk, &mut out).unwrap();
-                }
-                rw.finish(&mut out).unwrap();
-                criterion::black_box(out.len())
+                criterion::black_box(rewrite(&input, &mut out, &origin, &prefix, &keyring, keep))
             })
         });
     }
     // The ceiling of the prefixed case on this machine: writing its 655,003 output bytes
     // at all (one memcpy into a reused buffer), per input byte like the benches above.
-    let output_len = {
-        let uris = EdgeUris::new(
-            origin.clone(),
-            prefix.clone(),
-            "/vod/movie/index.m3u8",
-            keyring.clone(),
-            "movie",
-        );
-        let mut rw = Rewriter::new(uris);
-        let mut out = Vec::new();
-        rw.feed(&input, &mut out).unwrap();
-        rw.finish(&mut out).unwrap();
-        out
-    };
+    let mut output_len = Vec::new();
+    rewrite(&input, &mut output_len, &origin, &prefix, &keyring, false);
     g.bench_function("reference_memcpy_of_the_prefixed_output", |b| {
         let mut out = Vec::with_capacity(output_len.len());
         b.iter(|| {
@@ -99,24 +100,9 @@ fn bench(c: &mut Criterion) {
             g.bench_function(format!("{mode}_{n}"), |b| {
                 let mut out = Vec::with_capacity(input.len() * 5);
                 b.iter(|| {
-                    let uris = EdgeUris::new(
-                        origin.clone(),
-                        prefix.clone(),
-                        "/vod/movie/index.m3u8",
-                        keyring.clone(),
-                        "movie",
-                    );
-                    let mut rw = Rewriter::new(if keep {
-                        uris.keep_plain_relative()
-                    } else {
-                        uris
-                    });
-                    out.clear();
-                    for chunk in input.chunks(64 * 1024) {
-                        rw.feed(chunk, &mut out).unwrap();
-                    }
-                    rw.finish(&mut out).unwrap();
-                    criterion::black_box(out.len())
+                    criterion::black_box(rewrite(
+                        &input, &mut out, &origin, &prefix, &keyring, keep,
+                    ))
                 })
             });
         }
