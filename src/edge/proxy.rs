@@ -374,10 +374,6 @@ impl EdgeProxy {
         }
     }
 
-    /// What the edge answers instead of an origin response it will not pass on: redirects
-    /// (their `Location` may point anywhere, the metadata service included), error pages
-    /// (they may hold internal text), and anything that is not media.
-    /// `(status, denial reason or "", message)`.
     /// The shield this request's miss is fetched from: `origins.shield`, unless this
     /// request is itself a shield request (one tier).
     fn via_shield(&self, ctx: &Ctx) -> Option<crate::stream::Shield> {
@@ -387,6 +383,10 @@ impl EdgeProxy {
         self.state().cfg.origins.shield.clone()
     }
 
+    /// What the edge answers instead of an origin response it will not pass on: redirects
+    /// (their `Location` may point anywhere, the metadata service included), error pages
+    /// (they may hold internal text), and anything that is not media.
+    /// `(status, denial reason or "", message)`.
     fn refusal(
         &self,
         ctx: &Ctx,
