@@ -102,6 +102,24 @@ fn bad_gateway(msg: &'static str) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(502), msg)
 }
 
+/// The address to connect to for `host:port`: the host itself when it is an address, else
+/// the first address it resolves to; either only if `allowed` takes it. A failed lookup is
+/// a 502 named `what`.
+async fn resolve(
+    host: &str,
+    port: u16,
+    what: &'static str,
+    allowed: impl Fn(IpAddr) -> bool,
+) -> Result<Option<SocketAddr>> {
+    Ok(match host.parse::<IpAddr>() {
+        Ok(ip) => allowed(ip).then_some(SocketAddr::new(ip, port)),
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| Error::because(ErrorType::HTTPStatus(502), what, e))?
+            .find(|a| allowed(a.ip())),
+    })
+}
+
 /// Request headers that reach the origin (besides `Host` and the edge's own
 /// `User-Agent`): conditional requests for revalidation and `Range`. Nothing else a
 /// viewer sends can shape what the origin answers, and so what is cached for everyone.
@@ -632,29 +650,16 @@ impl ProxyHttp for EdgeProxy {
         };
         if let Some(sh) = self.via_shield(ctx) {
             // The operator's own hlsgate: no origin policy (it applies its own).
-            let addr = match sh.host.parse::<IpAddr>() {
-                Ok(ip) => Some(SocketAddr::new(ip, sh.port)),
-                Err(_) => tokio::net::lookup_host((sh.host.as_str(), sh.port))
-                    .await
-                    .map_err(|e| Error::because(ErrorType::HTTPStatus(502), "shield DNS", e))?
-                    .next(),
-            };
-            let addr = addr.ok_or_else(|| bad_gateway("shield address unknown"))?;
+            let addr = resolve(&sh.host, sh.port, "shield DNS", |_| true)
+                .await?
+                .ok_or_else(|| bad_gateway("shield address unknown"))?;
             return Ok(with_timeouts(HttpPeer::new(addr, sh.tls, sh.host.clone())));
         }
         let policy = &st.cfg.origins;
         // Checked again at every connection: a name that resolved to a public address at
         // start-up may point inside later (DNS rebinding).
-        let addr = match host.parse::<IpAddr>() {
-            Ok(ip) => policy
-                .permits(host, ip, *port)
-                .then_some(SocketAddr::new(ip, *port)),
-            Err(_) => tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .map_err(|e| Error::because(ErrorType::HTTPStatus(502), "origin DNS", e))?
-                .find(|a| policy.permits(host, a.ip(), *port)),
-        };
-        let Some(addr) = addr else {
+        let permitted = |ip| policy.permits(host, ip, *port);
+        let Some(addr) = resolve(host, *port, "origin DNS", permitted).await? else {
             ctx.deny = Some("origin_not_allowed");
             ctx.failure = Some("not an allowed origin");
             return Err(bad_gateway("origin address not allowed"));
