@@ -84,6 +84,7 @@ start_live_stream() {
 }
 
 # --- measuring ----------------------------------------------------------------------
+rss() { awk '/^VmRSS/ { print $2 }' "/proc/$HLSGATE_PID/status"; } # hlsgate's RSS, KiB
 run_wrk() { # url [wrk args...] -> "req/s p99_ms"
     local url=$1; shift
     wrk -t1 -c"${CONNS:-32}" -d"${DURATION:-10s}" --latency "$@" "$url" | awk '

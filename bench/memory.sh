@@ -21,7 +21,6 @@ request = function()
   return wrk.format("GET", "${BASE#http://127.0.0.1:18080}/seg" .. n .. ".ts")
 end
 LUA
-rss() { awk '/VmRSS/ {print $2}' "/proc/$HLSGATE_PID/status"; }
 curl -s -o /dev/null "$BASE/seg0.ts"
 START=$(rss)
 echo ">> cache.max_bytes=$MAX; RSS after start: $((START / 1024)) MiB; wrk -t1 -c16 -d$DURATION, every request a new segment" >&2

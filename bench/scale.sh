@@ -19,7 +19,6 @@ WHAT=${1:-all}
 [ "$WHAT" = all ] && WHAT="playlist cache viewers players"
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$HLSGATE_PID/stat"; }
-rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$HLSGATE_PID/status"; }
 
 for part in $WHAT; do
 case $part in
@@ -43,7 +42,7 @@ for i in range(n):
         f.write(bytes([0x47]) * 1024)
 PY
     BASE=$(hlsgate_url mem x); BASE=${BASE%/x}
-    sleep 1; base_rss=$(rss_kib); done_n=0
+    sleep 1; base_rss=$(rss); done_n=0
     printf '\n%9s %12s %12s %10s %9s %9s\n' objects 'RSS MiB' 'KiB/object' 'req/s' 'p50 ms' 'p99 ms' >"$RUN/cache.txt"
     for n in $OBJECTS; do
         echo ">> filling the cache to $n objects" >&2
@@ -58,7 +57,7 @@ for i in range(a, b):
     assert r.status == 200, (i, r.status)
 PY
         done_n=$n; sleep 1
-        rss=$(rss_kib)
+        rss=$(rss)
         cat >"$RUN/random.lua" <<LUA
 math.randomseed(42)
 request = function() return wrk.format("GET", "${BASE#http://127.0.0.1:18080}/o" .. math.random(0, $n - 1) .. ".ts") end

@@ -31,7 +31,6 @@ for i in $(seq "$PLAYERS"); do
 done > "$RUN/urls"
 IDLE_PATH=$(hlsgate_url live index.m3u8 | sed 's#^http://[^/]*##')
 
-rss() { awk '/^VmRSS/ {print $2}' "/proc/$HLSGATE_PID/status"; }
 metric() { curl -s 127.0.0.1:18089/metrics | awk -v m="$1" '$1 == m {print $2}'; }
 echo ">> $IDLE idle connections + $PLAYERS viewers for $DURATION s (idle_timeout $IDLE_TIMEOUT)" >&2
 echo "rss before: $(rss) kB"
