@@ -20,6 +20,7 @@ pub mod net;
 pub mod origin;
 pub mod playback;
 pub mod playlist;
+pub mod recent;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -2,6 +2,7 @@
 //! service on `metrics.listen`. Names are prefixed `hlsgate_`.
 
 use crate::cache::SegmentStore;
+use crate::recent::Recent;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use pingora_core::apps::http_app::ServeHttp;
@@ -64,7 +65,7 @@ pub struct Metrics {
     /// Per-stream series, bounded by `metrics.stream_labels`.
     pub streams: StreamSeries,
     /// Viewer sessions seen in the last minute, and the stream each watched last.
-    sessions: moka::sync::Cache<[u8; 16], Arc<str>>,
+    sessions: Recent<Arc<str>>,
     /// Where `edge_connections` is read from (the edge's connection cap).
     connections: OnceLock<Arc<crate::edge::guard::Limits>>,
 }
@@ -118,15 +119,12 @@ impl StreamSeries {
     }
 
     /// Set the viewer gauge from each session's stream: the top `limit` and `_other`.
-    fn count_viewers(&self, sessions: &moka::sync::Cache<[u8; 16], Arc<str>>) {
+    /// `per` counts each stream's sessions.
+    fn count_viewers(&self, per: HashMap<Arc<str>, i64>) {
         self.viewers.reset();
         let limit = self.limit.load(Ordering::Relaxed);
         if limit == 0 {
             return;
-        }
-        let mut per: HashMap<Arc<str>, i64> = HashMap::new();
-        for (_, stream) in sessions.iter() {
-            *per.entry(stream).or_default() += 1;
         }
         let mut per: Vec<(Arc<str>, i64)> = per.into_iter().collect();
         per.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -329,10 +327,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             named: RwLock::new(HashMap::new()),
         },
         connections: OnceLock::new(),
-        sessions: moka::sync::Cache::builder()
-            .max_capacity(1_000_000)
-            .time_to_idle(Duration::from_secs(60))
-            .build(),
+        sessions: Recent::new(Duration::from_secs(60), 1_000_000),
         registry: r,
     };
     m.zero_series();
@@ -342,11 +337,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 impl Metrics {
     /// A viewer session was seen (a valid token) watching `stream`.
     pub fn saw_session(&self, session: [u8; 16], stream: &str) {
-        // A read refreshes the idle timer; only a new session (or one that moved to another
-        // stream) pays for an insert.
-        if self.sessions.get(&session).is_none_or(|s| &*s != stream) {
-            self.sessions.insert(session, Arc::from(stream));
-        }
+        self.sessions.touch(session, stream, crate::store::now_ms());
     }
 
     /// Read `hlsgate_edge_connections` from the edge's connection counter.
@@ -386,9 +377,12 @@ impl Metrics {
 
     /// The text exposition, with the gauges that are computed brought up to date.
     pub fn render(&self, store: Option<&SegmentStore>) -> Vec<u8> {
-        self.sessions.run_pending_tasks();
-        self.active_sessions.set(self.sessions.entry_count() as i64);
-        self.streams.count_viewers(&self.sessions);
+        let mut per: HashMap<Arc<str>, i64> = HashMap::new();
+        let active = self.sessions.sweep(crate::store::now_ms(), |stream| {
+            *per.entry(stream.clone()).or_default() += 1;
+        });
+        self.active_sessions.set(active as i64);
+        self.streams.count_viewers(per);
         if let Some(store) = store {
             let (bytes, objects) = store.usage();
             self.cache_held_bytes.set(bytes as i64);

@@ -3,6 +3,7 @@
 //! (`GET /api/viewers?streamID=N`), and the sessions the admin deleted
 //! (`DELETE /api/viewers/{id}`), read back from the store every second, refused here.
 
+use crate::recent::{Mark, Recent};
 use crate::store::{session_bytes, session_hex, Store, ViewerSession};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ pub struct Viewers {
     pending: Mutex<HashMap<[u8; 16], Seen>>,
     revoked: moka::sync::Cache<[u8; 16], ()>,
     /// Sessions this edge served in the last 30 s (a viewer cap admits them again).
-    known: moka::sync::Cache<[u8; 16], ()>,
+    known: Recent<Mark>,
 }
 
 impl Viewers {
@@ -36,10 +37,7 @@ impl Viewers {
         Viewers {
             edge,
             pending: Mutex::new(HashMap::new()),
-            known: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_idle(Duration::from_secs(30))
-                .build(),
+            known: Recent::new(Duration::from_secs(30), 1_000_000),
             revoked: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(366 * 86400))
@@ -50,7 +48,7 @@ impl Viewers {
     /// One request of a viewer session: `bytes` of body sent.
     pub fn saw(&self, session: [u8; 16], stream: &str, ip: IpAddr, ua: &str, bytes: u64) {
         let now = crate::store::now_ms();
-        self.known.insert(session, ());
+        self.known.touch(session, &Mark, now);
         let mut p = self.pending.lock();
         match p.get_mut(&session) {
             Some(s) => {
@@ -79,7 +77,7 @@ impl Viewers {
 
     /// Whether this edge served the session in the last 30 s.
     pub fn is_known(&self, session: &[u8; 16]) -> bool {
-        self.known.contains_key(session)
+        self.known.contains(session, crate::store::now_ms())
     }
 
     /// Whether the admin deleted this viewer session.
@@ -99,6 +97,7 @@ impl Viewers {
             let mut tick = tokio::time::interval(PERIOD);
             loop {
                 tick.tick().await;
+                self.known.sweep(crate::store::now_ms(), |_| ());
                 let batch: Vec<ViewerSession> = std::mem::take(&mut *self.pending.lock())
                     .into_iter()
                     .map(|(id, s)| ViewerSession {
