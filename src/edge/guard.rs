@@ -152,8 +152,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
 
     /// Wait for the first byte of the next request on a kept-alive connection: `false`
     /// when it closed, failed, stayed idle for `edge.idle_timeout`, or the edge is
-    /// shutting down (an idle connection is closed at once then). A stream that cannot
-    /// be peeked at (TLS) is handed back at once: Pingora's own wait bounds it.
+    /// shutting down (an idle connection is closed at once then). The bytes waited for
+    /// are read for real (see [`HeaderDeadline`]'s `try_peek`), TLS ones too.
     async fn idle(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
         let idle = Duration::from_millis(self.limits.idle_timeout_ms.load(Ordering::Relaxed));
         let mut first = [0u8; 1];
@@ -163,7 +163,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
         }
         tokio::select! {
             r = tokio::time::timeout(idle, stream.try_peek(&mut first)) => {
-                // Ok(false): peeking unsupported; Pingora's read will wait instead.
                 matches!(r, Ok(Ok(_)))
             }
             _ = stop.changed() => false,
@@ -203,7 +202,17 @@ pub struct HeaderDeadline {
     /// A response header is written but may sit in Pingora's write buffer: flushed as
     /// soon as the connection has to wait for anything (see `poll_read`).
     header_pending: bool,
+    /// Bytes read by `try_peek` (the wait for a kept-alive connection's next request) and
+    /// not yet read by Pingora: `early[early_at..]`.
+    early: Vec<u8>,
+    early_at: usize,
 }
+
+/// How much the wait for the next request reads at once: a player's whole request (a
+/// longer one is read on by Pingora as usual). Pingora's own peek reads one byte and hands
+/// it back, so its parser first sees a one-byte request and reads again: a `recv` per
+/// request more than reading the request in one go.
+const EARLY_READ: usize = 2048;
 
 impl HeaderDeadline {
     /// A new connection: its first request header must be complete within `timeout` of
@@ -217,6 +226,8 @@ impl HeaderDeadline {
             armed: false,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             header_pending: false,
+            early: Vec::new(),
+            early_at: 0,
         }
     }
 
@@ -247,6 +258,16 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if this.early_at < this.early.len() {
+            let n = buf.remaining().min(this.early.len() - this.early_at);
+            let early = &this.early[this.early_at..this.early_at + n];
+            buf.put_slice(early);
+            this.early_at += n;
+            let early = std::mem::take(&mut this.early);
+            this.scan(&early[this.early_at - n..this.early_at]);
+            this.early = early;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -378,10 +399,25 @@ impl GetSocketDigest for HeaderDeadline {
     }
 }
 
+/// Peeking reads the bytes for real, into `early`, and `poll_read` hands them out first.
 #[async_trait]
 impl Peek for HeaderDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        use tokio::io::AsyncReadExt;
+        if self.early_at == self.early.len() {
+            self.early.clear();
+            self.early_at = 0;
+        }
+        while self.early.len() - self.early_at < buf.len() {
+            // Into spare capacity: a wait cancelled (idle timeout, shutdown) leaves
+            // `early` as it was.
+            self.early.reserve(EARLY_READ.max(buf.len()));
+            if self.inner.read_buf(&mut self.early).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        buf.copy_from_slice(&self.early[self.early_at..self.early_at + buf.len()]);
+        Ok(true)
     }
 }
 
@@ -389,14 +425,56 @@ impl Peek for HeaderDeadline {
 mod tests {
     use super::*;
 
-    fn dl() -> HeaderDeadline {
-        // scan() does no I/O; any connected stream will do.
+    /// A deadline-watched connection and the other end of it.
+    fn pair() -> (HeaderDeadline, std::net::TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         c.set_nonblocking(true).unwrap();
         let tcp = tokio::net::TcpStream::from_std(c).unwrap();
         let s = pingora_core::protocols::l4::stream::Stream::from(tcp);
-        HeaderDeadline::new(Box::new(s), Duration::from_secs(1))
+        let (peer, _) = l.accept().unwrap();
+        (
+            HeaderDeadline::new(Box::new(s), Duration::from_secs(1)),
+            peer,
+        )
+    }
+
+    fn dl() -> HeaderDeadline {
+        // scan() does no I/O; any connected stream will do.
+        pair().0
+    }
+
+    #[tokio::test]
+    async fn a_peek_reads_the_waiting_requests_once_and_reads_hand_them_out() {
+        use std::io::Write;
+        use tokio::io::AsyncReadExt;
+        let (mut d, mut peer) = pair();
+        let sent = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n";
+        peer.write_all(sent).unwrap();
+        let mut first = [0u8; 1];
+        assert!(d.try_peek(&mut first).await.unwrap());
+        assert_eq!(&first, b"G");
+        assert_eq!(d.early, sent, "read ahead for real, not one byte at a time");
+        let mut buf = [0u8; 10];
+        d.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"GET /a HTT", "handed out first, in order");
+        let mut buf = vec![0u8; 4096];
+        let n = d.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &sent[10..], "the rest of what was read ahead");
+        assert!(
+            matches!(d.phase, Phase::Header { .. }),
+            "the deadline saw the bytes: inside the second header"
+        );
+        // Nothing read ahead: the next peek waits for the next bytes.
+        peer.write_all(b"Host: y\r\n\r\n").unwrap();
+        assert!(d.try_peek(&mut first).await.unwrap());
+        assert_eq!(&first, b"H");
+        let n = d.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"Host: y\r\n\r\n");
+        assert_eq!(d.phase, Phase::Idle);
+        drop(peer);
+        let err = d.try_peek(&mut first).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "closed");
     }
 
     #[tokio::test]
