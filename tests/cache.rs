@@ -45,6 +45,17 @@ fn harness() -> &'static Harness {
             "#EXTM3U\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:4.0,\nseg1.ts\n#EXTINF:4.0,\nseg2.ts\n#EXT-X-ENDLIST\n",
         )
         .unwrap();
+        // For fresh_hits_answered_early_are_the_cache_paths_answers: its own objects.
+        std::fs::write(
+            root.join("c/early.m3u8"),
+            "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nseg7.ts\n#EXTINF:4.0,\n/c/seg8.ts\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("c/early-rel.m3u8"),
+            "#EXTM3U\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:4.0,\nseg1.ts\n#EXT-X-ENDLIST\n",
+        )
+        .unwrap();
         // No newline after the last URI: its rewriting must not wait for one.
         std::fs::write(
             root.join("c/m.m3u8"),
@@ -58,6 +69,7 @@ fn harness() -> &'static Harness {
             ("c/delay/stream.ts", 4),
             ("c/short.ts", 5),
             ("c/metered.ts", 6),
+            ("c/early.ts", 7),
         ] {
             std::fs::write(root.join(name), segment_bytes(seed)).unwrap();
         }
@@ -272,6 +284,44 @@ fn playlists_that_need_no_rewrite_are_sent_as_cached() {
         assert!(r.header("X-New-Token").is_some());
     }
     assert_eq!(h.origin.hits("GET /c/rel.m3u8 "), 1);
+}
+
+/// A fresh hit is answered before Pingora's cache phases (`serve_fresh_hit`); a request
+/// those phases must see (here a conditional one, which they evaluate) takes the cache
+/// path. Both answers must be the same response: status, headers and bytes, for a segment,
+/// a playlist rewritten whole and one sent verbatim.
+#[test]
+fn fresh_hits_answered_early_are_the_cache_paths_answers() {
+    let h = harness();
+    let comparable = |r: &Response| {
+        let mut hs: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("age"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        hs.sort();
+        (r.status, hs, r.body.clone())
+    };
+    for object in ["early.ts", "early.m3u8", "early-rel.m3u8"] {
+        let ua = format!("early-{object}");
+        let path = path_for(h, "c", &ua, object);
+        let first = fetch(h, &path, &ua, &[]);
+        assert_eq!(first.status, 200, "{object}");
+        let early = fetch(h, &path, &ua, &[]);
+        let cache_path = fetch(h, &path, &ua, &[("If-Match", "*")]);
+        assert_eq!(early.header("X-Cache"), Some("HIT"), "{object}");
+        assert!(
+            early.header("Age").is_some(),
+            "{object}: a cached answer has an Age"
+        );
+        assert!(
+            comparable(&early) == comparable(&cache_path),
+            "{object}: early {:?} vs cache path {:?}",
+            early.headers,
+            cache_path.headers
+        );
+    }
 }
 
 #[test]

@@ -89,6 +89,13 @@ struct Partial {
     progress: watch::Sender<Progress>,
 }
 
+/// See [`SegmentStore::fresh_hit`].
+pub struct FreshHit {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    pub created: SystemTime,
+}
+
 /// The segment cache. Create once and leak (`Storage` methods take `&'static self`).
 pub struct SegmentStore {
     done: moka::sync::Cache<HashBinary, Arc<Entry>>,
@@ -132,6 +139,18 @@ impl SegmentStore {
     pub fn complete_body(&self, key: &CacheKey, created: SystemTime) -> Option<Bytes> {
         let e = self.done.get(&key_of(key))?;
         (e.meta.created == created).then(|| e.body.clone())
+    }
+
+    /// A complete object under `key` that is fresh at `now`: its stored header (a copy),
+    /// body and creation time, for an answer that skips Pingora's cache phases
+    /// (`EdgeProxy::serve_fresh_hit`). A stale or still-arriving object is not one.
+    pub fn fresh_hit(&self, key: &CacheKey, now: SystemTime) -> Option<FreshHit> {
+        let e = self.done.get(&key_of(key))?;
+        (e.meta.fresh_until > now).then(|| FreshHit {
+            header: e.meta.header.clone(),
+            body: e.body.clone(),
+            created: e.meta.created,
+        })
     }
 
     /// Bytes of objects still arriving from origins.

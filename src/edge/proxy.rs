@@ -69,12 +69,14 @@ pub struct Ctx {
     rules: Option<Arc<crate::token::jwt::Rules>>,
     /// The viewer session and address an admitted request belongs to (viewer reports).
     viewer: Option<([u8; 16], IpAddr)>,
-    /// A cached playlist already rewritten whole (see `rewrite_hit_whole`): the body to send
+    /// A cached playlist already rewritten whole (see `rewrite_whole`): the body to send
     /// instead of the cached one.
     rewritten: Option<Bytes>,
     /// This process is the shield for this request (another edge asked, see `shield`): the
     /// origin's bytes and headers go back as they are.
     shield: bool,
+    /// Answered from the segment cache in `request_filter` (see `serve_fresh_hit`).
+    early_hit: bool,
 }
 
 impl Ctx {
@@ -88,6 +90,11 @@ impl Ctx {
             space.authority,
             self.upstream_uri
         ))
+    }
+
+    /// The object's key in the segment cache (see `cache_primary`).
+    fn cache_key(&self) -> Option<CacheKey> {
+        Some(CacheKey::new(self.cache_primary()?, ""))
     }
 }
 
@@ -321,39 +328,30 @@ impl EdgeProxy {
         }
     }
 
-    /// A small complete playlist from the cache is rewritten whole here, before its header
+    /// A small complete playlist from the cache is rewritten whole, before its header
     /// leaves: it then goes out with its new `Content-Length` in one write, rather than as a
-    /// chunked body (header, chunk and last chunk: three writes). `Ok(false)`: not this case.
-    fn rewrite_hit_whole(
+    /// chunked body (header, chunk and last chunk: three writes). `Ok(None)`: not this case
+    /// (too big to hold twice, or invalid: it then fails the way it does for the viewer whose
+    /// fetch filled the cache, streamed and cut at the bad line); `resp` is untouched then.
+    fn rewrite_whole(
         &self,
-        session: &Session,
+        body: &[u8],
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
-    ) -> Result<bool> {
+    ) -> Result<Option<Bytes>> {
         const WHOLE_MAX: usize = 256 * 1024;
-        let (Some(key), Some(meta)) = (
-            session.cache.maybe_cache_key(),
-            session.cache.maybe_cache_meta(),
-        ) else {
-            return Ok(false);
-        };
-        let Some(body) = self.state().store.complete_body(key, meta.created()) else {
-            return Ok(false);
-        };
         if body.len() > WHOLE_MAX {
-            return Ok(false);
+            return Ok(None);
         }
         let started = Instant::now();
         let mut rw = self.rewriter(ctx);
         let mut out = Vec::with_capacity(rw.output_hint(body.len()));
         if rw
-            .feed(&body, &mut out)
+            .feed(body, &mut out)
             .and_then(|()| rw.finish(&mut out))
             .is_err()
         {
-            // An invalid playlist fails the way it does for the viewer whose fetch filled
-            // the cache: streamed, then cut at the bad line.
-            return Ok(false);
+            return Ok(None);
         }
         self.remember_verbatim(ctx.verbatim_key.take(), rw.changed());
         METRICS.rewrote(started.elapsed());
@@ -362,7 +360,164 @@ impl EdgeProxy {
         resp.remove_header(&http::header::TRANSFER_ENCODING);
         resp.insert_header(http::header::CONTENT_LENGTH, out.len().to_string())?;
         resp.insert_header("Cache-Control", "private, no-cache")?;
-        ctx.rewritten = Some(Bytes::from(out));
+        Ok(Some(Bytes::from(out)))
+    }
+
+    /// The key under which a cached playlist's rewrite for this viewer may prove verbatim
+    /// (see `EdgeState::verbatim`): only when relative URIs are kept; a capped ladder is this
+    /// viewer's own, never the verbatim bytes of another.
+    fn verbatim_key(
+        &self,
+        ctx: &Ctx,
+        key: &CacheKey,
+        created: std::time::SystemTime,
+    ) -> Option<super::VerbatimKey> {
+        let keep_relative =
+            !ctx.token_renewed && !ctx.signed_target && self.max_height(ctx).is_none();
+        let stream = ctx.stream.as_ref().filter(|_| keep_relative)?;
+        Some((
+            key.combined_bin(),
+            created
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            stream.id.clone(),
+        ))
+    }
+
+    /// The headers of a cached playlist sent as it is (a verbatim one).
+    fn verbatim_headers(resp: &mut ResponseHeader) -> Result<()> {
+        resp.remove_header(&http::header::ACCEPT_RANGES);
+        resp.insert_header("Cache-Control", "private, no-cache")?;
+        METRICS.playlist_rewrites.inc();
+        Ok(())
+    }
+
+    /// What every response the edge passes on gets, from the origin or the cache: the
+    /// origin's cookies and CORS policy dropped (a viewer's browser sees only what the edge
+    /// decides), an inert media type relabelled, the viewer's token and CORS answer, and
+    /// `X-Cache` (`cache_state`) with RFC 9111's warning on a stale copy.
+    fn edge_headers(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &Ctx,
+        cache_state: Option<&'static str>,
+    ) -> Result<()> {
+        let origin_only = |n: &http::HeaderName| {
+            let n = n.as_str();
+            n == "set-cookie"
+                || n == "set-cookie2"
+                || n.starts_with("access-control-")
+                || n == "location"
+                || n == "refresh"
+                || n == "content-security-policy"
+                || n == "link"
+                || n == "x-new-token"
+        };
+        while let Some(name) = resp.headers.keys().find(|n| origin_only(n)).cloned() {
+            resp.remove_header(&name);
+        }
+        let ct = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
+        if !self.state().cfg.origins.is_media(ct) {
+            if let Some(t) = relabel(ctx.kind, &ctx.origin_path, ct) {
+                resp.insert_header(http::header::CONTENT_TYPE, t)?;
+            }
+        }
+        if !ctx.shield {
+            resp.insert_header(respond::NEW_TOKEN, ctx.token.as_str())?;
+            ctx.cors.apply(resp)?;
+        }
+        if let Some(state) = cache_state {
+            resp.insert_header("X-Cache", state)?;
+        }
+        if cache_state == Some("STALE") {
+            // RFC 9111 §5.5: a stale response says so.
+            resp.insert_header("Warning", "110 hlsgate \"Response is Stale\"")?;
+        }
+        Ok(())
+    }
+
+    /// A fresh, complete object in the segment cache is answered here, from
+    /// `request_filter`, before Pingora's cache phases (their key hashing, lookup, stored
+    /// header copy, lock and hit state machine run on every hit otherwise): the same
+    /// response as the cache path would send (the stored header with `Age`, the edge's
+    /// headers, a playlist rewritten whole or sent verbatim). Only plain GETs of HTTP
+    /// origins' objects; a range, a conditional request, a HEAD, a stale or partial object
+    /// and a playlist that cannot be rewritten whole take the cache path. `Ok(false)`: not
+    /// served here.
+    async fn serve_fresh_hit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        if ctx.shield
+            || req.method != http::Method::GET
+            || FORWARDED_HEADERS
+                .iter()
+                .any(|h| req.headers.contains_key(*h))
+            || !ctx
+                .stream
+                .as_ref()
+                .is_some_and(|s| matches!(s.origin, Origin::Http { .. }))
+        {
+            return Ok(false);
+        }
+        let Some(key) = ctx.cache_key() else {
+            return Ok(false);
+        };
+        let st = self.state();
+        let now = std::time::SystemTime::now();
+        let Some(hit) = st.store.fresh_hit(&key, now) else {
+            return Ok(false);
+        };
+        let mut resp = hit.header;
+        if resp.status != http::StatusCode::OK {
+            return Ok(false);
+        }
+        // As Pingora's cache_hit_header: an Age, HTTP/1.1; the length is known here.
+        let age = now.duration_since(hit.created).map_or(0, |d| d.as_secs());
+        resp.insert_header(http::header::AGE, age)?;
+        resp.set_version(http::Version::HTTP_11);
+        if !resp.headers.contains_key(http::header::CONTENT_LENGTH) {
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+            resp.insert_header(http::header::CONTENT_LENGTH, hit.body.len())?;
+        }
+        self.edge_headers(&mut resp, ctx, Some("HIT"))?;
+        let body = if ctx.kind == Kind::Playlist || is_playlist_response(&resp) {
+            if is_compressed(&resp) {
+                return Ok(false);
+            }
+            let verbatim_key = self.verbatim_key(ctx, &key, hit.created);
+            if verbatim_key
+                .as_ref()
+                .is_some_and(|k| st.verbatim.contains_key(k))
+            {
+                Self::verbatim_headers(&mut resp)?;
+                hit.body
+            } else {
+                ctx.verbatim_key = verbatim_key;
+                match self.rewrite_whole(&hit.body, &mut resp, ctx)? {
+                    Some(out) => out,
+                    None => {
+                        ctx.verbatim_key = None;
+                        return Ok(false);
+                    }
+                }
+            }
+        } else {
+            // As `range_header_filter` on a cache hit with no Range: it may be asked in ranges.
+            resp.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
+            hit.body
+        };
+        ctx.status = 200;
+        ctx.from_cache = true;
+        ctx.early_hit = true;
+        METRICS.cache_served_bytes.inc_by(body.len() as u64);
+        if body.is_empty() {
+            session.write_response_header(Box::new(resp), true).await?;
+        } else {
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await?;
+        }
         Ok(true)
     }
 
@@ -490,11 +645,12 @@ impl ProxyHttp for EdgeProxy {
             rewritten: None,
             viewer: None,
             shield: false,
+            early_hit: false,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        self.admit(session, ctx).await
+        Ok(self.admit(session, ctx).await? || self.serve_fresh_hit(session, ctx).await?)
     }
 
     /// Every GET/HEAD for an HTTP origin goes through the segment cache (playlists too:
@@ -516,10 +672,7 @@ impl ProxyHttp for EdgeProxy {
 
     /// The origin object, never the viewer's token: all viewers share one copy.
     fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        let primary = ctx
-            .cache_primary()
-            .ok_or_else(|| bad_gateway("no stream"))?;
-        Ok(CacheKey::new(primary, ""))
+        ctx.cache_key().ok_or_else(|| bad_gateway("no stream"))
     }
 
     fn response_cache_filter(
@@ -768,78 +921,23 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.status = resp.status.as_u16();
-        // The origin's cookies and CORS policy are not the edge's: a viewer's browser sees
-        // only what the edge decides.
-        let origin_only: Vec<http::HeaderName> = resp
-            .headers
-            .keys()
-            .filter(|n| {
-                let n = n.as_str();
-                n == "set-cookie"
-                    || n == "set-cookie2"
-                    || n.starts_with("access-control-")
-                    || n == "location"
-                    || n == "refresh"
-                    || n == "content-security-policy"
-                    || n == "link"
-                    || n == "x-new-token"
-            })
-            .cloned()
-            .collect();
-        for name in origin_only {
-            resp.remove_header(&name);
-        }
-        let ct = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes());
-        if !self.state().cfg.origins.is_media(ct) {
-            if let Some(t) = relabel(ctx.kind, &ctx.origin_path, ct) {
-                resp.insert_header(http::header::CONTENT_TYPE, t)?;
-            }
-        }
-        if !ctx.shield {
-            resp.insert_header(respond::NEW_TOKEN, ctx.token.as_str())?;
-            ctx.cors.apply(resp)?;
-        }
         let cache_state = cache_state(session.cache.phase()).map(|(header, _)| header);
         ctx.from_cache = matches!(cache_state, Some("HIT" | "STALE" | "REVALIDATED"));
-        if let Some(state) = cache_state {
-            resp.insert_header("X-Cache", state)?;
-        }
-        if cache_state == Some("STALE") {
-            // RFC 9111 §5.5: a stale response says so.
-            resp.insert_header("Warning", "110 hlsgate \"Response is Stale\"")?;
-        }
+        self.edge_headers(resp, ctx, cache_state)?;
         let is_playlist = ctx.kind == Kind::Playlist || is_playlist_response(resp);
         if ctx.shield || !is_playlist || resp.status != http::StatusCode::OK {
             return Ok(());
         }
-        if resp
-            .headers
-            .get(http::header::CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-        {
+        if is_compressed(resp) {
             return Err(bad_gateway("origin sent a compressed playlist"));
         }
-        // A capped ladder is this viewer's own: never the verbatim bytes of another.
-        let keep_relative =
-            !ctx.token_renewed && !ctx.signed_target && self.max_height(ctx).is_none();
-        let verbatim_key = match (
-            keep_relative,
+        let (key, meta) = (
             session.cache.maybe_cache_key(),
             session.cache.maybe_cache_meta(),
-            ctx.stream.as_ref(),
-        ) {
-            (true, Some(key), Some(meta), Some(stream)) => Some((
-                key.combined_bin(),
-                meta.created()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos()),
-                stream.id.clone(),
-            )),
-            _ => None,
-        };
+        );
+        let verbatim_key = key
+            .zip(meta)
+            .and_then(|(key, meta)| self.verbatim_key(ctx, key, meta.created()));
         if ctx.from_cache
             && verbatim_key
                 .as_ref()
@@ -847,14 +945,16 @@ impl ProxyHttp for EdgeProxy {
         {
             // Another viewer's rewrite of this very object changed nothing: send the
             // cached bytes as they are (no scan, no copy; Content-Length stays).
-            resp.remove_header(&http::header::ACCEPT_RANGES);
-            resp.insert_header("Cache-Control", "private, no-cache")?;
-            METRICS.playlist_rewrites.inc();
-            return Ok(());
+            return Self::verbatim_headers(resp);
         }
         ctx.verbatim_key = verbatim_key;
-        if ctx.from_cache && self.rewrite_hit_whole(session, resp, ctx)? {
-            return Ok(());
+        if let (true, Some(key), Some(meta)) = (ctx.from_cache, key, meta) {
+            if let Some(body) = self.state().store.complete_body(key, meta.created()) {
+                if let Some(out) = self.rewrite_whole(&body, resp, ctx)? {
+                    ctx.rewritten = Some(out);
+                    return Ok(());
+                }
+            }
         }
         // The body changes length: headers leave before it is rewritten.
         ctx.playlist_len = content_length(resp);
@@ -975,7 +1075,10 @@ impl ProxyHttp for EdgeProxy {
         {
             METRICS.origin_errors.with_label_values(&[kind]).inc();
         }
-        let cache = if session.cache.enabled() || ctx.from_cache {
+        let cache = if ctx.early_hit {
+            METRICS.cache_lookups.with_label_values(&["hit"]).inc();
+            "hit"
+        } else if session.cache.enabled() || ctx.from_cache {
             let result = cache_state(session.cache.phase()).map_or("pass", |(_, label)| label);
             METRICS.cache_lookups.with_label_values(&[result]).inc();
             result
@@ -1027,6 +1130,14 @@ fn cache_state(phase: CachePhase) -> Option<(&'static str, &'static str)> {
         CachePhase::Miss | CachePhase::Expired => Some(("MISS", "miss")),
         _ => None,
     }
+}
+
+/// A body in a content coding other than `identity` (a playlist must not be: it is
+/// rewritten as text).
+fn is_compressed(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 fn is_playlist_response(resp: &ResponseHeader) -> bool {
