@@ -23,9 +23,12 @@ impl From<&Mark> for Mark {
     }
 }
 
+/// One shard: each key's value and when it was last seen (ms).
+type Shard<V> = Mutex<HashMap<[u8; 16], (V, i64)>>;
+
 /// Session ids (16 bytes) seen within `idle`, each with a value; at most `capacity`.
 pub struct Recent<V> {
-    shards: [Mutex<HashMap<[u8; 16], (V, i64)>>; SHARDS],
+    shards: [Shard<V>; SHARDS],
     idle_ms: i64,
     per_shard: usize,
 }
@@ -39,7 +42,7 @@ impl<V> Recent<V> {
         }
     }
 
-    fn shard(&self, key: &[u8; 16]) -> &Mutex<HashMap<[u8; 16], (V, i64)>> {
+    fn shard(&self, key: &[u8; 16]) -> &Shard<V> {
         // Session ids are MAC or hash output: any byte spreads them evenly.
         &self.shards[key[15] as usize % SHARDS]
     }
