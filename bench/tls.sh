@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # HTTPS: hlsgate (rustls) against nginx (OpenSSL, secure_link + proxy_cache + sub_filter)
 # with the same P-256 certificate, h2 and HTTP/1.1, driven by h2load; each side ROUNDS
-# times interleaved; medians and the ratio.
+# times interleaved; medians and the ratio. A third side, the bare Pingora probe
+# (examples/bare_pingora.rs, the same rustls set-up, the same bytes from request_filter with
+# no checks), is the ceiling: what Pingora itself does next to nginx on this machine.
 #
 #   bench/tls.sh [live|segment|all]            (default: all)
 #   ROUNDS=3 DURATION=8 CONNS=32 STREAMS=10 bench/tls.sh live
@@ -16,6 +18,8 @@ sed 's|^edge:$|edge:\n  tls: { listen: "127.0.0.1:18444", cert: "data/bench-tls.
 export HLSGATE_CONFIG=data/bench-tls.yaml
 . "$(dirname "$0")/lib.sh"
 need h2load nghttp2-client
+echo ">> building the bare Pingora probe (examples/bare_pingora.rs)" >&2
+cargo build --release --quiet --example bare_pingora
 
 SCENARIOS=${1:-all}
 [ "$SCENARIOS" = all ] && SCENARIOS="live segment"
@@ -50,23 +54,35 @@ for sc in $SCENARIOS; do
     *) echo "unknown scenario: $sc" >&2; exit 2 ;;
     esac
     NS=$(tls_url "$NU" 18082 18443); HS=$(tls_url "$HU" 18080 18444)
-    for u in "$NS" "$HS"; do
+    # The probe answers every request with this scenario's object (the live playlist as
+    # the origin has it, or the segment), on the runtime bench/hlsgate.yaml's edge has.
+    case $sc in live) obj=$RUN/data/live/index.m3u8 ;; *) obj=$RUN/data/vod/seg.ts ;; esac
+    [ -n "${BARE_PID:-}" ] && { kill "$BARE_PID"; wait "$BARE_PID" 2>/dev/null || true; }
+    target/release/examples/bare_pingora 127.0.0.1:18090 "$obj" 2 false \
+        127.0.0.1:18091 data/bench-tls.crt data/bench-tls.key >"$RUN/bare.log" 2>&1 &
+    BARE_PID=$!; PIDS+=("$BARE_PID")
+    BS=https://127.0.0.1:18091/$sc
+    for _ in $(seq 100); do curl -sk -o /dev/null "$BS" && break; sleep 0.1; done
+    for u in "$NS" "$HS" "$BS"; do
         [ "$(curl -sk --http2 -o /dev/null -w '%{http_code} %{http_version}' "$u")" = "200 2" ] \
             || { echo "!! $u: not 200 over h2" >&2; exit 1; }
     done
     for proto in h2 h1; do
-        : >"$RUN/n.txt"; : >"$RUN/h.txt"
+        : >"$RUN/n.txt"; : >"$RUN/h.txt"; : >"$RUN/b.txt"
         echo ">> $sc over TLS $proto: h2load -t1 -c$CONNS -D$DURATION $([ $proto = h2 ] && echo "-m$STREAMS"), $ROUNDS rounds interleaved" >&2
         for r in $(seq "$ROUNDS"); do
             n=$(run_h2load $proto "$NS"); echo "$n" >>"$RUN/n.txt"
             h=$(run_h2load $proto "$HS"); echo "$h" >>"$RUN/h.txt"
-            echo "   round $r: nginx $n | hlsgate $h   (req/s protocol)" >&2
+            b=$(run_h2load $proto "$BS"); echo "$b" >>"$RUN/b.txt"
+            echo "   round $r: nginx $n | hlsgate $h | bare $b   (req/s protocol)" >&2
         done
-        echo "$sc $proto $(cut -d' ' -f1 "$RUN/n.txt" | median) $(cut -d' ' -f1 "$RUN/h.txt" | median)" >>"$RESULTS"
+        echo "$sc $proto $(cut -d' ' -f1 "$RUN/n.txt" | median) $(cut -d' ' -f1 "$RUN/h.txt" | median)" \
+            "$(cut -d' ' -f1 "$RUN/b.txt" | median)" >>"$RESULTS"
     done
 done
 CIPHER=$(echo | openssl s_client -connect 127.0.0.1:18444 -alpn h2 2>/dev/null | awk '/Cipher is/ {print $NF; exit}')
 NCIPHER=$(echo | openssl s_client -connect 127.0.0.1:18443 -alpn h2 2>/dev/null | awk '/Cipher is/ {print $NF; exit}')
-printf '\n%-8s %-6s %14s %14s %8s\n' scenario proto 'nginx req/s' 'hlsgate req/s' ratio
-awk '{ printf "%-8s %-6s %14.1f %14.1f %7.2fx\n", $1, $2, $3, $4, $4 / $3 }' "$RESULTS"
+printf '\n%-8s %-6s %14s %14s %8s %14s %10s\n' scenario proto 'nginx req/s' 'hlsgate req/s' ratio \
+    'bare req/s' 'bare/nginx'
+awk '{ printf "%-8s %-6s %14.1f %14.1f %7.2fx %14.1f %9.2fx\n", $1, $2, $3, $4, $4 / $3, $5, $5 / $3 }' "$RESULTS"
 echo "(medians of $ROUNDS interleaved rounds; h2load -t1 -c$CONNS -D$DURATION, h2: -m$STREAMS; TLS 1.3, cipher hlsgate $CIPHER / nginx $NCIPHER, P-256 certificate; $(nproc) CPUs shared by h2load, both servers and the origin)"

@@ -3,10 +3,14 @@
 //! cache lookup, no metrics, no log. Whatever hlsgate does to a cached segment on top of
 //! this is measured as the ratio of the two under the same load.
 //!
-//!   cargo run --release --example bare_pingora -- 127.0.0.1:18090 FILE [THREADS [WORK_STEALING]]
+//!   cargo run --release --example bare_pingora -- 127.0.0.1:18090 FILE \
+//!       [THREADS [WORK_STEALING [TLS_LISTEN CERT KEY]]]
 //!
 //! THREADS (default 2) and WORK_STEALING (`true`/`false`, default `false`) as hlsgate's
-//! `edge.threads` and `edge.work_stealing`, so the two run the same runtime.
+//! `edge.threads` and `edge.work_stealing`, so the two run the same runtime. With
+//! TLS_LISTEN, CERT and KEY it also answers over TLS (h2 and http/1.1 by ALPN) with
+//! hlsgate's own TLS set-up (`hlsgate::tls::Certs`, rustls), as `edge.tls` does
+//! (`bench/tls.sh`).
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::server::configuration::ServerConf;
@@ -50,6 +54,14 @@ fn main() {
     let work_stealing: bool = args
         .next()
         .is_some_and(|w| w.parse().expect("true or false"));
+    let tls = args.next().map(|listen| {
+        let (cert, key) = (args.next().expect("CERT"), args.next().expect("KEY"));
+        let t = hlsgate::config::Tls {
+            listen: listen.parse().expect("TLS listen address"),
+            pairs: vec![(cert.into(), key.into())],
+        };
+        (listen, hlsgate::tls::Certs::load(&t, "bare").expect("certificate and key"))
+    });
     let body = Bytes::from(std::fs::read(&file).expect("readable file"));
     let conf = ServerConf {
         threads,
@@ -66,6 +78,9 @@ fn main() {
     };
     let mut service = pingora_proxy::http_proxy_service(&server.configuration, bare);
     service.add_tcp(&listen);
+    if let Some((listen, certs)) = &tls {
+        service.add_tls_with_settings(listen, None, certs.settings(true));
+    }
     server.add_service(service);
     server.run_forever();
 }
