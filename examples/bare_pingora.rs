@@ -60,7 +60,10 @@ fn main() {
             listen: listen.parse().expect("TLS listen address"),
             pairs: vec![(cert.into(), key.into())],
         };
-        (listen, hlsgate::tls::Certs::load(&t, "bare").expect("certificate and key"))
+        (
+            listen,
+            hlsgate::tls::Certs::load(&t, "bare").expect("certificate and key"),
+        )
     });
     let body = Bytes::from(std::fs::read(&file).expect("readable file"));
     let conf = ServerConf {

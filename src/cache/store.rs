@@ -141,11 +141,12 @@ impl SegmentStore {
         (e.meta.created == created).then(|| e.body.clone())
     }
 
-    /// A complete object under `key` that is fresh at `now`: its stored header (a copy),
-    /// body and creation time, for an answer that skips Pingora's cache phases
-    /// (`EdgeProxy::serve_fresh_hit`). A stale or still-arriving object is not one.
-    pub fn fresh_hit(&self, key: &CacheKey, now: SystemTime) -> Option<FreshHit> {
-        let e = self.done.get(&key_of(key))?;
+    /// A complete object under `key` (`CacheKey::combined_bin`) that is fresh at `now`: its
+    /// stored header (a copy), body and creation time, for an answer that skips Pingora's
+    /// cache phases (`EdgeProxy::serve_fresh_hit`). A stale or still-arriving object is not
+    /// one.
+    pub fn fresh_hit(&self, key: &HashBinary, now: SystemTime) -> Option<FreshHit> {
+        let e = self.done.get(key)?;
         (e.meta.fresh_until > now).then(|| FreshHit {
             header: e.meta.header.clone(),
             body: e.body.clone(),

@@ -366,17 +366,18 @@ impl EdgeProxy {
     /// The key under which a cached playlist's rewrite for this viewer may prove verbatim
     /// (see `EdgeState::verbatim`): only when relative URIs are kept; a capped ladder is this
     /// viewer's own, never the verbatim bytes of another.
+    /// `key`: the object's cache key hash (`CacheKey::combined_bin`).
     fn verbatim_key(
         &self,
         ctx: &Ctx,
-        key: &CacheKey,
+        key: [u8; 16],
         created: std::time::SystemTime,
     ) -> Option<super::VerbatimKey> {
         let keep_relative =
             !ctx.token_renewed && !ctx.signed_target && self.max_height(ctx).is_none();
         let stream = ctx.stream.as_ref().filter(|_| keep_relative)?;
         Some((
-            key.combined_bin(),
+            key,
             created
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos()),
@@ -461,12 +462,12 @@ impl EdgeProxy {
         {
             return Ok(false);
         }
-        let Some(key) = ctx.cache_key() else {
+        let Some(bin) = ctx.cache_key().map(|k| k.combined_bin()) else {
             return Ok(false);
         };
         let st = self.state();
         let now = std::time::SystemTime::now();
-        let Some(hit) = st.store.fresh_hit(&key, now) else {
+        let Some(hit) = st.store.fresh_hit(&bin, now) else {
             return Ok(false);
         };
         let mut resp = hit.header;
@@ -486,7 +487,7 @@ impl EdgeProxy {
             if is_compressed(&resp) {
                 return Ok(false);
             }
-            let verbatim_key = self.verbatim_key(ctx, &key, hit.created);
+            let verbatim_key = self.verbatim_key(ctx, bin, hit.created);
             if verbatim_key
                 .as_ref()
                 .is_some_and(|k| st.verbatim.contains_key(k))
@@ -937,7 +938,7 @@ impl ProxyHttp for EdgeProxy {
         );
         let verbatim_key = key
             .zip(meta)
-            .and_then(|(key, meta)| self.verbatim_key(ctx, key, meta.created()));
+            .and_then(|(key, meta)| self.verbatim_key(ctx, key.combined_bin(), meta.created()));
         if ctx.from_cache
             && verbatim_key
                 .as_ref()
