@@ -209,7 +209,8 @@ pub struct HeaderDeadline {
 }
 
 /// How much the wait for the next request reads at once: a player's whole request (a
-/// longer one is read on by Pingora as usual). Pingora's own peek reads one byte and hands
+/// longer one is read on by Pingora as usual); on the stack of one poll, not held while the
+/// connection waits. Pingora's own peek reads one byte and hands
 /// it back, so its parser first sees a one-byte request and reads again: a `recv` per
 /// request more than reading the request in one go.
 const EARLY_READ: usize = 2048;
@@ -265,7 +266,11 @@ impl AsyncRead for HeaderDeadline {
             this.early_at += n;
             let early = std::mem::take(&mut this.early);
             this.scan(&early[this.early_at - n..this.early_at]);
-            this.early = early;
+            if this.early_at < early.len() {
+                this.early = early;
+            } else {
+                this.early_at = 0; // all read: `early` stays empty (freed)
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -400,19 +405,27 @@ impl GetSocketDigest for HeaderDeadline {
 }
 
 /// Peeking reads the bytes for real, into `early`, and `poll_read` hands them out first.
+/// Each read goes into a buffer on the stack of that one poll, so a connection waiting for
+/// its next request holds no buffer; `early` is allocated for what arrived and freed once
+/// Pingora has read it.
 #[async_trait]
 impl Peek for HeaderDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        use tokio::io::AsyncReadExt;
-        if self.early_at == self.early.len() {
-            self.early.clear();
-            self.early_at = 0;
-        }
         while self.early.len() - self.early_at < buf.len() {
-            // Into spare capacity: a wait cancelled (idle timeout, shutdown) leaves
-            // `early` as it was.
-            self.early.reserve(EARLY_READ.max(buf.len()));
-            if self.inner.read_buf(&mut self.early).await? == 0 {
+            let n = std::future::poll_fn(|cx| {
+                let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); EARLY_READ];
+                let mut rb = ReadBuf::uninit(&mut tmp);
+                match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        self.early.extend_from_slice(rb.filled());
+                        Poll::Ready(Ok(rb.filled().len()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await?;
+            if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -461,6 +474,7 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         let n = d.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], &sent[10..], "the rest of what was read ahead");
+        assert_eq!(d.early.capacity(), 0, "nothing held while waiting for more");
         assert!(
             matches!(d.phase, Phase::Header { .. }),
             "the deadline saw the bytes: inside the second header"
