@@ -509,6 +509,7 @@ impl EdgeProxy {
             resp.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
             hit.body
         };
+        drop(st); // not held across the writes' awaits
         ctx.status = 200;
         ctx.from_cache = true;
         ctx.early_hit = true;
