@@ -210,9 +210,9 @@ pub struct HeaderDeadline {
 
 /// How much the wait for the next request reads at once: a player's whole request (a
 /// longer one is read on by Pingora as usual); on the stack of one poll, not held while the
-/// connection waits. Pingora's own peek reads one byte and hands
-/// it back, so its parser first sees a one-byte request and reads again: a `recv` per
-/// request more than reading the request in one go.
+/// connection waits. Pingora's own peek reads one byte and hands it back, so its parser
+/// first sees a one-byte request and reads again: a `recv` per request more than reading
+/// the request in one go.
 const EARLY_READ: usize = 2048;
 
 impl HeaderDeadline {
@@ -259,21 +259,19 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        let before = buf.filled().len();
         if this.early_at < this.early.len() {
             let n = buf.remaining().min(this.early.len() - this.early_at);
-            let early = &this.early[this.early_at..this.early_at + n];
-            buf.put_slice(early);
+            buf.put_slice(&this.early[this.early_at..this.early_at + n]);
             this.early_at += n;
-            let early = std::mem::take(&mut this.early);
-            this.scan(&early[this.early_at - n..this.early_at]);
-            if this.early_at < early.len() {
-                this.early = early;
-            } else {
-                this.early_at = 0; // all read: `early` stays empty (freed)
+            if this.early_at == this.early.len() {
+                // All read: nothing is held until the next wait reads ahead again.
+                this.early = Vec::new();
+                this.early_at = 0;
             }
+            this.scan(&buf.filled()[before..]);
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 this.scan(&buf.filled()[before..]);
