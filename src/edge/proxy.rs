@@ -393,6 +393,36 @@ impl EdgeProxy {
         Ok(())
     }
 
+    /// What a complete cached playlist becomes for this viewer, before its header leaves:
+    /// the cached bytes as they are when another viewer's rewrite of this very object
+    /// changed nothing (no scan, no copy; `Content-Length` stays), else rewritten whole from
+    /// `body()`. `Stream`: neither (no body, too big or invalid); `ctx.verbatim_key` is then
+    /// set for the streamed rewrite to record. `key`: the object's cache key hash.
+    fn cached_playlist(
+        &self,
+        ctx: &mut Ctx,
+        resp: &mut ResponseHeader,
+        key: [u8; 16],
+        created: std::time::SystemTime,
+        body: impl FnOnce() -> Option<Bytes>,
+    ) -> Result<CachedPlaylist> {
+        let verbatim_key = self.verbatim_key(ctx, key, created);
+        if verbatim_key
+            .as_ref()
+            .is_some_and(|k| self.state().verbatim.contains_key(k))
+        {
+            Self::verbatim_headers(resp)?;
+            return Ok(CachedPlaylist::Verbatim);
+        }
+        ctx.verbatim_key = verbatim_key;
+        Ok(match body() {
+            Some(b) => self
+                .rewrite_whole(&b, resp, ctx)?
+                .map_or(CachedPlaylist::Stream, CachedPlaylist::Rewritten),
+            None => CachedPlaylist::Stream,
+        })
+    }
+
     /// What every response the edge passes on gets, from the origin or the cache: the
     /// origin's cookies and CORS policy dropped (a viewer's browser sees only what the edge
     /// decides), an inert media type relabelled, the viewer's token and CORS answer, and
@@ -487,21 +517,13 @@ impl EdgeProxy {
             if is_compressed(&resp) {
                 return Ok(false);
             }
-            let verbatim_key = self.verbatim_key(ctx, bin, hit.created);
-            if verbatim_key
-                .as_ref()
-                .is_some_and(|k| st.verbatim.contains_key(k))
-            {
-                Self::verbatim_headers(&mut resp)?;
-                hit.body
-            } else {
-                ctx.verbatim_key = verbatim_key;
-                match self.rewrite_whole(&hit.body, &mut resp, ctx)? {
-                    Some(out) => out,
-                    None => {
-                        ctx.verbatim_key = None;
-                        return Ok(false);
-                    }
+            let cached = || Some(hit.body.clone());
+            match self.cached_playlist(ctx, &mut resp, bin, hit.created, cached)? {
+                CachedPlaylist::Verbatim => hit.body,
+                CachedPlaylist::Rewritten(out) => out,
+                CachedPlaylist::Stream => {
+                    ctx.verbatim_key = None;
+                    return Ok(false);
                 }
             }
         } else {
@@ -933,28 +955,23 @@ impl ProxyHttp for EdgeProxy {
         if is_compressed(resp) {
             return Err(bad_gateway("origin sent a compressed playlist"));
         }
-        let (key, meta) = (
+        if let (Some(key), Some(meta)) = (
             session.cache.maybe_cache_key(),
             session.cache.maybe_cache_meta(),
-        );
-        let verbatim_key = key
-            .zip(meta)
-            .and_then(|(key, meta)| self.verbatim_key(ctx, key.combined_bin(), meta.created()));
-        if ctx.from_cache
-            && verbatim_key
-                .as_ref()
-                .is_some_and(|k| self.state().verbatim.contains_key(k))
-        {
-            // Another viewer's rewrite of this very object changed nothing: send the
-            // cached bytes as they are (no scan, no copy; Content-Length stays).
-            return Self::verbatim_headers(resp);
-        }
-        ctx.verbatim_key = verbatim_key;
-        if let (true, Some(key), Some(meta)) = (ctx.from_cache, key, meta) {
-            if let Some(body) = self.state().store.complete_body(key, meta.created()) {
-                if let Some(out) = self.rewrite_whole(&body, resp, ctx)? {
-                    ctx.rewritten = Some(out);
-                    return Ok(());
+        ) {
+            let (bin, created) = (key.combined_bin(), meta.created());
+            if !ctx.from_cache {
+                // Being fetched: the streamed rewrite may prove it verbatim for later viewers.
+                ctx.verbatim_key = self.verbatim_key(ctx, bin, created);
+            } else {
+                let complete = || self.state().store.complete_body(key, created);
+                match self.cached_playlist(ctx, resp, bin, created, complete)? {
+                    CachedPlaylist::Verbatim => return Ok(()),
+                    CachedPlaylist::Rewritten(out) => {
+                        ctx.rewritten = Some(out);
+                        return Ok(());
+                    }
+                    CachedPlaylist::Stream => {}
                 }
             }
         }
@@ -1132,6 +1149,16 @@ fn cache_state(phase: CachePhase) -> Option<(&'static str, &'static str)> {
         CachePhase::Miss | CachePhase::Expired => Some(("MISS", "miss")),
         _ => None,
     }
+}
+
+/// See `EdgeProxy::cached_playlist`.
+enum CachedPlaylist {
+    /// Send the cached bytes as they are.
+    Verbatim,
+    /// Send these instead of the cached bytes.
+    Rewritten(Bytes),
+    /// Rewrite the body as it streams.
+    Stream,
 }
 
 /// A body in a content coding other than `identity` (a playlist must not be: it is
