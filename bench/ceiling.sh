@@ -15,8 +15,6 @@
 SCENARIOS=${1:-segment}
 [ "$SCENARIOS" = all ] && SCENARIOS="segment live"
 ROUNDS=${ROUNDS:-5}
-echo ">> building the bare Pingora probe (examples/bare_pingora.rs)" >&2
-cargo build --release --quiet --example bare_pingora
 
 RESULTS=$RUN/ceiling.txt
 : >"$RESULTS"
@@ -26,12 +24,8 @@ for sc in $SCENARIOS; do
     live) obj=$RUN/data/live/index.m3u8; HU=$(hlsgate_url live index.m3u8); NU=$(nginx_url live/index.m3u8) ;;
     *) echo "unknown scenario: $sc" >&2; exit 2 ;;
     esac
-    # The same threads and runtime as bench/hlsgate.yaml's edge (2, no work stealing).
-    [ -n "${BARE_PID:-}" ] && { kill "$BARE_PID"; wait "$BARE_PID" 2>/dev/null || true; }
-    target/release/examples/bare_pingora 127.0.0.1:18090 "$obj" 2 false >"$RUN/bare.log" 2>&1 &
-    BARE_PID=$!; PIDS+=("$BARE_PID")
+    start_bare "$obj"
     BU=http://127.0.0.1:18090/$sc
-    for _ in $(seq 100); do curl -s -o /dev/null "$BU" && break; sleep 0.1; done
     for u in "$HU" "$BU" "$NU"; do
         curl -s -o "$RUN/check" "$u"
         case $sc in
@@ -40,15 +34,7 @@ for sc in $SCENARIOS; do
         esac
     done
     echo ">> $sc: wrk -t1 -c${CONNS:-32} -d${DURATION:-10s} --latency, $ROUNDS rounds interleaved" >&2
-    : >"$RUN/b.txt"; : >"$RUN/h.txt"; : >"$RUN/n.txt"
-    for r in $(seq "$ROUNDS"); do
-        b=$(run_wrk "$BU"); echo "$b" >>"$RUN/b.txt"
-        h=$(run_wrk "$HU"); echo "$h" >>"$RUN/h.txt"
-        n=$(run_wrk "$NU"); echo "$n" >>"$RUN/n.txt"
-        echo "   round $r: bare $b | hlsgate $h | nginx $n   (req/s p99-ms)" >&2
-    done
-    med() { cut -d' ' -f"$2" "$RUN/$1.txt" | median; }
-    echo "$sc $(med b 1) $(med b 2) $(med h 1) $(med h 2) $(med n 1) $(med n 2)" >>"$RESULTS"
+    echo "$sc $(interleave bare "$BU" hlsgate "$HU" nginx "$NU")" >>"$RESULTS"
 done
 printf '\n%-8s %10s %7s %10s %7s %10s %7s %12s %14s %13s\n' scenario 'bare' p99 hlsgate p99 nginx p99 \
     'hlsgate/bare' 'hlsgate/nginx' 'bare/nginx'

@@ -98,16 +98,41 @@ run_wrk() { # url [wrk args...] -> "req/s p99_ms"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-# A B A B ...: ROUNDS rounds of run_wrk on two URLs, each round printed; prints the
-# medians "A-req/s A-p99 B-req/s B-p99".
-interleave() { # label-a url-a label-b url-b
-    : >"$RUN/a.txt"; : >"$RUN/b.txt"
-    local r a b
+# A B [C ...] A B ...: ROUNDS rounds of run_wrk on each URL in turn, each round printed;
+# prints the medians "A-req/s A-p99 B-req/s B-p99 ...".
+interleave() { # label-a url-a label-b url-b [label url ...]
+    local args=("$@") n=$(( $# / 2 )) r i out line
+    for i in $(seq 0 $(( n - 1 ))); do : >"$RUN/side$i.txt"; done
     for r in $(seq "${ROUNDS:-3}"); do
-        a=$(run_wrk "$2"); echo "$a" >>"$RUN/a.txt"
-        b=$(run_wrk "$4"); echo "$b" >>"$RUN/b.txt"
-        echo "   round $r: $1 $a | $3 $b   (req/s p99-ms)" >&2
+        line="   round $r:"
+        for i in $(seq 0 $(( n - 1 ))); do
+            out=$(run_wrk "${args[2 * i + 1]}"); echo "$out" >>"$RUN/side$i.txt"
+            line+=" ${args[2 * i]} $out |"
+        done
+        echo "${line% |}   (req/s p99-ms)" >&2
     done
-    echo "$(cut -d' ' -f1 "$RUN/a.txt" | median) $(cut -d' ' -f2 "$RUN/a.txt" | median)" \
-        "$(cut -d' ' -f1 "$RUN/b.txt" | median) $(cut -d' ' -f2 "$RUN/b.txt" | median)"
+    out=
+    for i in $(seq 0 $(( n - 1 ))); do
+        out+="$(cut -d' ' -f1 "$RUN/side$i.txt" | median) $(cut -d' ' -f2 "$RUN/side$i.txt" | median) "
+    done
+    echo "${out% }"
+}
+
+# The bare Pingora probe (examples/bare_pingora.rs: every request answered with FILE from
+# request_filter, no checks) on 127.0.0.1:18090, and with "tls" also on 127.0.0.1:18091
+# with the bench certificate; the bench edge's threads and runtime (2, no work stealing).
+# A probe started before is stopped first.
+start_bare() { # file [tls]
+    if [ -z "${BARE_BUILT:-}" ]; then
+        echo ">> building the bare Pingora probe (examples/bare_pingora.rs)" >&2
+        cargo build --release --quiet --example bare_pingora
+        BARE_BUILT=1
+    fi
+    [ -n "${BARE_PID:-}" ] && { kill "$BARE_PID"; wait "$BARE_PID" 2>/dev/null || true; }
+    local tls=()
+    [ "${2:-}" = tls ] && tls=(127.0.0.1:18091 data/bench-tls.crt data/bench-tls.key)
+    target/release/examples/bare_pingora 127.0.0.1:18090 "$1" 2 false "${tls[@]}" \
+        >"$RUN/bare.log" 2>&1 &
+    BARE_PID=$!; PIDS+=("$BARE_PID")
+    for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18090/ && break; sleep 0.1; done
 }

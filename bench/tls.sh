@@ -18,8 +18,6 @@ sed 's|^edge:$|edge:\n  tls: { listen: "127.0.0.1:18444", cert: "data/bench-tls.
 export HLSGATE_CONFIG=data/bench-tls.yaml
 . "$(dirname "$0")/lib.sh"
 need h2load nghttp2-client
-echo ">> building the bare Pingora probe (examples/bare_pingora.rs)" >&2
-cargo build --release --quiet --example bare_pingora
 
 SCENARIOS=${1:-all}
 [ "$SCENARIOS" = all ] && SCENARIOS="live segment"
@@ -57,12 +55,8 @@ for sc in $SCENARIOS; do
     # The probe answers every request with this scenario's object (the live playlist as
     # the origin has it, or the segment), on the runtime bench/hlsgate.yaml's edge has.
     case $sc in live) obj=$RUN/data/live/index.m3u8 ;; *) obj=$RUN/data/vod/seg.ts ;; esac
-    [ -n "${BARE_PID:-}" ] && { kill "$BARE_PID"; wait "$BARE_PID" 2>/dev/null || true; }
-    target/release/examples/bare_pingora 127.0.0.1:18090 "$obj" 2 false \
-        127.0.0.1:18091 data/bench-tls.crt data/bench-tls.key >"$RUN/bare.log" 2>&1 &
-    BARE_PID=$!; PIDS+=("$BARE_PID")
+    start_bare "$obj" tls
     BS=https://127.0.0.1:18091/$sc
-    for _ in $(seq 100); do curl -sk -o /dev/null "$BS" && break; sleep 0.1; done
     for u in "$NS" "$HS" "$BS"; do
         [ "$(curl -sk --http2 -o /dev/null -w '%{http_code} %{http_version}' "$u")" = "200 2" ] \
             || { echo "!! $u: not 200 over h2" >&2; exit 1; }
