@@ -13,6 +13,7 @@
 //! Everything else is copied byte for byte: line endings (LF or CRLF), a UTF-8 BOM,
 //! blank space around a URI line, comments, unknown tags, attribute order and spacing.
 
+mod emit;
 mod ladder;
 mod scan;
 mod uri;
@@ -50,63 +51,12 @@ pub enum RewriteError {
     LineTooLong,
 }
 
-/// `out.extend_from_slice(a); out.extend_from_slice(b)` with one capacity check: the hot
-/// loop does this once per segment line. Both are short (a line or two; the prefix), so
-/// they are copied inline in 16-byte moves rather than by two calls to `memcpy`.
-#[inline(always)]
-fn extend2(out: &mut Vec<u8>, a: &[u8], b: &[u8]) {
-    out.reserve(a.len() + b.len());
-    let len = out.len();
-    let spare = &mut out.spare_capacity_mut()[..a.len() + b.len()];
-    // SAFETY: `MaybeUninit<u8>` and `u8` have the same layout; the slices do not overlap
-    // (`out` is borrowed mutably), and both copies stay inside `spare`, which `reserve`
-    // made long enough. All `a.len() + b.len()` bytes are initialised before `set_len`.
-    unsafe {
-        let p = spare.as_mut_ptr().cast::<u8>();
-        copy_short(a.as_ptr(), p, a.len());
-        copy_short(b.as_ptr(), p.add(a.len()), b.len());
-        out.set_len(len + a.len() + b.len());
-    }
-}
-
-/// `copy_nonoverlapping(src, dst, n)` in fixed-size moves (the last one overlapping the one
-/// before), which the compiler emits inline.
-///
-/// # Safety
-/// As `copy_nonoverlapping`: `src` readable and `dst` writable for `n` bytes, not
-/// overlapping.
-#[inline(always)]
-unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
-    use std::ptr::copy_nonoverlapping as copy;
-    // SAFETY (every arm): each move lies inside `[0, n)` of both pointers.
-    unsafe {
-        if n >= 16 {
-            let mut i = 0;
-            while i + 16 < n {
-                copy(src.add(i), dst.add(i), 16);
-                i += 16;
-            }
-            copy(src.add(n - 16), dst.add(n - 16), 16);
-        } else if n >= 8 {
-            copy(src, dst, 8);
-            copy(src.add(n - 8), dst.add(n - 8), 8);
-        } else if n >= 4 {
-            copy(src, dst, 4);
-            copy(src.add(n - 4), dst.add(n - 4), 4);
-        } else {
-            for i in 0..n {
-                *dst.add(i) = *src.add(i);
-            }
-        }
-    }
-}
-
 /// Streaming rewriter. Feed chunks in order with [`Rewriter::feed`], then call
 /// [`Rewriter::finish`] once at the end of the body.
 pub struct Rewriter<M> {
     map: M,
     /// `map.plain_prefix()`, kept here so the hot loop can borrow it beside `self`.
-    fast: Option<Vec<u8>>,
+    fast: Option<emit::Prefix>,
     partial: Vec<u8>,
     first_line: bool,
     uris: u64,
@@ -126,7 +76,7 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 impl<M: UriMap> Rewriter<M> {
     pub fn new(map: M) -> Self {
         Rewriter {
-            fast: map.plain_prefix().map(<[u8]>::to_vec),
+            fast: map.plain_prefix().map(emit::Prefix::new),
             map,
             partial: Vec::new(),
             first_line: true,
@@ -256,13 +206,14 @@ impl<M: UriMap> Rewriter<M> {
     }
 
     /// The fast path, when every plain relative URI gets the same `prefix` (empty: kept as
-    /// it is): the complete lines of `rest` are classified by the block scanner, then
-    /// copied in runs, `prefix` put before each plain URI line, and only the lines the
-    /// scanner flagged go through [`Rewriter::line`]. The output is sized once.
+    /// it is): the complete lines of `rest` are classified by the block scanner; the lines
+    /// between those it flagged are copied with `prefix` put before each plain URI line
+    /// ([`emit::emit`]), and only the flagged lines go through [`Rewriter::line`]. The
+    /// output is sized once.
     fn feed_plain(
         &mut self,
         rest: &[u8],
-        prefix: &[u8],
+        prefix: &emit::Prefix,
         out: &mut Vec<u8>,
     ) -> Result<(), RewriteError> {
         let Some(last) = memchr::memrchr(b'\n', rest) else {
@@ -278,38 +229,17 @@ impl<M: UriMap> Rewriter<M> {
         }
         let uri_lines: u64 = sc.starts.iter().map(|m| u64::from(m.count_ones())).sum();
         out.reserve(lines.len() + uri_lines as usize * prefix.len() + 1024);
-        let mut run = 0; // lines[run..] is still to be copied
-        let mut slow = sc.slow.iter().copied().peekable();
+        let mut done = 0; // lines[..done] is in `out`
         let mut slow_uris = 0;
-        let mut general = |me: &mut Self, start: usize, run: &mut usize, out: &mut Vec<u8>| {
-            let nl = start + memchr(b'\n', &lines[start..]).unwrap_or(lines.len() - start - 1);
-            out.extend_from_slice(&lines[*run..start]);
-            me.line(&lines[start..=nl], out);
-            *run = nl + 1;
-            slow_uris += u64::from(!matches!(lines[start], b'#' | b'\n'));
-        };
-        if !prefix.is_empty() {
-            for (i, &mask) in sc.starts.iter().enumerate() {
-                let mut m = mask;
-                while m != 0 {
-                    let at = i * 64 + m.trailing_zeros() as usize;
-                    m &= m - 1;
-                    while let Some(s) = slow.next_if(|&s| s < at) {
-                        general(self, s, &mut run, out);
-                    }
-                    if slow.next_if_eq(&at).is_some() {
-                        general(self, at, &mut run, out);
-                        continue;
-                    }
-                    extend2(out, &lines[run..at], prefix);
-                    run = at;
-                }
-            }
+        for &s in &sc.slow {
+            emit::emit(lines, &sc.starts, done, s, prefix, out);
+            let nl = s + memchr(b'\n', &lines[s..]).unwrap_or(lines.len() - s - 1);
+            self.line(&lines[s..=nl], out);
+            // (`line` counts its own URIs; a line starting `\r` is flagged as one.)
+            slow_uris += u64::from(!matches!(lines[s], b'#' | b'\n'));
+            done = nl + 1;
         }
-        for s in slow {
-            general(self, s, &mut run, out);
-        }
-        out.extend_from_slice(&lines[run..]);
+        emit::emit(lines, &sc.starts, done, lines.len(), prefix, out);
         let plain = uri_lines - slow_uris;
         self.uris += plain;
         self.changed |= plain > 0 && !prefix.is_empty();
@@ -597,9 +527,16 @@ last.ts";
             r.finish(&mut out).unwrap();
             (out, r.uris())
         };
-        // With a prefix, and with none (relative URIs kept, the edge's usual case).
+        // With a prefix (short; as long as an edge's, several 16-byte moves), and with none
+        // (relative URIs kept, the edge's usual case).
+        const LONG: &[u8] = b"/api/hls/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/movie/";
+        let long_want = format!(
+            "{0}b.ts \r\n{0}c.ts\r\n",
+            std::str::from_utf8(LONG).unwrap()
+        );
         for (prefix, want) in [
             (&b"P/"[..], "P/b.ts \r\nP/c.ts\r\n"),
+            (LONG, long_want.as_str()),
             (b"", "\nb.ts \r\nc.ts\r\n"),
         ] {
             let general = run(false, prefix, &[&input]);
