@@ -151,7 +151,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// The widest compares this CPU offers.
-    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
     pub(super) enum Level {
         Avx512,
         Avx2,
@@ -159,10 +159,21 @@ mod x86 {
     }
 
     impl Level {
-        /// Asked once per scan: `is_x86_feature_detected!` caches its answer (one atomic
-        /// load after the first call).
+        /// Decided once per process: the widest the CPU has, or a narrower one named by
+        /// the environment variable `HLSGATE_SCAN` (`avx2`, `sse2`: to compare the variants
+        /// on one machine, or to rule one out); a wider one than the CPU has is not taken.
         #[inline]
         pub(super) fn get() -> Level {
+            static LEVEL: std::sync::LazyLock<Level> = std::sync::LazyLock::new(|| {
+                Level::pick(
+                    Level::detect(),
+                    std::env::var("HLSGATE_SCAN").ok().as_deref(),
+                )
+            });
+            *LEVEL
+        }
+
+        fn detect() -> Level {
             if is_x86_feature_detected!("avx512bw") {
                 Level::Avx512
             } else if is_x86_feature_detected!("avx2") {
@@ -170,6 +181,18 @@ mod x86 {
             } else {
                 Level::Sse2
             }
+        }
+
+        /// `cpu`, or `asked` when it names a level no wider.
+        pub(super) fn pick(cpu: Level, asked: Option<&str>) -> Level {
+            let asked = match asked {
+                Some("avx512") => Level::Avx512,
+                Some("avx2") => Level::Avx2,
+                Some("sse2") => Level::Sse2,
+                _ => return cpu,
+            };
+            // Declared widest first: a greater one is narrower.
+            asked.max(cpu)
         }
     }
 
@@ -393,6 +416,18 @@ mod tests {
             assert!(r.is_ok());
             assert_eq!((s.starts, s.slow), want, "{level:?}");
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_narrower_scan_can_be_asked_for_never_a_wider_one() {
+        use x86::Level::*;
+        assert_eq!(x86::Level::pick(Avx512, Some("sse2")), Sse2);
+        assert_eq!(x86::Level::pick(Avx512, Some("avx2")), Avx2);
+        assert_eq!(x86::Level::pick(Avx512, None), Avx512);
+        assert_eq!(x86::Level::pick(Avx2, Some("avx512")), Avx2);
+        assert_eq!(x86::Level::pick(Sse2, Some("avx2")), Sse2);
+        assert_eq!(x86::Level::pick(Avx2, Some("neon")), Avx2);
     }
 
     #[test]
