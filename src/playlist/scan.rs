@@ -251,6 +251,38 @@ mod x86 {
         x
     }
 
+    /// The classifier's body for one vector width: `$lanes` vectors of `$width` bytes, each
+    /// compare's `movemask` (passed through `$mask_bits`) shifted into place.
+    macro_rules! by_lanes {
+        ($b:ident, $lanes:literal, $width:literal, $load:ident, $set1:ident, $cmpeq:ident,
+         $or:ident, $movemask:ident, $mask_bits:expr) => {{
+            let mut m = Masks::default();
+            for k in 0..$lanes {
+                // SAFETY: the caller's CPU has the instructions (SSE2 is part of x86-64;
+                // the AVX2 caller requires AVX2); the load reads `$width` bytes inside `$b`
+                // (offset `$width`·k, k < `$lanes`, `$lanes`·`$width` = 64), with no
+                // alignment requirement.
+                unsafe {
+                    let v = $load($b.as_ptr().add($width * k).cast());
+                    let eq = |c: u8| $cmpeq(v, $set1(c as i8));
+                    let bits = |x| u64::from($mask_bits($movemask(x))) << ($width * k);
+                    m.nl |= bits(eq(b'\n'));
+                    m.hash |= bits(eq(b'#'));
+                    m.quote |= bits(eq(b'"'));
+                    m.colon_q |= bits($or(eq(b':'), eq(b'?')));
+                    let slash = eq(b'/');
+                    let dot = eq(b'.');
+                    m.slash |= bits(slash);
+                    m.dot |= bits(dot);
+                    let blank = $or(eq(b' '), eq(b'\t'));
+                    let odd = $or(blank, eq(b'\r'));
+                    m.first_bad |= bits($or($or(slash, dot), odd));
+                }
+            }
+            m
+        }};
+    }
+
     /// Two 32-byte halves.
     ///
     /// # Safety
@@ -258,53 +290,33 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     #[inline]
     pub(super) unsafe fn avx2(b: &[u8; 64]) -> Masks {
-        let mut m = Masks::default();
-        for k in 0..2 {
-            // SAFETY: the load reads 32 bytes inside `b` (offset 32·k, k < 2), with no
-            // alignment requirement.
-            let v = unsafe { _mm256_loadu_si256(b.as_ptr().add(32 * k).cast()) };
-            let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
-            let bits = |x: __m256i| (opaque(_mm256_movemask_epi8(x) as u32) as u64) << (32 * k);
-            m.nl |= bits(eq(b'\n'));
-            m.hash |= bits(eq(b'#'));
-            m.quote |= bits(eq(b'"'));
-            m.colon_q |= bits(_mm256_or_si256(eq(b':'), eq(b'?')));
-            let slash = eq(b'/');
-            let dot = eq(b'.');
-            m.slash |= bits(slash);
-            m.dot |= bits(dot);
-            let blank = _mm256_or_si256(eq(b' '), eq(b'\t'));
-            let odd = _mm256_or_si256(blank, eq(b'\r'));
-            m.first_bad |= bits(_mm256_or_si256(_mm256_or_si256(slash, dot), odd));
-        }
-        m
+        by_lanes!(
+            b,
+            2,
+            32,
+            _mm256_loadu_si256,
+            _mm256_set1_epi8,
+            _mm256_cmpeq_epi8,
+            _mm256_or_si256,
+            _mm256_movemask_epi8,
+            |m: i32| opaque(m as u32)
+        )
     }
 
     /// 16 bytes at a time: SSE2 is part of x86-64 itself.
     #[inline(always)]
     pub(super) fn sse2(b: &[u8; 64]) -> Masks {
-        let mut m = Masks::default();
-        for k in 0..4 {
-            // SAFETY: SSE2 is always available on x86-64; the load reads 16 bytes inside
-            // `b` (offset 16·k, k < 4) and has no alignment requirement.
-            unsafe {
-                let v = _mm_loadu_si128(b.as_ptr().add(16 * k).cast());
-                let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-                let bits = |x: __m128i| (_mm_movemask_epi8(x) as u16 as u64) << (16 * k);
-                m.nl |= bits(eq(b'\n'));
-                m.hash |= bits(eq(b'#'));
-                m.quote |= bits(eq(b'"'));
-                m.colon_q |= bits(_mm_or_si128(eq(b':'), eq(b'?')));
-                let slash = eq(b'/');
-                let dot = eq(b'.');
-                m.slash |= bits(slash);
-                m.dot |= bits(dot);
-                let blank = _mm_or_si128(eq(b' '), eq(b'\t'));
-                let odd = _mm_or_si128(blank, eq(b'\r'));
-                m.first_bad |= bits(_mm_or_si128(_mm_or_si128(slash, dot), odd));
-            }
-        }
-        m
+        by_lanes!(
+            b,
+            4,
+            16,
+            _mm_loadu_si128,
+            _mm_set1_epi8,
+            _mm_cmpeq_epi8,
+            _mm_or_si128,
+            _mm_movemask_epi8,
+            |m: i32| m as u16
+        )
     }
 }
 
