@@ -55,12 +55,8 @@ fn region(s: u64, e: u64, borrow: &mut u64) -> u64 {
 pub(super) fn scan(buf: &[u8], out: &mut Scan) -> Result<(), TooLong> {
     #[cfg(target_arch = "x86_64")]
     {
-        match x86::Level::get() {
-            // SAFETY: the CPU has AVX-512BW / AVX2 (`Level::get` asked it).
-            x86::Level::Avx512 => unsafe { x86::scan_avx512(buf, out) },
-            x86::Level::Avx2 => unsafe { x86::scan_avx2(buf, out) },
-            x86::Level::Sse2 => scan_with(buf, out, x86::sse2),
-        }
+        // SAFETY: `Level::get` is never wider than what the CPU has.
+        unsafe { x86::Level::get().scan(buf, out) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     return scan_with(buf, out, portable);
@@ -173,7 +169,8 @@ mod x86 {
             *LEVEL
         }
 
-        fn detect() -> Level {
+        /// The widest level this CPU has.
+        pub(super) fn detect() -> Level {
             if is_x86_feature_detected!("avx512bw") {
                 Level::Avx512
             } else if is_x86_feature_detected!("avx2") {
@@ -194,6 +191,25 @@ mod x86 {
             // Declared widest first: a greater one is narrower.
             asked.max(cpu)
         }
+
+        /// Whether this CPU can run this level's variant.
+        #[cfg(test)]
+        pub(super) fn available(self) -> bool {
+            self >= Level::detect()
+        }
+
+        /// [`scan_with`] compiled for this level.
+        ///
+        /// # Safety
+        /// The CPU must have this level's instructions (no wider than [`Level::detect`]).
+        pub(super) unsafe fn scan(self, buf: &[u8], out: &mut Scan) -> Result<(), TooLong> {
+            match self {
+                // SAFETY: the caller's promise.
+                Level::Avx512 => unsafe { scan_avx512(buf, out) },
+                Level::Avx2 => unsafe { scan_avx2(buf, out) },
+                Level::Sse2 => scan_with(buf, out, sse2),
+            }
+        }
     }
 
     /// [`scan_with`] compiled for AVX-512BW, the classifier inlined into the loop.
@@ -201,7 +217,7 @@ mod x86 {
     /// # Safety
     /// The CPU must have AVX-512BW.
     #[target_feature(enable = "avx512bw")]
-    pub(super) unsafe fn scan_avx512(buf: &[u8], out: &mut Scan) -> Result<(), TooLong> {
+    unsafe fn scan_avx512(buf: &[u8], out: &mut Scan) -> Result<(), TooLong> {
         // SAFETY: this function only runs where AVX-512BW is available.
         scan_with(buf, out, |b| unsafe { avx512(b) })
     }
@@ -211,7 +227,7 @@ mod x86 {
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn scan_avx2(buf: &[u8], out: &mut Scan) -> Result<(), TooLong> {
+    unsafe fn scan_avx2(buf: &[u8], out: &mut Scan) -> Result<(), TooLong> {
         // SAFETY: this function only runs where AVX2 is available.
         scan_with(buf, out, |b| unsafe { avx2(b) })
     }
@@ -333,11 +349,11 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             v.push(("sse2", x86::sse2));
-            if is_x86_feature_detected!("avx2") {
+            if x86::Level::Avx2.available() {
                 // SAFETY: AVX2 is available (checked).
                 v.push(("avx2", |b| unsafe { x86::avx2(b) }));
             }
-            if is_x86_feature_detected!("avx512bw") {
+            if x86::Level::Avx512.available() {
                 // SAFETY: AVX-512BW is available (checked).
                 v.push(("avx512", |b| unsafe { x86::avx512(b) }));
             }
@@ -406,26 +422,16 @@ mod tests {
         let mut s = Scan::default();
         assert!(scan(text.as_bytes(), &mut s).is_ok());
         assert_eq!((s.starts, s.slow), want, "scan");
-        // A variant compiled for its instruction set as a whole loop.
+        // Each variant compiled for its instruction set as a whole loop.
         #[cfg(target_arch = "x86_64")]
-        for level in [x86::Level::Avx512, x86::Level::Avx2] {
-            let ok = match level {
-                x86::Level::Avx512 => is_x86_feature_detected!("avx512bw"),
-                _ => is_x86_feature_detected!("avx2"),
-            };
-            if !ok {
+        for level in [x86::Level::Avx512, x86::Level::Avx2, x86::Level::Sse2] {
+            if !level.available() {
                 eprintln!("{level:?}: not on this CPU");
                 continue;
             }
             let mut s = Scan::default();
-            // SAFETY: the CPU has the feature (checked).
-            let r = unsafe {
-                match level {
-                    x86::Level::Avx512 => x86::scan_avx512(text.as_bytes(), &mut s),
-                    _ => x86::scan_avx2(text.as_bytes(), &mut s),
-                }
-            };
-            assert!(r.is_ok());
+            // SAFETY: the CPU has the level's instructions (checked).
+            assert!(unsafe { level.scan(text.as_bytes(), &mut s) }.is_ok());
             assert_eq!((s.starts, s.slow), want, "{level:?}");
         }
     }
