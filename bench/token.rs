@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
             ua: Some(ua.into()),
         },
         stored_session: true,
-        exchanged: false,
+        scope: hlsgate::token::Scope::path(),
     };
     let token = k.issue(&grant);
     let viewer = Viewer {

@@ -196,7 +196,7 @@ fn print_token(
             ua,
         },
         stored_session: false,
-        exchanged: false,
+        scope: hlsgate::token::Scope::path(),
     };
     println!(
         "{}",

@@ -13,6 +13,18 @@ pub fn in_nets(ip: IpAddr, nets: &[IpNet]) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
 
+/// Whether `host` is a valid request authority (RFC 3986 `host [":" port]`, as a `Host`
+/// header or HTTP/2 `:authority` carries it): not empty, at most 255 bytes, and none of
+/// `/ ? # @ \\`, spaces or control bytes. A policy is matched against it, so a `Host` such
+/// as `edge/hls/1/x` must never reach the matching (SPEC "Grants").
+pub fn valid_authority(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'@' | b'\\'))
+}
+
 /// `peer` is the TCP peer; `xff` every `X-Forwarded-For` header value in order.
 pub fn client_ip<'a>(
     peer: IpAddr,

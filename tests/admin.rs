@@ -284,7 +284,7 @@ fn users_cannot_touch_each_others_streams(backend: Backend) {
         session_exp: now + 600,
         binding: Binding::default(),
         stored_session: true,
-        exchanged: false,
+        scope: hlsgate::token::Scope::path(),
     });
     let r = get(e, &format!("/api/hls/{crafted}/{x}/index.m3u8"), &[]).unwrap();
     assert_eq!(r.status, 403, "{}", r.text());

@@ -385,7 +385,7 @@ fn unknown_streams_and_origin_failures_answer_json() {
         session_exp: now + 600,
         binding: Binding::default(),
         stored_session: false,
-        exchanged: false,
+        scope: hlsgate::token::Scope::path(),
     });
     assert_json_error(
         &get(h.edge.port, &format!("/api/hls/{t}/nope/index.m3u8"), &[]).unwrap(),

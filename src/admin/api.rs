@@ -647,7 +647,7 @@ async fn playback_url(
             ua: Some(ua),
         },
         stored_session: true,
-        exchanged: false,
+        scope: crate::token::Scope::path(),
     };
     let tok = st.keyring().issue(&grant);
     let url = crate::playback::url(

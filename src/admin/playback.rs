@@ -124,13 +124,14 @@ struct TokenRequest {
     max_resolution: Option<String>,
 }
 
-/// The caller's stream named by `streamID`, and when the caller's login session ends
-/// (unix seconds).
-async fn own_stream(
+/// The caller's stream named by `streamID`, when what is issued for it ends (unix
+/// seconds: the caller's login session's end or `tokens.session_ttl`), and the login
+/// session's id (hex), which what is issued names so that logging out ends it.
+async fn own_stream_in_session(
     st: &super::AdminState,
     headers: &HeaderMap,
     id: &Option<Value>,
-) -> Result<(crate::store::StreamRecord, u32), ApiError> {
+) -> Result<(crate::store::StreamRecord, u32, String), ApiError> {
     let c = caller(st, headers).await?;
     let id = stream_id_value(id)?;
     let s = user_stream(st, c.user_id, id).await?;
@@ -138,7 +139,18 @@ async fn own_stream(
     let end = unix_now()
         .saturating_add(st.cfg().tokens.session_ttl.as_secs().min(u32::MAX as u64) as u32)
         .min(session_end);
-    Ok((s, end))
+    Ok((s, end, c.session.id))
+}
+
+/// [`own_stream_in_session`] without the session.
+async fn own_stream(
+    st: &super::AdminState,
+    headers: &HeaderMap,
+    id: &Option<Value>,
+) -> Result<(crate::store::StreamRecord, u32), ApiError> {
+    own_stream_in_session(st, headers, id)
+        .await
+        .map(|(s, end, _)| (s, end))
 }
 
 /// `POST /api/playback-token {"streamID", "viewerId"?, "allowOrigin"?, "strictOrigin"?,
@@ -146,11 +158,13 @@ async fn own_stream(
 /// IVS's claims), valid until the caller's login session ends or `tokens.session_ttl`.
 pub async fn playback_token(State(st): St, headers: HeaderMap, body: Body) -> ApiResult {
     let b: TokenRequest = parse(body)?;
-    let (s, exp) = own_stream(&st, &headers, &b.stream_id).await?;
+    let (s, exp, login) = own_stream_in_session(&st, &headers, &b.stream_id).await?;
     let mut claims = json!({
         "aws:channel-arn": format!("arn:hlsgate:edge::stream/{}", s.id),
         "exp": exp,
         "iat": unix_now(),
+        // Logging out (or the session ending) ends this token on every edge.
+        (jwt::LOGIN_CLAIM): login,
     });
     if let Some(v) = &b.viewer_id {
         if v.is_empty() || v.len() > 40 {
@@ -219,10 +233,12 @@ pub async fn stream_cookies(State(st): St, headers: HeaderMap, RawQuery(q): RawQ
     if id.is_none() {
         return Err(bad("streamID must be a positive integer"));
     }
-    let (s, exp) = own_stream(&st, &headers, &id).await?;
+    let (s, exp, login) = own_stream_in_session(&st, &headers, &id).await?;
     let edge = &st.cfg().admin.public_edge_url;
     let authority = edge.split_once("://").map_or(edge.as_str(), |(_, a)| a);
     let policy = cloudfront::custom_policy(&format!("http*://{authority}/hls/{}/*", s.id), exp);
+    // Logging out (or the session ending) ends these cookies on every edge.
+    let policy = cloudfront::with_login(&policy, &login);
     let derived = st.keyring().derive(cloudfront::NATIVE_LABEL);
     let (kid, secret) = derived.first().ok_or_else(|| bad("no cookie key"))?;
     let (p, sig, kp) = cloudfront::sign_native(&policy, *kid, secret);

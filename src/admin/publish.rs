@@ -5,7 +5,11 @@
 //! 302 `Location: <hooks.rtmp_relay><stream id>`, so nginx-rtmp relays the stream into its
 //! packaging application under the public id (the key never names an HLS file); a bad or
 //! rotated key 403. `on_update` refuses a rotated key (nginx-rtmp then drops the publisher);
-//! updates of the local relay (`flashver=ngx-local-relay`) pass while the stream is live.
+//! updates of the local relay pass while the stream is live. The relay is recognised by what
+//! a publisher cannot choose: its stream name is the public id of a stream that is live
+//! right now (the name `on_publish` relayed it under), where a publisher's is its key; the
+//! `flashver` it sends (`ngx-local-relay`) is only a hint, since any RTMP client can send
+//! that too (`ffmpeg -rtmp_flashver`).
 //! `on_publish_done` ends the live state; `on_play` admits only the local relay (viewers
 //! watch through the edge); `on_done` is acknowledged.
 //!
@@ -118,8 +122,16 @@ fn field<'a>(f: &'a HashMap<String, String>, name: &str) -> &'a str {
     f.get(name).map_or("", String::as_str)
 }
 
-fn is_local_relay(f: &HashMap<String, String>) -> bool {
-    field(f, "flashver") == "ngx-local-relay" || field(f, "flashVer") == "ngx-local-relay"
+/// Whether a callback is nginx-rtmp's own relay of an accepted publisher: it says so
+/// (`flashver`), and its stream name is the id of a stream live now (a publisher's name
+/// is a key, and a name that is no key never got past `on_publish`).
+fn is_local_relay(st: &AdminState, f: &HashMap<String, String>) -> bool {
+    let says =
+        field(f, "flashver") == "ngx-local-relay" || field(f, "flashVer") == "ngx-local-relay";
+    let name = field(f, "name");
+    says && !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_digit())
+        && st.publishers.iter().any(|(_, id)| name.parse() == Ok(id))
 }
 
 /// A publisher with `key`: its stream, now live; `None` for a bad or rotated key.
@@ -170,7 +182,7 @@ async fn rtmp(
         return status(StatusCode::FORBIDDEN);
     }
     let f = form(&body);
-    let relay = is_local_relay(&f);
+    let relay = is_local_relay(&st, &f);
     let (key, client) = (field(&f, "name"), field(&f, "clientid"));
     let answer = match event.as_str() {
         "on_publish" => match admit(&st, key, field(&f, "addr"), client).await {

@@ -4,7 +4,7 @@
 //! waiting, lines are dropped and counted in `hlsgate_access_log_dropped_total`).
 //!
 //! ```text
-//! 2026-11-26T14:25:35.123Z 203.0.113.7 GET /api/hls/<token>/demo/index.m3u8 200 1423 0.41ms stream=demo kind=playlist cache=hit deny=-
+//! 2026-11-26T14:25:35.123Z 203.0.113.7 GET /api/hls/<token>/demo/index.m3u8 200 1423 0.41ms stream=demo kind=playlist cache=hit deny=- proto=h1 host=edge.example:8080
 //! ```
 //!
 //! Tokens never appear: the path-mode token is replaced by `<token>` and the query (where
@@ -59,6 +59,8 @@ pub struct Entry<'a> {
     /// `h1`, `h2`.
     pub proto: &'a str,
     pub tls: bool,
+    /// The request's authority (`Host`, or `:authority` on HTTP/2) as sent; `-` if none.
+    pub host: &'a str,
 }
 
 thread_local! {
@@ -217,7 +219,7 @@ fn text(s: &mut String, e: &Entry<'_>) {
     push_path(s, e.path, true);
     let _ = writeln!(
         s,
-        " {} {} {:.2}ms stream={} kind={} cache={} deny={} proto={}{}",
+        " {} {} {:.2}ms stream={} kind={} cache={} deny={} proto={}{} host=",
         e.status,
         e.bytes,
         e.duration.as_secs_f64() * 1000.0,
@@ -228,6 +230,10 @@ fn text(s: &mut String, e: &Entry<'_>) {
         e.proto,
         if e.tls { "+tls" } else { "" },
     );
+    // The line ends with the host, escaped like the path: a `Host` cannot split it.
+    s.pop();
+    push_escaped(s, e.host);
+    s.push('\n');
 }
 
 fn json(s: &mut String, e: &Entry<'_>) {
@@ -247,6 +253,7 @@ fn json(s: &mut String, e: &Entry<'_>) {
         "deny": e.deny,
         "proto": e.proto,
         "tls": e.tls,
+        "host": e.host,
     });
     let _ = writeln!(s, "{v}");
 }
@@ -281,6 +288,7 @@ mod tests {
             deny: "-",
             proto: "h2",
             tls: true,
+            host: "edge.example",
         }
     }
 
@@ -315,7 +323,11 @@ mod tests {
     fn text_lines_cannot_be_split_or_forged() {
         let l = text_of(&entry("/a b\n200 fake"));
         assert_eq!(l.matches('\n').count(), 1, "{l}");
-        assert!(l.contains(" /a%20b%0A200%20fake 200 1423 0.41ms stream=demo kind=playlist cache=hit deny=- proto=h2+tls\n"), "{l}");
+        assert!(l.contains(" /a%20b%0A200%20fake 200 1423 0.41ms stream=demo kind=playlist cache=hit deny=- proto=h2+tls host=edge.example\n"), "{l}");
+        let mut e = entry("/a");
+        e.host = "x\ny 200";
+        let l = text_of(&e);
+        assert!(l.ends_with(" host=x%0Ay%20200\n"), "{l}");
     }
 
     #[test]
@@ -327,6 +339,7 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["ms"], 0.41);
         assert_eq!(v["tls"], true);
+        assert_eq!(v["host"], "edge.example");
     }
 
     #[test]

@@ -6,8 +6,14 @@
 //! without credentials.)
 //!
 //! Order: `Host` (400), route and path (404 / 400 / 401), method (405), query (400),
-//! token (401 / 403), stream and session (404 / 403 / 503), signed path (403), signed query
-//! (403).
+//! token (401 / 403), stream and session (404 / 403 / 503), the grant the token carries
+//! (mode, key, login session, rules, external decision: 403 / 503), signed path (403),
+//! signed query (403).
+//!
+//! Every way in ends in one grant, carried by the native token under its MAC
+//! ([`crate::token::Scope`]): [`check_grant`] decides what it allows on every request, the
+//! same on every edge and after any restart, whether the token was just exchanged here or
+//! issued by another edge an hour ago.
 
 use super::EdgeState;
 use crate::media::Kind;
@@ -16,7 +22,9 @@ use crate::origin::Origin;
 use crate::playback::{self, Query, Route, Target};
 use crate::stream::Stream;
 use crate::token::jwt::Rules;
-use crate::token::{Binding, Grant as TokenGrant, Mode, TokenError, Verified, Viewer};
+use crate::token::{
+    Binding, ExternalGrant, Grant as TokenGrant, Mode, Scope, TokenError, Verified, Viewer,
+};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -35,7 +43,8 @@ pub struct Request<'a> {
     /// Every `X-Forwarded-For` value, in order.
     pub forwarded_for: Vec<&'a [u8]>,
     pub user_agent: &'a str,
-    /// The `Host` header (CloudFront policies name the host).
+    /// The request's authority: the `Host` header, or `:authority` on HTTP/2 (CloudFront
+    /// policies name the host).
     pub host: Option<&'a str>,
     /// Every `Cookie` header value (cookie modes).
     pub cookies: Vec<&'a str>,
@@ -128,6 +137,9 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
     if req.version == http::Version::HTTP_11 && !req.has_host {
         return Err(Denial::new(400, "bad_request", "missing Host header"));
     }
+    if req.host.is_some_and(|h| !crate::net::valid_authority(h)) {
+        return Err(Denial::new(400, "bad_request", "invalid Host header"));
+    }
     let (path_token, stream_id, target) = match playback::parse(req.path).map_err(Denial::route)? {
         Route::Health => return Ok(Admission::Health),
         Route::Hls {
@@ -162,12 +174,12 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
     let exchanged = match path_token {
         Some(_) => None,
         None => match exchange(st, req, &query, &viewer).await? {
-            Exchange::Token(t, f, v) => Some((t, f, v)),
+            Exchange::Token(t, v) => Some((t, v)),
             Exchange::Redirect(to) => return Ok(Admission::Redirect(to)),
         },
     };
     let (tok, verified) = match (&exchanged, path_token) {
-        (Some((t, _, v)), _) => (t.as_str(), v.clone()),
+        (Some((t, v)), _) => (t.as_str(), v.clone()),
         (None, tok) => {
             let tok = tok.unwrap_or_default();
             (tok, st.keyring.verify(tok, &viewer).map_err(Denial::token)?)
@@ -205,44 +217,12 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
             }
         }
     }
-    // The mode that let this viewer in must be one the stream admits. A token issued at
-    // the door was checked when it was issued.
-    let mode = match &exchanged {
-        Some((_, f, _)) => Some(f.mode),
-        None => (!verified.exchanged()).then_some(Mode::Path),
+    let redecided = match check_grant(st, req, &verified, &stream, &viewer).await? {
+        Checked::Holds => None,
+        Checked::Redecided(g) => Some(g),
+        Checked::Redirect(to) => return Ok(Admission::Redirect(to)),
     };
-    // A key a user registered opens only that user's streams.
-    if let Some((_, f, _)) = &exchanged {
-        if f.owner.is_some() && f.owner != stream.owner {
-            return Err(Denial::token(TokenError::WrongStream));
-        }
-    }
-    if mode.is_some_and(|m| !stream.admits(m)) {
-        return Err(Denial::new(
-            403,
-            "mode",
-            "this stream does not admit this kind of token",
-        ));
-    }
-    let rules = match &exchanged {
-        Some((_, f, _)) => f.rules.clone(),
-        None if verified.exchanged() => st.session_rules.get(&verified.session),
-        None => None,
-    };
-    if let Some(r) = &rules {
-        if r.strict_origin && !req.origin.is_some_and(|o| r.allows_origin(o)) {
-            return Err(Denial::new(
-                403,
-                "origin",
-                "origin not allowed for this token",
-            ));
-        }
-        if let Some(id) = &r.viewer_id {
-            if st.viewer_revoked(stream_id, id).await {
-                return Err(Denial::new(403, "revoked", "viewer revoked"));
-            }
-        }
-    }
+    let rules = verified.scope.rules.clone();
     let (origin_path, signed_target) = match target {
         Target::InBase(rel) => (format!("{}{rel}", stream.origin.space().base), false),
         Target::Signed { sig, path } => {
@@ -279,7 +259,11 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
     }
     parts.extend(query.directives.iter().copied());
     let origin_query = (!parts.is_empty()).then(|| parts.join("&"));
-    let token = st.keyring.renew_for(tok, &verified, &viewer, st.ttl);
+    let token = match redecided {
+        // The external handler judged the session again: the grant restarts from now.
+        Some(g) => st.keyring.issue(&g),
+        None => st.keyring.renew_for(tok, &verified, &viewer, st.ttl),
+    };
     Ok(Admission::Object(Grant {
         kind,
         stream,
@@ -311,10 +295,11 @@ async fn exchange(
     // token again) gets the token it was given while that is in the first half of its
     // life: no signature check, no new token, and the same URIs in its playlist.
     let key = exchange_key(st, req, viewer);
-    if let Some((token, f, v)) = st.exchanges.get(&key) {
-        // The same address and User-Agent (they are in the key), so the binding holds.
-        if v.exp.saturating_sub(viewer.now) > st.ttl / 2 && viewer.now < f.exp {
-            return Ok(Exchange::Token(token, f, v));
+    if let Some((token, v)) = st.exchanges.get(&key) {
+        // The same address and User-Agent (they are in the key), so the binding holds; the
+        // grant is checked again by `check_grant` like any other.
+        if v.exp.saturating_sub(viewer.now) > st.ttl / 2 && viewer.now < v.session_exp {
+            return Ok(Exchange::Token(token, v));
         }
     }
     // A JWT naming a key that is not configured may name one a user registered.
@@ -342,37 +327,207 @@ async fn exchange(
             Err(to) => return Ok(Exchange::Redirect(to)),
         },
     };
-    if let Some(r) = &f.rules {
-        st.session_rules.insert(f.session, r.clone());
+    if f.scope.encode().is_none() {
+        return Err(Denial::new(
+            401,
+            "malformed",
+            "token rules too long (allowed origins and viewer id)",
+        ));
     }
-    let exp = f.exp.min(viewer.now.saturating_add(st.ttl));
-    let token = st.keyring.issue(&TokenGrant {
+    let token = st
+        .keyring
+        .issue(&exchanged_grant(st, viewer, f.session, f.exp, f.scope));
+    let v = st.keyring.verify(&token, viewer).map_err(Denial::token)?;
+    st.exchanges.insert(key, (token.clone(), v.clone()));
+    Ok(Exchange::Token(token, v))
+}
+
+/// The native grant a foreign credential (or an external decision) is exchanged for: the
+/// viewer session it opens, bound to this viewer's address and User-Agent, ending with the
+/// credential (`session_exp`), renewed every `tokens.ttl`, carrying its scope.
+fn exchanged_grant(
+    st: &EdgeState,
+    viewer: &Viewer<'_>,
+    session: [u8; 16],
+    session_exp: u32,
+    scope: Scope,
+) -> TokenGrant {
+    TokenGrant {
         stream: viewer.stream.to_owned(),
-        session: f.session,
-        exp,
-        session_exp: f.exp,
+        session,
+        exp: session_exp.min(viewer.now.saturating_add(st.ttl)),
+        session_exp,
         binding: Binding {
             ip: Some((viewer.ip, st.cfg.tokens.prefix_for(viewer.ip))),
             ua: Some(viewer.ua.to_owned()),
         },
         stored_session: false,
-        exchanged: true,
-    });
-    let v = st.keyring.verify(&token, viewer).map_err(Denial::token)?;
-    // A user's registered key may be deleted: those are checked against the store each time.
-    if f.owner.is_none() {
-        st.exchanges
-            .insert(key, (token.clone(), f.clone(), v.clone()));
+        scope,
     }
-    Ok(Exchange::Token(token, f, v))
 }
 
 /// What a request without a native token is let in with.
 enum Exchange {
-    /// A native token for the viewer (and what let them in, and the token checked).
-    Token(String, super::modes::Foreign, Verified),
+    /// A native token for the viewer, and the token checked.
+    Token(String, Verified),
     /// The external handler redirects the viewer.
     Redirect(String),
+}
+
+/// What [`check_grant`] found.
+enum Checked {
+    Holds,
+    /// An external grant was judged again and allowed: the grant to issue from now on.
+    Redecided(TokenGrant),
+    /// The external handler, asked again, redirects the viewer.
+    Redirect(String),
+}
+
+/// What the grant a verified token carries allows for this request, decided the same on
+/// every edge from the token and the store alone: the stream admits the way in; the key
+/// that verified the credential is still configured or registered (and a registered key
+/// opens only its owner's streams); the login session it names is live and the stream's
+/// owner's; a JWT's rules hold (strict origin, viewer id not revoked); an external
+/// decision older than `cache_ttl` is asked again.
+async fn check_grant(
+    st: &EdgeState,
+    req: &Request<'_>,
+    v: &Verified,
+    stream: &Stream,
+    viewer: &Viewer<'_>,
+) -> Result<Checked, Denial> {
+    let scope = &v.scope;
+    if !stream.admits(scope.mode) {
+        return Err(Denial::new(
+            403,
+            "mode",
+            "this stream does not admit this kind of token",
+        ));
+    }
+    let key_gone = Denial::new(403, "key_revoked", "the key that signed this token is gone");
+    match (&scope.key, scope.mode) {
+        (Some(k), Mode::Jwt) if k.owner.is_some() => {
+            if k.owner != stream.owner {
+                return Err(Denial::token(TokenError::WrongStream));
+            }
+            // Registered by a user: deleting it ends what it let in (every edge within
+            // `store.cache_ttl`). Without a store it cannot be known: refused.
+            let Some(d) = &st.directory else {
+                return Err(key_gone);
+            };
+            match d.playback_key(&k.kid).await {
+                Ok(Some(sk)) if Some(sk.user_id) == k.owner => {}
+                Ok(_) => return Err(key_gone),
+                Err(_) => return Err(Denial::STORE_DOWN),
+            }
+        }
+        (Some(k), Mode::Jwt) if !st.jwt_keys.has_kid(&k.kid) => return Err(key_gone),
+        (Some(k), Mode::CloudFront) if !st.has_cloudfront_key(&k.kid) => return Err(key_gone),
+        (_, Mode::Akamai) if st.cfg.tokens.akamai.is_none() => return Err(key_gone),
+        (_, Mode::SecureLink) if st.cfg.tokens.secure_link.is_none() => return Err(key_gone),
+        _ => {}
+    }
+    if let Some(login) = scope.login {
+        let ended = Denial::token(TokenError::SessionEnded);
+        let Some(d) = &st.directory else {
+            return Err(ended);
+        };
+        match d.session(login).await {
+            Ok(Some(s)) if stream.owner.is_none_or(|o| o == s.user_id) => {}
+            Ok(_) => return Err(ended),
+            Err(_) => return Err(Denial::STORE_DOWN),
+        }
+    }
+    if let Some(r) = &scope.rules {
+        if r.strict_origin && !req.origin.is_some_and(|o| r.allows_origin(o)) {
+            return Err(Denial::new(
+                403,
+                "origin",
+                "origin not allowed for this token",
+            ));
+        }
+        if let Some(id) = &r.viewer_id {
+            if st.viewer_revoked(&stream.id, id).await {
+                return Err(Denial::new(403, "revoked", "viewer revoked"));
+            }
+        }
+    }
+    if let Some(e) = scope.external {
+        let Some(ext) = &st.external else {
+            // Nobody left to ask: an external grant cannot be confirmed (fail closed).
+            return Err(external_denied());
+        };
+        let ttl = ext.config().cache_ttl.as_secs().min(u32::MAX as u64) as u32;
+        if viewer.now >= e.decided_at.saturating_add(ttl) {
+            // The handler's decisions are remembered `cache_ttl` too: one call per session
+            // and period, on each edge.
+            let (msg, _) = external_message(req, viewer);
+            return match ext.decide(v.session, || msg).await {
+                (super::external::Decision::Allow, fallback) => {
+                    let (exp, grant) = external_grant(st, viewer, fallback);
+                    Ok(Checked::Redecided(exchanged_grant(
+                        st,
+                        viewer,
+                        v.session,
+                        exp,
+                        Scope {
+                            external: Some(grant),
+                            ..scope.clone()
+                        },
+                    )))
+                }
+                (super::external::Decision::Redirect(to), _) => Ok(Checked::Redirect(to)),
+                (super::external::Decision::Deny, _) => Err(external_denied()),
+            };
+        }
+    }
+    Ok(Checked::Holds)
+}
+
+fn external_denied() -> Denial {
+    Denial::new(403, "external", "playback refused by the platform")
+}
+
+/// What the external handler is told about this request, and the viewer session its
+/// decision belongs to (see [`super::external::session_of`]).
+fn external_message<'a>(
+    req: &Request<'a>,
+    viewer: &Viewer<'a>,
+) -> (super::external::Message<'a>, [u8; 16]) {
+    let mut m = super::external::Message {
+        host: req.host.unwrap_or(""),
+        url: match req.query {
+            Some(q) => format!("{}?{q}", req.path),
+            None => req.path.to_owned(),
+        },
+        ip: viewer.ip.to_string(),
+        user_agent: viewer.ua,
+        referer: req.referer,
+        session_id: String::new(),
+        session_type: "HLS",
+    };
+    let session = super::external::session_of(viewer.stream, &m);
+    m.session_id = crate::store::session_hex(&session);
+    (m, session)
+}
+
+/// When an external allow made now ends, and its record. An answer of the handler lasts
+/// `tokens.session_ttl` (asked again every `cache_ttl`); a fail-open allow
+/// (`allow_by_default` while the handler did not answer) ends after `cache_ttl` and is
+/// never renewed past it.
+fn external_grant(st: &EdgeState, viewer: &Viewer<'_>, fail_open: bool) -> (u32, ExternalGrant) {
+    let secs = |d: std::time::Duration| d.as_secs().min(u32::MAX as u64) as u32;
+    let life = match (&st.external, fail_open) {
+        (Some(ext), true) => secs(ext.config().cache_ttl).max(1),
+        _ => secs(st.cfg.tokens.session_ttl),
+    };
+    (
+        viewer.now.saturating_add(life),
+        ExternalGrant {
+            decided_at: viewer.now,
+            fail_open,
+        },
+    )
 }
 
 /// A viewer with no credentials, when `auth.external` is configured and the stream admits
@@ -394,41 +549,29 @@ async fn external(
     {
         return Err(missing);
     }
-    let session = super::external::session_of(viewer.stream, viewer.ip, viewer.ua);
-    let msg = || super::external::Message {
-        host: req.host.unwrap_or(""),
-        url: match req.query {
-            Some(q) => format!("{}?{q}", req.path),
-            None => req.path.to_owned(),
-        },
-        ip: viewer.ip.to_string(),
-        user_agent: viewer.ua,
-        referer: req.referer,
-        session_id: crate::store::session_hex(&session),
-        session_type: "HLS",
-    };
-    match ext.decide(session, msg).await {
-        super::external::Decision::Allow => Ok(Ok(super::modes::Foreign {
-            mode: Mode::External,
-            exp: viewer
-                .now
-                .saturating_add(st.cfg.tokens.session_ttl.as_secs().min(u32::MAX as u64) as u32),
-            session,
-            rules: None,
-            owner: None,
-        })),
-        super::external::Decision::Redirect(to) => Ok(Err(to)),
-        super::external::Decision::Deny => Err(Denial::new(
-            403,
-            "external",
-            "playback refused by the platform",
-        )),
+    let (msg, session) = external_message(req, viewer);
+    match ext.decide(session, || msg).await {
+        (super::external::Decision::Allow, fallback) => {
+            let (exp, grant) = external_grant(st, viewer, fallback);
+            Ok(Ok(super::modes::Foreign {
+                exp,
+                session,
+                scope: Scope {
+                    mode: Mode::External,
+                    external: Some(grant),
+                    ..Scope::default()
+                },
+            }))
+        }
+        (super::external::Decision::Redirect(to), _) => Ok(Err(to)),
+        (super::external::Decision::Deny, _) => Err(external_denied()),
     }
 }
 
 /// What an exchange depends on: the path (CloudFront, Akamai and secure_link credentials
-/// may open one path only), the viewer, and every credential the request carries (the
-/// query and the cookies), hashed to 128 bits with a key random per process (SipHash: a
+/// may open one path only), the authority (CloudFront policies name it), the `Referer`
+/// (the external handler judges it), the viewer, and every credential the request carries
+/// (the query and the cookies), hashed to 128 bits with a key random per process (SipHash: a
 /// viewer cannot aim a collision at another's entry).
 fn exchange_key(st: &EdgeState, req: &Request<'_>, viewer: &Viewer<'_>) -> u128 {
     use std::hash::Hasher;
@@ -438,6 +581,8 @@ fn exchange_key(st: &EdgeState, req: &Request<'_>, viewer: &Viewer<'_>) -> u128 
         h.write(b);
     };
     field(req.path.as_bytes());
+    field(req.host.unwrap_or("").as_bytes());
+    field(req.referer.as_bytes());
     match viewer.ip {
         IpAddr::V4(a) => field(&a.octets()),
         IpAddr::V6(a) => field(&a.octets()),
@@ -483,7 +628,7 @@ mod tests {
                 ua: bind.then(|| "ua".into()),
             },
             stored_session: false,
-            exchanged: false,
+            scope: Scope::path(),
         })
     }
 

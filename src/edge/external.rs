@@ -8,11 +8,16 @@
 //!
 //! and obeys `{"return_code":200}` (play: the viewer gets a native token, so segments ask
 //! nobody), `{"return_code":302,"redirect_location":URL}` (a 302 to the viewer) or
-//! `{"return_code":403}`. Decisions are remembered per viewer session (stream, address,
-//! User-Agent) for `cache_ttl`; concurrent requests of one session share one call. At most
-//! `concurrency` calls are in flight; a bounded number wait for a slot; the rest, and
-//! every call the handler fails, times out or answers nonsense, get `allow_by_default`
-//! (not remembered: the next request asks again).
+//! `{"return_code":403}`. Decisions are remembered per viewer session for `cache_ttl`: a
+//! session is what the handler judged (stream, address, User-Agent, `Host`, the URL with
+//! its query, `Referer`), never stream + address + User-Agent alone, so viewers behind one
+//! NAT with one browser do not share a purchase; concurrent requests of one session share
+//! one call. The native token an allow is exchanged for carries the decision's time, and
+//! once `cache_ttl` has passed every edge asks the handler again for that session (see
+//! `admission`). At most `concurrency` calls are in flight; a bounded number wait for a
+//! slot; the rest, and every call the handler fails, times out or answers nonsense, get
+//! `allow_by_default` (not remembered: the next request asks again; a fail-open allow
+//! is a short grant that is never renewed).
 
 use crate::config::External as Config;
 use bytes::Bytes;
@@ -83,14 +88,15 @@ impl External {
     }
 
     /// The decision for `session`: remembered, or asked (once for concurrent requests) with
-    /// the message `msg` makes (built only then).
+    /// the message `msg` makes (built only then). The flag: the handler did not answer and
+    /// this is `allow_by_default`'s decision (fail-open or fail-closed).
     pub async fn decide<'m>(
         &self,
         session: [u8; 16],
         msg: impl FnOnce() -> Message<'m>,
-    ) -> Decision {
+    ) -> (Decision, bool) {
         if let Some(d) = self.decisions.get(&session).await {
-            return d;
+            return (d, false);
         }
         let body = serde_json::to_vec(&msg()).unwrap_or_default();
         match self
@@ -98,8 +104,8 @@ impl External {
             .try_get_with(session, async { self.ask(body).await })
             .await
         {
-            Ok(d) => d,
-            Err(default) => (*default).clone(),
+            Ok(d) => (d, false),
+            Err(default) => ((*default).clone(), true),
         }
     }
 
@@ -201,9 +207,18 @@ async fn post(url: &http::Uri, body: Vec<u8>) -> Result<(u16, Bytes), &'static s
     Ok((status, body))
 }
 
-/// The viewer session an external decision belongs to: stream, address, User-Agent.
-pub fn session_of(stream: &str, ip: std::net::IpAddr, ua: &str) -> [u8; 16] {
-    crate::token::session_of(format!("external\0{stream}\0{ip}\0{ua}").as_bytes())
+/// The viewer session an external decision belongs to: everything the handler is told and
+/// judges (stream, address, User-Agent, `Host`, the URL with its query, `Referer`).
+pub fn session_of(stream: &str, m: &Message<'_>) -> [u8; 16] {
+    crate::token::session_of(&[
+        b"external",
+        stream.as_bytes(),
+        m.ip.as_bytes(),
+        m.user_agent.as_bytes(),
+        m.host.as_bytes(),
+        m.url.as_bytes(),
+        m.referer.as_bytes(),
+    ])
 }
 
 #[cfg(test)]

@@ -64,12 +64,10 @@ pub struct EdgeState {
     pub jwt_keys: crate::token::jwt::JwtKeys,
     /// The edge's own CloudFront-format cookie keys (`Keyring::derive`).
     pub cloudfront_native: Vec<(u8, [u8; 32])>,
-    /// A JWT's `aws:` rules by the viewer session it opened: requests with the exchanged
-    /// native token keep them (allowed origins, viewer id, resolution cap).
-    pub session_rules: moka::sync::Cache<[u8; 16], Arc<crate::token::jwt::Rules>>,
     /// Recent exchanges of a foreign credential for a native token, by everything they
-    /// depend on (see `admission::exchange`): the native token, the grant, the token checked.
-    pub exchanges: moka::sync::Cache<u128, (String, modes::Foreign, Verified)>,
+    /// depend on (see `admission::exchange`): the native token and the token checked. (The
+    /// grant itself, rules included, travels in the token: nothing of it lives only here.)
+    pub exchanges: moka::sync::Cache<u128, (String, Verified)>,
     /// Viewer sessions seen here, reported to the store; those the admin deleted (only with
     /// a store).
     pub viewers: Option<Arc<viewers::Viewers>>,
@@ -177,10 +175,6 @@ impl EdgeState {
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(ttl.max(2) as u64 / 2))
                 .build(),
-            session_rules: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_idle(std::time::Duration::from_secs(3600))
-                .build(),
             failed: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(std::time::Duration::from_secs(2))
@@ -191,8 +185,8 @@ impl EdgeState {
 
 impl EdgeState {
     /// The state for a reloaded config: its streams, keys, CORS, limits and handler, with
-    /// what this process has learnt kept (the segment cache, viewer sessions and their
-    /// rules, the addresses each token came from). Verified JWTs and exchanged credentials
+    /// what this process has learnt kept (the segment cache, viewer sessions, the
+    /// addresses each token came from). Verified JWTs and exchanged credentials
     /// are forgotten: a key the new config no longer has must stop working at once.
     pub fn renewed(&self, cfg: Arc<Config>, keyring: Arc<Keyring>) -> EdgeState {
         let mut next = EdgeState::new_with(
@@ -203,7 +197,6 @@ impl EdgeState {
         );
         next.verbatim = self.verbatim.clone();
         next.failed = self.failed.clone();
-        next.session_rules = self.session_rules.clone();
         next.session_ips = self.session_ips.clone();
         next.exchange_key = self.exchange_key;
         if let (Some(old), Some(new)) = (&self.external, &cfg.external) {
@@ -235,6 +228,18 @@ impl EdgeState {
             }
         }
         ips.len() > max && !ips[..max].contains(&ip)
+    }
+
+    /// Whether CloudFront key pair `id` is one this edge verifies with: a configured public
+    /// key, or one of the edge's own cookie keys (`hlsgate-<kid>`).
+    pub fn has_cloudfront_key(&self, id: &str) -> bool {
+        match id.strip_prefix(crate::token::cloudfront::NATIVE_PREFIX) {
+            Some(kid) => self
+                .cloudfront_native
+                .iter()
+                .any(|(k, _)| kid.parse() == Ok(*k)),
+            None => self.cfg.tokens.cloudfront.has_key(id),
+        }
     }
 
     /// Whether a JWT viewer id was revoked for the stream. Without a store nothing can be

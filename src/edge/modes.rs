@@ -12,33 +12,34 @@
 use super::admission::Request;
 use super::EdgeState;
 use crate::playback::Query;
-use crate::token::{akamai, cloudfront, secure_link, Mode, TokenError, Viewer};
+use crate::token::{akamai, cloudfront, secure_link, KeyRef, Mode, Scope, TokenError, Viewer};
 use std::sync::Arc;
 
-/// What a foreign token proved.
+/// What a foreign credential proved: the grant it is exchanged for.
 #[derive(Debug, Clone)]
 pub struct Foreign {
-    pub mode: Mode,
     /// Unix seconds: the end of the viewer session it opens.
     pub exp: u32,
-    /// The viewer session (stable for one token).
+    /// The viewer session (stable for one credential).
     pub session: [u8; 16],
-    /// What a JWT's `aws:` claims add (allowed origins, viewer id, resolution cap).
-    pub rules: Option<Arc<crate::token::jwt::Rules>>,
-    /// The token was signed with a key a user registered: it opens only that user's
-    /// streams.
-    pub owner: Option<i64>,
+    /// What it allows beyond its stream and what revokes it: its mode, the key that
+    /// verified it (a key a user registered opens only that user's streams), a login
+    /// session, a JWT's `aws:` rules.
+    pub scope: Scope,
 }
 
 impl Foreign {
-    /// A CloudFront, Akamai or secure_link grant: no rules, no owner.
+    /// A CloudFront, Akamai or secure_link grant.
     fn of(mode: Mode, g: crate::token::ForeignGrant) -> Foreign {
         Foreign {
-            mode,
             exp: g.exp,
             session: g.session,
-            rules: None,
-            owner: None,
+            scope: Scope {
+                mode,
+                login: g.login,
+                key: g.key.map(|kid| KeyRef { kid, owner: None }),
+                ..Scope::default()
+            },
         }
     }
 }
@@ -114,11 +115,18 @@ fn jwt(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
         },
     };
     Some(Ok(Foreign {
-        mode: Mode::Jwt,
         exp: g.exp,
         session: g.session,
-        rules: g.rules.clone(),
-        owner,
+        scope: Scope {
+            mode: Mode::Jwt,
+            login: g.login,
+            key: Some(KeyRef {
+                kid: g.kid.clone(),
+                owner,
+            }),
+            rules: g.rules.clone(),
+            external: None,
+        },
     }))
 }
 

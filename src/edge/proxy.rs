@@ -105,6 +105,49 @@ pub struct EdgeProxy {
     pub access: Option<Arc<super::access::AccessLog>>,
 }
 
+/// The origin response headers that reach viewers (SPEC "Grants"): an allow-list, so that
+/// whatever an origin adds tomorrow stays at the edge. `Transfer-Encoding` is framing,
+/// kept for the HTTP/1 writer; the edge's own headers are added after.
+pub const ORIGIN_HEADERS: [&str; 10] = [
+    "content-type",
+    "content-length",
+    "content-range",
+    "accept-ranges",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "expires",
+    "age",
+    "transfer-encoding",
+];
+
+/// Remove every origin header but [`ORIGIN_HEADERS`] (and `Vary` when `vary`: the cache
+/// policy reads it before the response is stored).
+fn keep_origin_headers(resp: &mut ResponseHeader, vary: bool) {
+    let drop: Vec<http::HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            !ORIGIN_HEADERS.contains(&n) && !(vary && n == "vary")
+        })
+        .cloned()
+        .collect();
+    for name in &drop {
+        resp.remove_header(name);
+    }
+}
+
+/// The request's authority: the `Host` header, or HTTP/2's `:authority` (which browsers
+/// send instead of `Host`). A `Host` that is not even text is kept as a control byte, so
+/// that admission refuses it (400) rather than taking it for absent.
+fn request_authority(req: &RequestHeader) -> Option<&str> {
+    match req.headers.get(http::header::HOST) {
+        Some(v) => Some(v.to_str().unwrap_or("\u{0}")),
+        None => req.uri.authority().map(|a| a.as_str()),
+    }
+}
+
 fn bad_gateway(msg: &'static str) -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(502), msg)
 }
@@ -184,10 +227,7 @@ impl EdgeProxy {
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
-            host: req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok()),
+            host: request_authority(req),
             cookies: req
                 .headers
                 .get_all(http::header::COOKIE)
@@ -423,30 +463,18 @@ impl EdgeProxy {
         })
     }
 
-    /// What every response the edge passes on gets, from the origin or the cache: the
-    /// origin's cookies and CORS policy dropped (a viewer's browser sees only what the edge
-    /// decides), an inert media type relabelled, the viewer's token and CORS answer, and
-    /// `X-Cache` (`cache_state`) with RFC 9111's warning on a stale copy.
+    /// What every response the edge passes on gets, from the origin or the cache: only the
+    /// origin headers of [`ORIGIN_HEADERS`] (a viewer's browser sees nothing else an origin
+    /// says: no cookies, CORS, `Clear-Site-Data`, `X-Accel-Redirect`, HSTS, reporting or
+    /// service-worker headers), an inert media type relabelled, the viewer's token and
+    /// CORS answer, and `X-Cache` (`cache_state`) with RFC 9111's warning on a stale copy.
     fn edge_headers(
         &self,
         resp: &mut ResponseHeader,
         ctx: &Ctx,
         cache_state: Option<&'static str>,
     ) -> Result<()> {
-        let origin_only = |n: &http::HeaderName| {
-            let n = n.as_str();
-            n == "set-cookie"
-                || n == "set-cookie2"
-                || n.starts_with("access-control-")
-                || n == "location"
-                || n == "refresh"
-                || n == "content-security-policy"
-                || n == "link"
-                || n == "x-new-token"
-        };
-        while let Some(name) = resp.headers.keys().find(|n| origin_only(n)).cloned() {
-            resp.remove_header(&name);
-        }
+        keep_origin_headers(resp, false);
         let ct = resp
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -765,6 +793,9 @@ impl ProxyHttp for EdgeProxy {
         if let Some(t) = ctx.fetch_start.filter(|_| !resp.status.is_informational()) {
             METRICS.origin_seconds.observe(t.elapsed().as_secs_f64());
         }
+        // What is stored is already what a viewer may see (and `Vary`, which the cache
+        // policy reads): hits then have nothing to remove.
+        keep_origin_headers(resp, true);
         if let Some((status, reason, message)) = self.refusal(ctx, resp) {
             // The origin's answer does not reach the viewer: `fail_to_proxy` writes the
             // edge's JSON error instead (nothing has been sent downstream yet), or a stale
@@ -1122,6 +1153,7 @@ impl ProxyHttp for EdgeProxy {
                 deny: ctx.deny.or(e.map(|e| e.etype().as_str())).unwrap_or("-"),
                 proto: if session.is_http2() { "h2" } else { "h1" },
                 tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+                host: request_authority(req).unwrap_or("-"),
             });
         }
     }

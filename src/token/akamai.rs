@@ -85,7 +85,7 @@ pub fn verify(
             return Err(TokenError::WrongViewer);
         }
     }
-    Ok(ForeignGrant::new(exp, &mac))
+    Ok(ForeignGrant::new(exp, &[b"akamai", &mac]))
 }
 
 #[cfg(test)]

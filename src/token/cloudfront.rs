@@ -9,8 +9,11 @@
 //! - Signatures: RSA PKCS#1 v1.5 with SHA-1 (what CloudFront and botocore use), or SHA-256
 //!   when `Hash-Algorithm=SHA256` is given; ECDSA P-256 SHA-256 for EC key pairs.
 //! - A custom policy has one statement: `Resource` (`*` and `?` wildcards) is matched
-//!   against the request's URL, `http://` or `https://` + `Host` + path (+ query for signed
-//!   URLs, without the signing parameters); `DateLessThan` is required,
+//!   against the request's URL, `http://` or `https://` + authority + path (+ query for
+//!   signed URLs, without the signing parameters), in two parts: the pattern's scheme and
+//!   host against the request's validated authority (`Host`, or `:authority` on HTTP/2),
+//!   its path against the request's path, so that no wildcard spans the two (a `Host` such
+//!   as `edge/hls/1/x` is refused with 400 before this); `DateLessThan` is required,
 //!   `DateGreaterThan` and `IpAddress.AWS:SourceIp` (CIDR) are honoured. A canned policy is
 //!   rebuilt from the request URL and `Expires`, as CloudFront does.
 //! - Key pairs by `Key-Pair-Id` from `tokens.cloudfront.keys`; `hlsgate-<kid>` names the
@@ -117,7 +120,9 @@ impl<'a> Signed<'a> {
 /// The request being admitted.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
-    /// The `Host` header.
+    /// The request's authority (`Host`, or `:authority` on HTTP/2), already checked to be
+    /// a valid one (see `net::valid_authority`): no `/`, `?`, `#`, `@`, space or control
+    /// byte.
     pub host: &'a str,
     /// The path as requested (percent-encoded).
     pub path: &'a str,
@@ -139,6 +144,10 @@ struct Statement {
     resource: Option<String>,
     #[serde(rename = "Condition")]
     condition: Condition,
+    /// The login session the edge's own cookies name (read only from those): signing out
+    /// of the admin ends them.
+    #[serde(rename = "hlsgate:Session")]
+    login: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +311,11 @@ impl CloudFrontKeys {
         self.keys.is_empty()
     }
 
+    /// Whether key pair `id` is configured.
+    pub fn has_key(&self, id: &str) -> bool {
+        self.keys.contains_key(id)
+    }
+
     /// Check a signed request. `native` holds the edge's own cookie keys (`(kid, secret)`).
     /// Forged or malformed: 401; expired: 401; the resource does not cover this URL: 403
     /// (wrong stream); the source IP is outside the policy's: 403 (wrong viewer).
@@ -344,7 +358,9 @@ impl CloudFrontKeys {
                 .verify(msg, &sig)
                 .map_err(|_| TokenError::Forged)
         };
-        let urls = request_urls(t, s.in_query);
+        let native = s.key_pair_id.starts_with(NATIVE_PREFIX);
+        let mut login = None;
+        let signed: Vec<u8>;
         let exp = if let Some(p) = s.policy {
             let text = decode(p).ok_or(TokenError::Malformed)?;
             if text.len() > MAX_POLICY_BYTES {
@@ -353,6 +369,7 @@ impl CloudFrontKeys {
             check(&text)?;
             let policy: Policy =
                 serde_json::from_slice(&text).map_err(|_| TokenError::Malformed)?;
+            signed = text;
             let [st] = policy.statement.as_slice() else {
                 return Err(TokenError::Malformed);
             };
@@ -368,9 +385,12 @@ impl CloudFrontKeys {
             }
             // No `Resource` covers every URL (CloudFront's default).
             if let Some(r) = &st.resource {
-                if !urls.iter().any(|u| wildcard_match(r, u)) {
+                if !resource_covers(r, t, s.in_query) {
                     return Err(TokenError::WrongStream);
                 }
+            }
+            if let (true, Some(hex)) = (native, &st.login) {
+                login = Some(crate::store::session_bytes(hex).ok_or(TokenError::Malformed)?);
             }
             if let Some(ip) = &c.ip {
                 let net: ipnet::IpNet = ip
@@ -390,19 +410,50 @@ impl CloudFrontKeys {
                 return Err(TokenError::Malformed);
             }
             // A canned policy names one URL: it must be this one.
-            let signed = urls
+            let canned = request_urls(t, s.in_query)
                 .iter()
-                .any(|u| check(canned_policy(u, exp).as_bytes()).is_ok());
-            if !signed {
-                return Err(TokenError::Forged);
-            }
+                .map(|u| canned_policy(u, exp))
+                .find(|p| check(p.as_bytes()).is_ok());
+            signed = canned.ok_or(TokenError::Forged)?.into_bytes();
             if u64::from(t.now) >= exp {
                 return Err(TokenError::Expired);
             }
             exp
         };
-        Ok(ForeignGrant::new(exp, &sig))
+        // The session is what was signed (and by which key), not the signature: ECDSA
+        // signatures are malleable.
+        let mut g = ForeignGrant::new(exp, &[b"cloudfront", s.key_pair_id.as_bytes(), &signed]);
+        g.key = Some(s.key_pair_id.to_owned());
+        g.login = login;
+        Ok(g)
     }
+}
+
+/// Whether a policy's `Resource` covers the request. `*` alone covers every URL; a URL
+/// pattern is split at its authority: the scheme and host part is matched against the
+/// request's scheme and (validated) authority, the path part against the path (and a
+/// signed URL's query), so a wildcard never spans from one into the other.
+fn resource_covers(resource: &str, t: &Target<'_>, with_query: bool) -> bool {
+    if resource == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = resource.split_once("://") else {
+        return false;
+    };
+    let (host, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        // `https://host*`: a trailing star covers every path of the hosts it matches.
+        None if rest.ends_with('*') => (rest, "*"),
+        None => return false,
+    };
+    let q = if with_query && !t.rest_query.is_empty() {
+        format!("{}?{}", t.path, t.rest_query)
+    } else {
+        t.path.to_owned()
+    };
+    ["http", "https"].iter().any(|s| wildcard_match(scheme, s))
+        && wildcard_match(host, t.host)
+        && wildcard_match(path, &q)
 }
 
 /// The canned policy CloudFront signs for `url` until `exp`.
@@ -435,6 +486,16 @@ pub fn sign_native(policy: &str, kid: u8, secret: &[u8; 32]) -> (String, String,
         encode(sig.as_ref()),
         format!("{NATIVE_PREFIX}{kid}"),
     )
+}
+
+/// `policy` (one statement, as [`custom_policy`] makes it) naming the login session `login`
+/// (hex), which the edge checks is live when its own cookies are used.
+pub fn with_login(policy: &str, login: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(policy).unwrap_or_default();
+    if let Some(st) = v["Statement"].get_mut(0) {
+        st["hlsgate:Session"] = serde_json::Value::from(login);
+    }
+    v.to_string()
 }
 
 /// A custom policy for every object under `resource` until `exp` (unix seconds).
@@ -473,6 +534,51 @@ mod tests {
             key_pair_id: k,
             ..Signed::default()
         }
+    }
+
+    #[test]
+    fn a_policy_host_is_matched_against_the_authority_and_its_path_against_the_path() {
+        let t = |host: &'static str, path: &'static str| Target {
+            host,
+            path,
+            rest_query: "",
+            ip: "192.0.2.1".parse().unwrap(),
+            now: NOW,
+        };
+        let r = "https://cdn.example.com/hls/sa/*";
+        assert!(resource_covers(
+            r,
+            &t("cdn.example.com", "/hls/sa/index.m3u8"),
+            false
+        ));
+        assert!(!resource_covers(
+            r,
+            &t("cdn.example.com", "/hls/sb/index.m3u8"),
+            false
+        ));
+        // a wildcard in the host never spans into the path
+        let r = "https://*.example.com/hls/sa/*";
+        assert!(resource_covers(
+            r,
+            &t("a.example.com", "/hls/sa/x.ts"),
+            false
+        ));
+        assert!(!resource_covers(
+            r,
+            &t("a.example.com", "/hls/sb/b.example.com/hls/sa/x.ts"),
+            false
+        ));
+        assert!(resource_covers("*", &t("x", "/hls/sb/x.ts"), false));
+        assert!(resource_covers(
+            "http*://cdn.example.com*",
+            &t("cdn.example.com", "/hls/sb/x.ts"),
+            false
+        ));
+        assert!(!resource_covers(
+            "cdn.example.com/hls/*",
+            &t("cdn.example.com", "/hls/a"),
+            false
+        ));
     }
 
     #[test]

@@ -55,7 +55,15 @@ pub struct JwtGrant {
     pub session: [u8; 16],
     /// The token's `aws:` claims beyond the channel, when it has any.
     pub rules: Option<std::sync::Arc<Rules>>,
+    /// The `kid` of the key that verified it.
+    pub kid: String,
+    /// The login session the edge's own playback tokens name (`hlsgate:sid`): logging
+    /// out ends them. Read only from tokens signed with the edge's own keys.
+    pub login: Option<[u8; 16]>,
 }
+
+/// The claim naming the login session in the edge's own playback tokens.
+pub const LOGIN_CLAIM: &str = "hlsgate:sid";
 
 /// What a JWT's `aws:` claims add to its viewer session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,6 +103,8 @@ struct Claims {
     viewer_id: Option<String>,
     #[serde(default, rename = "aws:maximum-resolution")]
     max_resolution: Option<String>,
+    #[serde(default, rename = "hlsgate:sid")]
+    login: Option<String>,
 }
 
 impl Claims {
@@ -264,7 +274,7 @@ impl JwtKeys {
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &v) {
                 Ok(data) => {
-                    result = Ok(data.claims);
+                    result = Ok((data.claims, k.kid.clone()));
                     break;
                 }
                 Err(e) => match e.kind() {
@@ -277,12 +287,13 @@ impl JwtKeys {
                 },
             }
         }
-        grant(result?, token, stream)
+        let (claims, kid) = result?;
+        grant(claims, kid, token, stream)
     }
 }
 
 /// What verified `claims` of `token` grant for `stream`.
-fn grant(claims: Claims, token: &str, stream: &str) -> Result<JwtGrant, TokenError> {
+fn grant(claims: Claims, kid: String, token: &str, stream: &str) -> Result<JwtGrant, TokenError> {
     let named = claims
         .stream
         .as_deref()
@@ -296,12 +307,22 @@ fn grant(claims: Claims, token: &str, stream: &str) -> Result<JwtGrant, TokenErr
     if named != stream {
         return Err(TokenError::WrongStream);
     }
-    let signature = token.rsplit('.').next().unwrap_or(token);
-    let session = super::session_of(signature.as_bytes());
+    // The session is what the signature covers (header and payload), not the signature:
+    // an ECDSA signature can be malleated into another valid one.
+    let signed = token.rsplit_once('.').map_or(token, |(signed, _)| signed);
+    let session = super::session_of(&[b"jwt", kid.as_bytes(), signed.as_bytes()]);
+    let login = match &claims.login {
+        Some(hex) if kid.starts_with(NATIVE_KID_PREFIX) => {
+            Some(crate::store::session_bytes(hex).ok_or(TokenError::Malformed)?)
+        }
+        _ => None,
+    };
     Ok(JwtGrant {
         exp: claims.exp.min(u32::MAX as u64) as u32,
         session,
         rules: claims.rules()?.map(std::sync::Arc::new),
+        kid,
+        login,
     })
 }
 
@@ -311,7 +332,7 @@ fn grant(claims: Claims, token: &str, stream: &str) -> Result<JwtGrant, TokenErr
 #[doc(hidden)]
 pub fn grant_of_payload(payload: &[u8], stream: &str) -> Result<JwtGrant, TokenError> {
     let claims: Claims = serde_json::from_slice(payload).map_err(|_| TokenError::Malformed)?;
-    grant(claims, "fuzz.payload.signature", stream)
+    grant(claims, String::new(), "fuzz.payload.signature", stream)
 }
 
 #[cfg(test)]
@@ -337,6 +358,66 @@ w4jhfWRf44LjFXZ/oCypKh5EJbw9j9OrDI97dvXMakbwwjUfJh9ZdBU=
     fn token(alg: Algorithm, claims: serde_json::Value) -> String {
         let key = jsonwebtoken::EncodingKey::from_ec_pem(P384_PRIV.as_bytes()).unwrap();
         jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).unwrap()
+    }
+
+    /// The P-256 group order, big-endian.
+    const P256_N: [u8; 32] = [
+        0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+        0xFF, 0xBC, 0xE6, 0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63,
+        0x25, 0x51,
+    ];
+
+    /// `n - s` for a big-endian 32-byte `s`.
+    fn negate(s: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 32];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = P256_N[i] as i16 - s[i] as i16 - borrow;
+            (out[i], borrow) = if d < 0 {
+                ((d + 256) as u8, 1)
+            } else {
+                (d as u8, 0)
+            };
+        }
+        out
+    }
+
+    #[test]
+    fn a_malleated_signature_is_the_same_viewer_session() {
+        let derived = [(1u8, [7u8; 32])];
+        let (kid, private, _) = native_keys(&derived).remove(0);
+        let native = native_public(&derived);
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(private.as_bytes()).unwrap();
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(kid);
+        let claims = serde_json::json!({"stream": "s1", "exp": 4_000_000_000u64,
+            "hlsgate:sid": "000102030405060708090a0b0c0d0e0f"});
+        let t = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let (signed, sig) = t.rsplit_once('.').unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
+        let mut other = raw[..32].to_vec();
+        other.extend(negate(&raw[32..]));
+        let malleated = format!(
+            "{signed}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&other)
+        );
+        assert_ne!(malleated, t);
+        let a = native.verify(&t, "s1").unwrap();
+        // the other signature is valid too (ECDSA verifiers accept both)...
+        let b = native.verify(&malleated, "s1").unwrap();
+        // ...and it is the same viewer session, which revocation and limits see
+        assert_eq!(a.session, b.session);
+        // the edge's own token names its login session
+        assert_eq!(a.login, Some(std::array::from_fn(|i| i as u8)));
+        // a foreign key's `hlsgate:sid` is not believed
+        let t = token(
+            Algorithm::ES384,
+            serde_json::json!({"stream": "s1", "exp": 4_000_000_000u64,
+                "hlsgate:sid": "000102030405060708090a0b0c0d0e0f"}),
+        );
+        assert_eq!(keys().verify(&t, "s1").unwrap().login, None);
     }
 
     #[test]

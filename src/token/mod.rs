@@ -16,8 +16,18 @@
 //! 36..44  UA tag: keyed SipHash of the User-Agent (zero when unbound)
 //! 44      n = length of the stream id (1..=64)
 //! 45..    stream id bytes
+//! +2      m = length of the scope, u16 big-endian (version 2)
+//! +m      the scope (version 2): what the grant allows beyond its stream (see [`Scope`])
 //! +16     HMAC-SHA256 over everything before it, truncated to 128 bits
 //! ```
+//!
+//! The scope is the rest of the **grant** a credential was exchanged for: the way in it came
+//! through, the login session and the playback key that can revoke it, a JWT's rules
+//! (allowed and strict origins, viewer id, resolution cap) and an external handler's
+//! decision time. It travels under the MAC, so every edge sharing the key file decides the
+//! same from the token alone, after any restart. Version 1 tokens (no scope) are still
+//! accepted for the edge's own path mode; a version 1 token issued in exchange for a
+//! foreign credential is refused, since its rules are unknown (fail closed).
 //!
 //! The stream id and the binding tags are in clear (MAC-protected) so that a valid token
 //! presented for another stream, from another IP or with another User-Agent is told apart
@@ -38,12 +48,15 @@ use base64::Engine;
 use std::net::IpAddr;
 use subtle::ConstantTimeEq;
 
-const VERSION: u8 = 1;
+const VERSION_1: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER_LEN: usize = 45;
 const MAC_LEN: usize = 16;
 /// Longest stream id a token can carry.
 pub const MAX_STREAM_ID: usize = 64;
-const MAX_TOKEN_BYTES: usize = HEADER_LEN + MAX_STREAM_ID + MAC_LEN;
+/// Longest encoded scope (a JWT's rules are the bulk of it: see [`Scope::encode`]).
+pub const MAX_SCOPE: usize = 768;
+const MAX_TOKEN_BYTES: usize = HEADER_LEN + MAX_STREAM_ID + 2 + MAX_SCOPE + MAC_LEN;
 /// Longest token string accepted before any decoding is attempted.
 pub const MAX_TOKEN_CHARS: usize = (MAX_TOKEN_BYTES * 4).div_ceil(3);
 
@@ -72,8 +85,163 @@ pub struct Grant {
     /// `session` names a login session in the store (issued by the admin): the edge refuses
     /// the token (403) once that session has ended. Tokens from `hlsgate token` have none.
     pub stored_session: bool,
-    /// Issued at the door for a foreign token (a mode other than path).
-    pub exchanged: bool,
+    /// What the grant allows beyond its stream (see [`Scope`]).
+    pub scope: Scope,
+}
+
+/// What a grant allows and what revokes it, beyond its stream, viewer and expiry: carried
+/// in the native token under its MAC (token version 2), so that every edge decides the
+/// same from the token alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The way in the grant came through ([`Mode::Path`]: the edge's own token). The
+    /// stream's `auth` list is checked against it on every request.
+    pub mode: Mode,
+    /// A login session that ends the grant when it ends (logout, session expiry): the
+    /// admin's own JWTs and cookies carry one.
+    pub login: Option<[u8; 16]>,
+    /// The key that signed the credential; deleting (or unconfiguring) it ends the grant.
+    pub key: Option<KeyRef>,
+    /// A JWT's `aws:` rules (allowed and strict origins, viewer id, resolution cap).
+    pub rules: Option<std::sync::Arc<jwt::Rules>>,
+    /// An external handler's allow: asked again once `cache_ttl` has passed since.
+    pub external: Option<ExternalGrant>,
+}
+
+/// The key a credential was verified with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRef {
+    /// The JWT `kid` or CloudFront key pair id.
+    pub kid: String,
+    /// The user who registered it (`/api/playback-keys`): it opens only their streams.
+    /// `None`: a configured key or the edge's own.
+    pub owner: Option<i64>,
+}
+
+/// When an external handler allowed the viewer session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExternalGrant {
+    /// Unix seconds.
+    pub decided_at: u32,
+    /// The handler did not answer and `allow_by_default` let the viewer in: the grant ends
+    /// at the next decision and is never renewed past it.
+    pub fail_open: bool,
+}
+
+const SCOPE_LOGIN: u8 = 1;
+const SCOPE_KEY: u8 = 2;
+const SCOPE_RULES: u8 = 3;
+const SCOPE_EXTERNAL: u8 = 4;
+
+impl Scope {
+    /// The scope of a path-mode token.
+    pub fn path() -> Scope {
+        Scope::default()
+    }
+
+    /// `mode`, then one `tag, u16 length, value` field for each part present. `None` when
+    /// it does not fit [`MAX_SCOPE`] (a JWT with an outsized origin list).
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        if *self == Scope::default() {
+            return Some(out);
+        }
+        out.push(self.mode as u8);
+        let field = |out: &mut Vec<u8>, tag: u8, value: &[u8]| {
+            out.push(tag);
+            out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            out.extend_from_slice(value);
+        };
+        if let Some(l) = &self.login {
+            field(&mut out, SCOPE_LOGIN, l);
+        }
+        if let Some(k) = &self.key {
+            let mut v = k.owner.unwrap_or(-1).to_be_bytes().to_vec();
+            v.extend_from_slice(k.kid.as_bytes());
+            field(&mut out, SCOPE_KEY, &v);
+        }
+        if let Some(r) = &self.rules {
+            let mut v = vec![u8::from(r.strict_origin)];
+            v.extend_from_slice(&r.max_height.unwrap_or(0).min(u16::MAX as u32).to_be_bytes()[2..]);
+            let vid = r.viewer_id.as_deref().unwrap_or("");
+            v.push(u8::try_from(vid.len()).ok()?);
+            v.extend_from_slice(vid.as_bytes());
+            for o in &r.allow_origins {
+                v.push(u8::try_from(o.len()).ok()?);
+                v.extend_from_slice(o.as_bytes());
+            }
+            field(&mut out, SCOPE_RULES, &v);
+        }
+        if let Some(e) = &self.external {
+            let mut v = e.decided_at.to_be_bytes().to_vec();
+            v.push(u8::from(e.fail_open));
+            field(&mut out, SCOPE_EXTERNAL, &v);
+        }
+        (out.len() <= MAX_SCOPE).then_some(out)
+    }
+
+    /// The inverse of [`Scope::encode`]; `None` for anything it would not have written.
+    fn decode(b: &[u8]) -> Option<Scope> {
+        let Some((&mode, mut rest)) = b.split_first() else {
+            return Some(Scope::default());
+        };
+        let mut s = Scope {
+            mode: *Mode::ALL.get(mode as usize)?,
+            ..Scope::default()
+        };
+        let mut last = 0;
+        while let [tag, a, b, tail @ ..] = rest {
+            let len = u16::from_be_bytes([*a, *b]) as usize;
+            if *tag <= last || tail.len() < len {
+                return None;
+            }
+            last = *tag;
+            let (v, tail) = tail.split_at(len);
+            rest = tail;
+            match *tag {
+                SCOPE_LOGIN => s.login = Some(v.try_into().ok()?),
+                SCOPE_KEY => {
+                    let (owner, kid) = v.split_at_checked(8)?;
+                    let owner = i64::from_be_bytes(owner.try_into().ok()?);
+                    s.key = Some(KeyRef {
+                        kid: std::str::from_utf8(kid).ok()?.to_owned(),
+                        owner: (owner >= 0).then_some(owner),
+                    });
+                }
+                SCOPE_RULES => s.rules = Some(std::sync::Arc::new(decode_rules(v)?)),
+                SCOPE_EXTERNAL => {
+                    let [a, b, c, d, f] = v else { return None };
+                    s.external = Some(ExternalGrant {
+                        decided_at: u32::from_be_bytes([*a, *b, *c, *d]),
+                        fail_open: *f != 0,
+                    });
+                }
+                _ => return None,
+            }
+        }
+        rest.is_empty().then_some(s)
+    }
+}
+
+fn decode_rules(v: &[u8]) -> Option<jwt::Rules> {
+    let [strict, h1, h2, vlen, rest @ ..] = v else {
+        return None;
+    };
+    let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+    let (vid, mut rest) = rest.split_at_checked(*vlen as usize)?;
+    let mut allow_origins = Vec::new();
+    while let [n, tail @ ..] = rest {
+        let (o, tail) = tail.split_at_checked(*n as usize)?;
+        allow_origins.push(text(o)?);
+        rest = tail;
+    }
+    let height = u16::from_be_bytes([*h1, *h2]) as u32;
+    Some(jwt::Rules {
+        allow_origins,
+        strict_origin: *strict != 0,
+        viewer_id: (*vlen > 0).then(|| text(vid)).flatten(),
+        max_height: (height > 0).then_some(height),
+    })
 }
 
 /// The viewer presenting a token, as the edge sees them.
@@ -96,6 +264,8 @@ pub struct Verified {
     /// User-Agent it is bound to while its session is alive. The caller must hand out a new
     /// token (`X-New-Token`).
     pub expired_renewable: bool,
+    /// What the grant allows beyond its stream (carried in the token).
+    pub scope: Scope,
     flags: u8,
     prefix: u8,
 }
@@ -106,9 +276,9 @@ impl Verified {
         self.flags & FLAG_SESSION != 0
     }
 
-    /// Whether the token was issued for a foreign token (see [`Grant::exchanged`]).
+    /// Whether the token was issued for a foreign credential (a mode other than path).
     pub fn exchanged(&self) -> bool {
-        self.flags & FLAG_EXCHANGED != 0
+        self.scope.mode != Mode::Path
     }
 }
 
@@ -119,21 +289,36 @@ pub struct ForeignGrant {
     /// Unix seconds.
     pub exp: u32,
     pub session: [u8; 16],
+    /// The key that verified it (CloudFront key pair id).
+    pub key: Option<String>,
+    /// The login session the credential names (the edge's own cookies).
+    pub login: Option<[u8; 16]>,
 }
 
 impl ForeignGrant {
-    /// The grant of a credential whose signature (or MAC) is `proof`, ending at `exp`.
-    pub fn new(exp: u64, proof: &[u8]) -> ForeignGrant {
+    /// The grant of a credential whose signed content (what the signature or MAC covers,
+    /// never the signature itself: ECDSA signatures are malleable) is `signed`, ending at
+    /// `exp`.
+    pub fn new(exp: u64, signed: &[&[u8]]) -> ForeignGrant {
         ForeignGrant {
             exp: exp.min(u32::MAX as u64) as u32,
-            session: session_of(proof),
+            session: session_of(signed),
+            key: None,
+            login: None,
         }
     }
 }
 
-/// A stable viewer-session id for a credential: its signature hashed (SHA-256, 16 bytes).
-pub fn session_of(proof: &[u8]) -> [u8; 16] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, proof);
+/// A stable viewer-session id for a credential: what its signature covers (with the key
+/// id), hashed (SHA-256, 16 bytes). Derived from signed content, not from signature bytes,
+/// so that a malleated signature (ECDSA's `s -> n - s`) is the same session.
+pub fn session_of(signed: &[&[u8]]) -> [u8; 16] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in signed {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let digest = ctx.finish();
     let mut session = [0u8; 16];
     session.copy_from_slice(&digest.as_ref()[..16]);
     session
@@ -141,9 +326,10 @@ pub fn session_of(proof: &[u8]) -> [u8; 16] {
 
 /// The ways a viewer can be admitted (SPEC "More ways in"). A mode is on when its keys are
 /// configured; `streams.NAME.auth` narrows them per stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     /// `/api/hls/{token}/...`: the edge's own token (the Go seed).
+    #[default]
     Path,
     /// `?token=JWT` (IVS).
     Jwt,
@@ -279,7 +465,7 @@ impl Keyring {
         buf[18..22].copy_from_slice(&g.exp.to_be_bytes());
         buf[22..26].copy_from_slice(&g.session_exp.to_be_bytes());
         let mut flags = if g.stored_session { FLAG_SESSION } else { 0 };
-        if g.exchanged {
+        if g.scope.mode != Mode::Path {
             flags |= FLAG_EXCHANGED;
         }
         if let Some((ip, prefix)) = g.binding.ip {
@@ -294,8 +480,16 @@ impl Keyring {
         }
         buf[26] = flags;
         buf[44] = sid.len() as u8;
-        let body_len = HEADER_LEN + sid.len();
+        let mut body_len = HEADER_LEN + sid.len();
         buf[HEADER_LEN..body_len].copy_from_slice(sid);
+        let scope = g
+            .scope
+            .encode()
+            .expect("scopes are checked to fit when granted");
+        buf[body_len..body_len + 2].copy_from_slice(&(scope.len() as u16).to_be_bytes());
+        body_len += 2;
+        buf[body_len..body_len + scope.len()].copy_from_slice(&scope);
+        body_len += scope.len();
         let mac = key.mac(&[&buf[..body_len]]);
         buf[body_len..body_len + MAC_LEN].copy_from_slice(&mac[..MAC_LEN]);
         URL_SAFE_NO_PAD.encode(&buf[..body_len + MAC_LEN])
@@ -313,12 +507,20 @@ impl Keyring {
             .decode_slice(t, &mut buf)
             .map_err(|_| TokenError::Malformed)?;
         let raw = &buf[..n];
-        if raw[0] != VERSION {
+        let sid_len = raw[HEADER_LEN - 1] as usize;
+        let sid_end = HEADER_LEN + sid_len;
+        if sid_len == 0 || sid_len > MAX_STREAM_ID || n < sid_end + MAC_LEN {
             return Err(TokenError::Malformed);
         }
-        let sid_len = raw[HEADER_LEN - 1] as usize;
-        let body_len = HEADER_LEN + sid_len;
-        if sid_len == 0 || sid_len > MAX_STREAM_ID || n != body_len + MAC_LEN {
+        let scope_len = match raw[0] {
+            VERSION_1 => None,
+            VERSION if n >= sid_end + 2 + MAC_LEN => {
+                Some(u16::from_be_bytes([raw[sid_end], raw[sid_end + 1]]) as usize)
+            }
+            _ => return Err(TokenError::Malformed),
+        };
+        let body_len = sid_end + scope_len.map_or(0, |m| 2 + m);
+        if n != body_len + MAC_LEN {
             return Err(TokenError::Malformed);
         }
         let key = self.key(raw[1]).ok_or(TokenError::Forged)?;
@@ -326,10 +528,19 @@ impl Keyring {
         if !bool::from(mac[..MAC_LEN].ct_eq(&raw[body_len..])) {
             return Err(TokenError::Forged);
         }
-        if !bool::from(raw[HEADER_LEN..body_len].ct_eq(viewer.stream.as_bytes())) {
+        if !bool::from(raw[HEADER_LEN..sid_end].ct_eq(viewer.stream.as_bytes())) {
             return Err(TokenError::WrongStream);
         }
         let flags = raw[26];
+        let scope = match scope_len {
+            Some(_) => Scope::decode(&raw[sid_end + 2..body_len]).ok_or(TokenError::Malformed)?,
+            // A version 1 token knows no rules: only the edge's own path grants are whole.
+            None if flags & FLAG_EXCHANGED != 0 => return Err(TokenError::Malformed),
+            None => Scope::path(),
+        };
+        if (scope.mode != Mode::Path) != (flags & FLAG_EXCHANGED != 0) {
+            return Err(TokenError::Malformed);
+        }
         let prefix = raw[27];
         let mut ok = subtle::Choice::from(1);
         if flags & FLAG_IP != 0 {
@@ -359,6 +570,7 @@ impl Keyring {
             exp,
             session_exp,
             expired_renewable,
+            scope,
             flags,
             prefix,
         })
@@ -396,7 +608,7 @@ impl Keyring {
             session_exp: v.session_exp,
             binding,
             stored_session: v.stored_session(),
-            exchanged: v.exchanged(),
+            scope: v.scope.clone(),
         })
     }
 
@@ -514,7 +726,7 @@ mod tests {
                 Binding::default()
             },
             stored_session: false,
-            exchanged: false,
+            scope: Scope::path(),
         }
     }
 
@@ -662,6 +874,119 @@ mod tests {
         let only_new =
             Keyring::from_text("2 ZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZm\n").unwrap();
         assert_eq!(only_new.verify(&t, &viewer(500)), Err(TokenError::Forged));
+    }
+
+    fn full_scope() -> Scope {
+        Scope {
+            mode: Mode::Jwt,
+            login: Some([9; 16]),
+            key: Some(KeyRef {
+                kid: "user-key".into(),
+                owner: Some(42),
+            }),
+            rules: Some(std::sync::Arc::new(jwt::Rules {
+                allow_origins: vec!["https://app.example".into(), "https://*.example.net".into()],
+                strict_origin: true,
+                viewer_id: Some("viewer-7".into()),
+                max_height: Some(720),
+            })),
+            external: Some(ExternalGrant {
+                decided_at: 77,
+                fail_open: true,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_grant_travels_in_the_token_and_survives_renewal() {
+        let k = ring();
+        let mut g = grant(true);
+        g.scope = full_scope();
+        let t = k.issue(&g);
+        let v = k.verify(&t, &viewer(900)).unwrap();
+        assert_eq!(v.scope, full_scope());
+        assert!(v.exchanged());
+        // renewed (past its short expiry): the same grant
+        let v = k.verify(&t, &viewer(1_500)).unwrap();
+        let renewed = k.renew_for(&t, &v, &viewer(1_500), 300);
+        assert_ne!(renewed, t);
+        assert_eq!(
+            k.verify(&renewed, &viewer(1_600)).unwrap().scope,
+            full_scope()
+        );
+        // a path token's scope is empty and costs two bytes
+        let plain = k.issue(&grant(true));
+        assert_eq!(k.verify(&plain, &viewer(900)).unwrap().scope, Scope::path());
+        assert!(t.len() > plain.len());
+    }
+
+    #[test]
+    fn a_scope_cannot_be_dropped_or_changed() {
+        let k = ring();
+        let mut g = grant(true);
+        g.scope = full_scope();
+        let t = k.issue(&g);
+        let raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        let scope_at = HEADER_LEN + 4 + 2;
+        for i in scope_at..raw.len() - MAC_LEN {
+            let mut r = raw.clone();
+            r[i] ^= 1;
+            let e = k
+                .verify(&URL_SAFE_NO_PAD.encode(&r), &viewer(900))
+                .unwrap_err();
+            assert_eq!(e, TokenError::Forged, "byte {i}");
+        }
+        // the same token cut down to version 1 without its scope: no MAC fits
+        let mut v1 = raw[..HEADER_LEN + 4].to_vec();
+        v1[0] = VERSION_1;
+        v1.extend_from_slice(&raw[raw.len() - MAC_LEN..]);
+        assert!(k
+            .verify(&URL_SAFE_NO_PAD.encode(&v1), &viewer(900))
+            .is_err());
+    }
+
+    #[test]
+    fn a_version_1_token_is_a_path_grant_and_an_exchanged_one_is_refused() {
+        let k = ring();
+        // version 1 as the edge issued it before grants: header, stream, MAC
+        let v1 = |flags: u8| {
+            let mut b = vec![0u8; HEADER_LEN];
+            b[0] = VERSION_1;
+            b[1] = 1;
+            b[18..22].copy_from_slice(&1_000u32.to_be_bytes());
+            b[22..26].copy_from_slice(&1_000u32.to_be_bytes());
+            b[26] = flags;
+            b[44] = 4;
+            b.extend_from_slice(b"demo");
+            let mac = k.key(1).unwrap().mac(&[&b]);
+            b.extend_from_slice(&mac[..MAC_LEN]);
+            URL_SAFE_NO_PAD.encode(b)
+        };
+        let v = k.verify(&v1(0), &viewer(900)).unwrap();
+        assert_eq!(v.scope, Scope::path());
+        // its rules are unknown: fail closed
+        assert_eq!(
+            k.verify(&v1(FLAG_EXCHANGED), &viewer(900)),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn scopes_decode_only_what_encode_writes() {
+        let bytes = full_scope().encode().unwrap();
+        assert_eq!(Scope::decode(&bytes), Some(full_scope()));
+        for cut in 1..bytes.len() {
+            assert!(Scope::decode(&bytes[..cut]).is_none_or(|s| s != full_scope()));
+        }
+        assert_eq!(Scope::decode(&[200]), None, "unknown mode");
+        assert_eq!(Scope::decode(&[1, 9, 0, 0]), None, "unknown field");
+        // too many origins to carry: refused when granting, never cut
+        let mut big = full_scope();
+        big.rules = Some(std::sync::Arc::new(jwt::Rules {
+            allow_origins: vec!["https://a-long-origin-name.example.com".into(); 40],
+            ..jwt::Rules::default()
+        }));
+        assert_eq!(big.encode(), None);
     }
 
     #[test]

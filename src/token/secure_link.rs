@@ -57,7 +57,7 @@ pub fn verify(
     if u64::from(now) >= exp {
         return Err(TokenError::Expired);
     }
-    Ok(ForeignGrant::new(exp, md5.as_bytes()))
+    Ok(ForeignGrant::new(exp, &[b"secure_link", md5.as_bytes()]))
 }
 
 #[cfg(test)]
