@@ -50,6 +50,16 @@ impl Drop for Handler {
 }
 
 fn edge(dir: &Path, origin: &Origin, handler: u16, allow_by_default: bool) -> Hlsgate {
+    edge_with_ttl(dir, origin, handler, allow_by_default, "30s")
+}
+
+fn edge_with_ttl(
+    dir: &Path,
+    origin: &Origin,
+    handler: u16,
+    allow_by_default: bool,
+    cache_ttl: &str,
+) -> Hlsgate {
     let o = origin.port;
     let streams: String = ["open", "deny", "moved", "slow"]
         .iter()
@@ -58,7 +68,7 @@ fn edge(dir: &Path, origin: &Origin, handler: u16, allow_by_default: bool) -> Hl
         })
         .collect();
     let extra = format!(
-        "streams:\n{streams}  tokenonly: {{ url: \"http://127.0.0.1:{o}/ts/index.m3u8\", auth: [path] }}\nauth:\n  external:\n    url: \"http://127.0.0.1:{handler}/auth\"\n    concurrency: 2\n    timeout: \"1s\"\n    allow_by_default: {allow_by_default}\n    cache_ttl: \"30s\"\n"
+        "streams:\n{streams}  tokenonly: {{ url: \"http://127.0.0.1:{o}/ts/index.m3u8\", auth: [path] }}\nauth:\n  external:\n    url: \"http://127.0.0.1:{handler}/auth\"\n    concurrency: 2\n    timeout: \"1s\"\n    allow_by_default: {allow_by_default}\n    cache_ttl: \"{cache_ttl}\"\n"
     );
     let (config, ports) = write_config(dir, "2s", &extra);
     Hlsgate::start("edge", &config, ports.edge)
@@ -186,9 +196,72 @@ fn the_platforms_handler_decides_for_viewers_without_tokens() {
         status(&allow_edge, "/hls/open/index.m3u8", "after-death").0,
         200
     );
-    // a session decided before keeps its decision for cache_ttl
-    assert_eq!(
-        status(&deny_edge, "/hls/open/index.m3u8", "one-session").0,
-        200
-    );
+    // a session decided before (the same request: URL, User-Agent, no Referer) keeps its
+    // decision for cache_ttl
+    let again = get(
+        deny_edge.port,
+        "/hls/open/index.m3u8",
+        &[("User-Agent", "one-session")],
+    )
+    .unwrap();
+    assert_eq!(again.status, 200);
+}
+
+#[test]
+fn a_decision_belongs_to_what_the_handler_judged_and_is_asked_again() {
+    let origin_dir = tempfile::tempdir().unwrap();
+    let origin = Origin::with_streams(origin_dir.path().join("origin"));
+    let handler = Handler::start("http://elsewhere.example/x.m3u8");
+    let dir = tempfile::tempdir().unwrap();
+    let e = edge_with_ttl(dir.path(), &origin, handler.port, false, "2s");
+    let ua = "nat-browser/1.0";
+    let (s, r) = status(&e, "/hls/open/index.m3u8?auth=good", ua);
+    assert_eq!(s, 200, "{}", r.text());
+    let calls = handler.stats()["calls"].as_i64().unwrap();
+    // the same address and User-Agent (one NAT, one browser) with another purchase, or
+    // none: judged again, not handed the first viewer's decision
+    let (s, _) = status(&e, "/hls/open/index.m3u8?auth=bad", ua);
+    assert_eq!(s, 403);
+    let after = handler.stats()["calls"].as_i64().unwrap();
+    assert_eq!(after, calls + 1, "the handler was asked");
+    let (s, _) = status(&e, "/hls/open/index.m3u8", ua);
+    assert_eq!(s, 200);
+    assert_eq!(handler.stats()["calls"].as_i64().unwrap(), after + 1);
+    // the good viewer's session: its native token is judged again after cache_ttl
+    let seg = r
+        .text()
+        .lines()
+        .find(|l| l.starts_with("/api/hls/"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(status(&e, &seg, ua).0, 200);
+    get(handler.port, "/deny_all", &[]).unwrap();
+    assert_eq!(status(&e, &seg, ua).0, 200, "within cache_ttl");
+    std::thread::sleep(Duration::from_millis(2_600));
+    let (s, r) = status(&e, &seg, ua);
+    assert_eq!(s, 403, "{}", r.text());
+}
+
+#[test]
+fn a_fail_open_allow_is_short_and_not_renewed() {
+    let origin_dir = tempfile::tempdir().unwrap();
+    let origin = Origin::with_streams(origin_dir.path().join("origin"));
+    // a handler that is not there: every call fails, allow_by_default lets viewers in
+    let dir = tempfile::tempdir().unwrap();
+    let e = edge_with_ttl(dir.path(), &origin, free_port(), true, "2s");
+    let ua = "fail-open/1.0";
+    let (s, r) = status(&e, "/hls/open/index.m3u8", ua);
+    assert_eq!(s, 200, "{}", r.text());
+    let seg = r
+        .text()
+        .lines()
+        .find(|l| l.starts_with("/api/hls/"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(status(&e, &seg, ua).0, 200);
+    // a whole second past cache_ttl (tokens count whole seconds) the fail-open grant is
+    // over: a renewal would have kept it for the whole session
+    std::thread::sleep(Duration::from_millis(3_300));
+    let (s, r) = status(&e, &seg, ua);
+    assert_eq!(s, 401, "{}", r.text());
 }

@@ -643,6 +643,15 @@ fn registered_playback_keys_open_only_their_owners_streams() {
         UA,
     );
     assert!(ok_play, "{err}");
+    // a segment URL of the playlist it was exchanged for (a native token)
+    let (s, body) = status(h, &format!("/hls/{mine}/index.m3u8?token={ok}"), &[]);
+    assert_eq!(s, 200);
+    let seg = body
+        .lines()
+        .find(|l| l.starts_with("/api/hls/"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(status(h, &seg, &[]).0, 200);
     let other = pyjwt(&user_key, &kid, claims(theirs));
     assert_eq!(
         status(h, &format!("/hls/{theirs}/index.m3u8?token={other}"), &[]).0,
@@ -679,6 +688,14 @@ fn registered_playback_keys_open_only_their_owners_streams() {
     assert_eq!(
         status(h, &format!("/hls/{mine}/index.m3u8?token={ok}"), &[]).0,
         401
+    );
+    // and what it was exchanged for ends with the key
+    assert_eq!(
+        status(h, &seg, &[]),
+        (
+            403,
+            r#"{"error":"the key that signed this token is gone"}"#.into()
+        )
     );
 }
 
@@ -856,4 +873,63 @@ fn the_admin_sets_and_clears_cookie_mode_cookies() {
     for c in cleared {
         assert!(c.contains("Max-Age=0") && c.contains("Path=/hls/"), "{c}");
     }
+}
+
+#[test]
+fn a_host_header_cannot_widen_a_policy() {
+    let h = harness();
+    let alice = login(h, "alice-host");
+    let mine = add_stream(h, &alice, "ts/index.m3u8");
+    let bob = login(h, "bob-host");
+    let theirs = add_stream(h, &bob, "fmp4/index.m3u8");
+    let (s, v, r) = api(
+        h,
+        "GET",
+        &format!("/api/stream-cookies?streamID={mine}"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    let cookie: String = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.split(';').next().unwrap())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let edge = format!("127.0.0.1:{}", h.ports.edge);
+    let bobs = format!("/hls/{theirs}/index.m3u8");
+    // alice's cookies, a Host that carries her stream's path: refused before any policy
+    let spoof = format!("{edge}/hls/{mine}/x");
+    let (s, body) = status(h, &bobs, &[("Cookie", &cookie), ("Host", &spoof)]);
+    assert_eq!(
+        (s, body.as_str()),
+        (400, r#"{"error":"invalid Host header"}"#)
+    );
+    // with an honest Host they open her stream only
+    assert_eq!(status(h, &bobs, &[("Cookie", &cookie)]).0, 403);
+    let own = format!("/hls/{mine}/index.m3u8");
+    assert_eq!(status(h, &own, &[("Cookie", &cookie)]).0, 200);
+    for bad in ["a b", "x?y", "x#y", "u@127.0.0.1", "x\\y", ""] {
+        let (s, _) = status(h, &own, &[("Cookie", &cookie), ("Host", bad)]);
+        assert_eq!(s, 400, "Host {bad:?}");
+    }
+    // an operator key's URL signed (by botocore) for one stream on a CDN name
+    let exp = now() + 300;
+    let signed = cf_url(
+        h,
+        "custom",
+        "https://cdn.example.com/hls/ts/index.m3u8",
+        exp,
+        "https://cdn.example.com/hls/ts/*",
+        "-",
+    );
+    let query = signed.split_once('?').unwrap().1.to_owned();
+    let other = format!("/hls/fmp4/index.m3u8?{query}");
+    let (s, _) = status(h, &other, &[("Host", "cdn.example.com/hls/ts/x")]);
+    assert_eq!(s, 400);
+    assert_eq!(status(h, &other, &[("Host", "cdn.example.com")]).0, 403);
+    let right = format!("/hls/ts/index.m3u8?{query}");
+    assert_eq!(status(h, &right, &[("Host", "cdn.example.com")]).0, 200);
+    assert_eq!(status(h, &right, &[("Host", "other.example.com")]).0, 403);
 }

@@ -338,7 +338,12 @@ async fn exchange(
         .keyring
         .issue(&exchanged_grant(st, viewer, f.session, f.exp, f.scope));
     let v = st.keyring.verify(&token, viewer).map_err(Denial::token)?;
-    st.exchanges.insert(key, (token.clone(), v.clone()));
+    // A credential signed with a key a user registered is verified again each time: once
+    // the key is deleted it proves nothing (401), where its exchanged tokens are revoked
+    // (403, `check_grant`).
+    if v.scope.key.as_ref().is_none_or(|k| k.owner.is_none()) {
+        st.exchanges.insert(key, (token.clone(), v.clone()));
+    }
     Ok(Exchange::Token(token, v))
 }
 

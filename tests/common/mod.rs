@@ -151,11 +151,15 @@ fn serve_conn(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>) -> std::io
             };
         // `short` objects are fresh for one second; `/delay/` ones arrive slowly: the
         // header after 300 ms, half the body, then the rest 1.5 s later.
-        let cc = if path.contains("short") {
-            "Cache-Control: max-age=1\r\n"
+        let mut cc = if path.contains("short") {
+            "Cache-Control: max-age=1\r\n".to_owned()
         } else {
-            ""
+            String::new()
         };
+        // A `NAME.headers` file beside an object: more response headers (CRLF lines).
+        if let Ok(extra) = std::fs::read_to_string(file.with_extension("headers")) {
+            cc.push_str(&extra);
+        }
         let delay = path.contains("/delay/");
         if delay {
             std::thread::sleep(Duration::from_millis(300));
@@ -591,8 +595,13 @@ pub fn send(
 ) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    // `Host: 127.0.0.1:PORT` unless the caller sends its own.
+    let mut req = match headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        true => format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n"),
+        false => {
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n")
+        }
+    };
     if !headers
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"))

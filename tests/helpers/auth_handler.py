@@ -5,8 +5,9 @@ auth protocol), for tests/external.rs.
     auth_handler.py PORT REDIRECT_URL
 
 Answers POSTs by the stream in the request's "url": `deny` -> 403, `moved` -> 302 to
-REDIRECT_URL (`{host}` in it becomes the message's host), `slow` -> 200 after 1.5 s, anything else -> 200. GET /stats answers
-{"calls": N, "max_in_flight": M, "in_flight": K, "last": <last message>}.
+REDIRECT_URL (`{host}` in it becomes the message's host), `slow` -> 200 after 1.5 s, a URL
+with `auth=bad` -> 403, anything else -> 200; after GET /deny_all, everything -> 403.
+GET /stats answers {"calls": N, "max_in_flight": M, "in_flight": K, "last": <last message>}.
 """
 import json
 import sys
@@ -33,6 +34,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         with lock:
+            if self.path == "/deny_all":
+                stats["deny_all"] = True
             self.answer(dict(stats))
 
     def do_POST(self):
@@ -46,7 +49,7 @@ class Handler(BaseHTTPRequestHandler):
             url = msg["url"]
             if "/slow/" in url:
                 time.sleep(1.5)
-            if "/deny/" in url:
+            if "/deny/" in url or "auth=bad" in url or stats.get("deny_all"):
                 self.answer({"return_code": 403})
             elif "/moved/" in url:
                 self.answer({"return_code": 302,
