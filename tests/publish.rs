@@ -111,13 +111,20 @@ http {{
 
 /// ffmpeg publishing a test picture and tone to `url` for at most `secs` seconds.
 fn publish(url: &str, secs: u32) -> Child {
+    publish_with(url, secs, &[])
+}
+
+/// [`publish`] with more output options (the RTMP protocol's, e.g. `-rtmp_flashver`).
+fn publish_with(url: &str, secs: u32, opts: &[&str]) -> Child {
     Command::new("ffmpeg")
         .args(["-nostdin", "-loglevel", "error", "-re"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25"])
         .args(["-f", "lavfi", "-i", "sine"])
         .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25"])
         .args(["-c:a", "aac", "-ac", "1", "-t", &secs.to_string()])
-        .args(["-f", "flv", url])
+        .args(["-f", "flv"])
+        .args(opts)
+        .arg(url)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -427,4 +434,51 @@ fn callbacks_from_outside_allow_from_are_refused() {
     );
     let (_, v) = api(a, "GET", &format!("/api/streams/{id}"), Some(&jwt), None);
     assert_eq!(v["live"], false);
+}
+
+/// A publisher that claims to be nginx-rtmp's local relay (`-rtmp_flashver
+/// ngx-local-relay`, which any RTMP client can send) is checked like any other: rotating its
+/// key drops it at its next `on_update`.
+#[test]
+fn a_publisher_claiming_to_be_the_relay_is_dropped_at_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rtmp, http) = (free_port(), free_port());
+    let (config, ports) = write_config(dir.path(), "2s", "streams: {}\n");
+    let text = std::fs::read_to_string(&config).unwrap()
+        + &format!(
+            "hooks:\n  rtmp_relay: \"rtmp://127.0.0.1:{rtmp}/hls/\"\n  rtmp_publish_url: \"rtmp://127.0.0.1:{rtmp}/live\"\n"
+        );
+    std::fs::write(&config, text).unwrap();
+    let _serve = Hlsgate::start("serve", &config, ports.edge);
+    let media = dir.path().join("media");
+    let _nginx = nginx(&media, rtmp, http, ports.admin);
+    let a = ports.admin;
+    let (jwt, id, key) = publisher(a, "spoofing-publisher");
+    let url = format!("rtmp://127.0.0.1:{rtmp}/live/{key}");
+    let mut spoof = publish_with(&url, 60, &["-rtmp_flashver", "ngx-local-relay"]);
+    let playlist = media.join(format!("hls/{id}/index.m3u8"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while segments(&playlist) < 2 {
+        assert!(Instant::now() < deadline, "no HLS under hls/{id}/");
+        assert!(
+            spoof.try_wait().unwrap().is_none(),
+            "dropped before rotation"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t = Instant::now();
+    let (s, _) = api(
+        a,
+        "POST",
+        &format!("/api/streams/{id}/key"),
+        Some(&jwt),
+        None,
+    );
+    assert_eq!(s, 200);
+    let st = exits_within(&mut spoof, 10).expect("the spoofing publisher is dropped");
+    assert!(!st.success());
+    eprintln!(
+        "publisher claiming ngx-local-relay dropped {:?} after rotation",
+        t.elapsed()
+    );
 }

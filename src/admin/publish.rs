@@ -5,11 +5,11 @@
 //! 302 `Location: <hooks.rtmp_relay><stream id>`, so nginx-rtmp relays the stream into its
 //! packaging application under the public id (the key never names an HLS file); a bad or
 //! rotated key 403. `on_update` refuses a rotated key (nginx-rtmp then drops the publisher);
-//! updates of the local relay pass while the stream is live. The relay is recognised by what
-//! a publisher cannot choose: its stream name is the public id of a stream that is live
-//! right now (the name `on_publish` relayed it under), where a publisher's is its key; the
-//! `flashver` it sends (`ngx-local-relay`) is only a hint, since any RTMP client can send
-//! that too (`ffmpeg -rtmp_flashver`).
+//! the local relay's callbacks pass. The relay is recognised by what a publisher cannot
+//! choose: nginx-rtmp reports a relay session's `addr` as its target (`hooks.rtmp_relay`
+//! + the stream id), a client's as its network address; the `flashver` the relay sends
+//! (`ngx-local-relay`) is no proof, since any RTMP client can send it
+//! (`ffmpeg -rtmp_flashver`).
 //! `on_publish_done` ends the live state; `on_play` admits only the local relay (viewers
 //! watch through the edge); `on_done` is acknowledged.
 //!
@@ -122,16 +122,18 @@ fn field<'a>(f: &'a HashMap<String, String>, name: &str) -> &'a str {
     f.get(name).map_or("", String::as_str)
 }
 
-/// Whether a callback is nginx-rtmp's own relay of an accepted publisher: it says so
-/// (`flashver`), and its stream name is the id of a stream live now (a publisher's name
-/// is a key, and a name that is no key never got past `on_publish`).
+/// Whether a callback is nginx-rtmp's own relay of an accepted publisher into the
+/// packaging application. nginx-rtmp fills a relay session's `addr` with the relay's target
+/// (`127.0.0.1:1935/hls/<id>`: `hooks.rtmp_relay` without its scheme, and a stream id), where
+/// any client's `addr` is its network address: that is what a publisher cannot choose. The
+/// `flashver` the relay sends (`ngx-local-relay`) is no proof (`ffmpeg -rtmp_flashver`).
 fn is_local_relay(st: &AdminState, f: &HashMap<String, String>) -> bool {
-    let says =
-        field(f, "flashver") == "ngx-local-relay" || field(f, "flashVer") == "ngx-local-relay";
-    let name = field(f, "name");
-    says && !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_digit())
-        && st.publishers.iter().any(|(_, id)| name.parse() == Ok(id))
+    let cfg = st.cfg();
+    let target = cfg.hooks.rtmp_relay.as_str();
+    let target = target.split_once("://").map_or(target, |(_, t)| t);
+    field(f, "addr")
+        .strip_prefix(target)
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A publisher with `key`: its stream, now live; `None` for a bad or rotated key.
