@@ -7,7 +7,7 @@
 //! rotated key 403. `on_update` refuses a rotated key (nginx-rtmp then drops the publisher);
 //! the local relay's callbacks pass. The relay is recognised by what a publisher cannot
 //! choose: nginx-rtmp reports a relay session's `addr` as its target (`hooks.rtmp_relay`
-//! + the stream id), a client's as its network address; the `flashver` the relay sends
+//! followed by the stream id), a client's as its network address; the `flashver` the relay sends
 //! (`ngx-local-relay`) is no proof, since any RTMP client can send it
 //! (`ffmpeg -rtmp_flashver`).
 //! `on_publish_done` ends the live state; `on_play` admits only the local relay (viewers

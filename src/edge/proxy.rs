@@ -129,7 +129,7 @@ fn keep_origin_headers(resp: &mut ResponseHeader, vary: bool) {
         .keys()
         .filter(|n| {
             let n = n.as_str();
-            !ORIGIN_HEADERS.contains(&n) && !(vary && n == "vary")
+            !(ORIGIN_HEADERS.contains(&n) || vary && n == "vary")
         })
         .cloned()
         .collect();
