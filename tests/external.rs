@@ -228,12 +228,7 @@ fn a_decision_belongs_to_what_the_handler_judged_and_is_asked_again() {
     assert_eq!(s, 200);
     assert_eq!(handler.stats()["calls"].as_i64().unwrap(), after + 1);
     // the good viewer's session: its native token is judged again after cache_ttl
-    let seg = r
-        .text()
-        .lines()
-        .find(|l| l.starts_with("/api/hls/"))
-        .unwrap()
-        .to_owned();
+    let seg = first_edge_uri(&r.text());
     assert_eq!(status(&e, &seg, ua).0, 200);
     get(handler.port, "/deny_all", &[]).unwrap();
     assert_eq!(status(&e, &seg, ua).0, 200, "within cache_ttl");
@@ -252,12 +247,7 @@ fn a_fail_open_allow_is_short_and_not_renewed() {
     let ua = "fail-open/1.0";
     let (s, r) = status(&e, "/hls/open/index.m3u8", ua);
     assert_eq!(s, 200, "{}", r.text());
-    let seg = r
-        .text()
-        .lines()
-        .find(|l| l.starts_with("/api/hls/"))
-        .unwrap()
-        .to_owned();
+    let seg = first_edge_uri(&r.text());
     assert_eq!(status(&e, &seg, ua).0, 200);
     // a whole second past cache_ttl (tokens count whole seconds) the fail-open grant is
     // over: a renewal would have kept it for the whole session

@@ -54,25 +54,12 @@ fn api(
 }
 
 fn login(h: &Harness, user: &str) -> String {
-    let creds = json!({"username": user, "password": "correct horse battery"});
-    let (s, v, _) = api(h, "POST", "/api/register", None, Some(creds.clone()));
-    assert!(s == 201 || s == 409, "{v}");
-    let (s, v, _) = api(h, "POST", "/api/login", None, Some(creds));
-    assert_eq!(s, 200, "{v}");
-    v["token"].as_str().unwrap().to_owned()
+    login_as(UA, h.ports.admin, user)
 }
 
 fn add_stream(h: &Harness, jwt: &str, path: &str) -> i64 {
     let url = format!("http://127.0.0.1:{}/{path}", h.origin.port);
-    let (s, v, _) = api(
-        h,
-        "POST",
-        "/api/streams",
-        Some(jwt),
-        Some(json!({ "url": url })),
-    );
-    assert_eq!(s, 201, "{v}");
-    v["id"].as_i64().unwrap()
+    add_stream_as(UA, h.ports.admin, jwt, &url)
 }
 
 fn playback_token(h: &Harness, jwt: &str, body: Value) -> String {
@@ -87,15 +74,6 @@ fn on(edge: &Hlsgate, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     hs.extend_from_slice(headers);
     let r = get(edge.port, path, &hs).unwrap();
     (r.status, r.text())
-}
-
-/// The first edge URI of a rewritten playlist.
-fn first_uri(playlist: &str) -> String {
-    playlist
-        .lines()
-        .find(|l| l.starts_with("/api/hls/"))
-        .unwrap_or_else(|| panic!("no edge URI in {playlist}"))
-        .to_owned()
 }
 
 /// Wait (up to 3 × `store.cache_ttl`) until `path` on `edge` answers `want`.
@@ -129,7 +107,7 @@ fn a_jwts_rules_hold_on_another_edge() {
     // exchanged on edge 1
     let (s, body) = on(&h.serve, &p, &[app]);
     assert_eq!(s, 200, "{body}");
-    let seg = first_uri(&body);
+    let seg = first_edge_uri(&body);
     // presented to edge 2, which never saw the JWT: the rules came with the token
     assert_eq!(on(&h.edge2, &seg, &[app]).0, 200);
     let (s, body) = on(&h.edge2, &seg, &[]);
@@ -163,7 +141,7 @@ fn logging_out_ends_issued_jwts_and_cookies_on_every_edge() {
     let p = playback_token(h, &jwt, json!({"streamID": id}));
     let (s, body) = on(&h.serve, &p, &[]);
     assert_eq!(s, 200, "{body}");
-    let jwt_seg = first_uri(&body);
+    let jwt_seg = first_edge_uri(&body);
     assert_eq!(on(&h.edge2, &p, &[]).0, 200);
     assert_eq!(on(&h.edge2, &jwt_seg, &[]).0, 200);
     let (s, v, r) = api(
@@ -174,17 +152,11 @@ fn logging_out_ends_issued_jwts_and_cookies_on_every_edge() {
         None,
     );
     assert_eq!(s, 200, "{v}");
-    let cookie: String = r
-        .headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v.split(';').next().unwrap())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let cookie = r.cookie_header();
     let cookie_path = format!("/hls/{id}/index.m3u8");
     let (s, body) = on(&h.serve, &cookie_path, &[("Cookie", &cookie)]);
     assert_eq!(s, 200, "{body}");
-    let cookie_seg = first_uri(&body);
+    let cookie_seg = first_edge_uri(&body);
     assert_eq!(on(&h.edge2, &cookie_seg, &[]).0, 200);
 
     let (s, _, _) = api(h, "POST", "/api/logout", Some(&jwt), None);

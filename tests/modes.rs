@@ -336,11 +336,7 @@ fn streams_admit_only_their_modes() {
     let (s, body) = status(h, "/hls/cfonly/index.m3u8", &[("Cookie", &c)]);
     assert_eq!(s, 200, "{body}");
     // the exchanged token in the playlist keeps working for this stream
-    let seg = body
-        .lines()
-        .find(|l| l.starts_with("/api/hls/"))
-        .unwrap()
-        .to_owned();
+    let seg = first_edge_uri(&body);
     assert_eq!(status(h, &seg, &[]).0, 200);
     // but a path token straight from `hlsgate token` does not open it
     let url = h.serve.token_url(&["--stream", "cfonly"]);
@@ -566,25 +562,12 @@ fn api(
 }
 
 fn login(h: &Harness, user: &str) -> String {
-    let creds = json!({"username": user, "password": "correct horse battery"});
-    let (s, v, _) = api(h, "POST", "/api/register", None, Some(creds.clone()));
-    assert!(s == 201 || s == 409, "{v}");
-    let (s, v, _) = api(h, "POST", "/api/login", None, Some(creds));
-    assert_eq!(s, 200, "{v}");
-    v["token"].as_str().unwrap().to_owned()
+    login_as(UA, h.ports.admin, user)
 }
 
 fn add_stream(h: &Harness, jwt: &str, path: &str) -> i64 {
     let url = format!("http://127.0.0.1:{}/{path}", h.origin.port);
-    let (s, v, _) = api(
-        h,
-        "POST",
-        "/api/streams",
-        Some(jwt),
-        Some(json!({ "url": url })),
-    );
-    assert_eq!(s, 201, "{v}");
-    v["id"].as_i64().unwrap()
+    add_stream_as(UA, h.ports.admin, jwt, &url)
 }
 
 fn pyjwt(key: &Path, kid: &str, claims: Value) -> String {
@@ -646,11 +629,7 @@ fn registered_playback_keys_open_only_their_owners_streams() {
     // a segment URL of the playlist it was exchanged for (a native token)
     let (s, body) = status(h, &format!("/hls/{mine}/index.m3u8?token={ok}"), &[]);
     assert_eq!(s, 200);
-    let seg = body
-        .lines()
-        .find(|l| l.starts_with("/api/hls/"))
-        .unwrap()
-        .to_owned();
+    let seg = first_edge_uri(&body);
     assert_eq!(status(h, &seg, &[]).0, 200);
     let other = pyjwt(&user_key, &kid, claims(theirs));
     assert_eq!(
@@ -735,12 +714,7 @@ fn playback_tokens_carry_origins_viewer_ids_and_resolution_caps() {
         Some("https://app.example.net")
     );
     // the exchanged token keeps the rule
-    let seg = r
-        .text()
-        .lines()
-        .find(|l| l.starts_with("/api/hls/"))
-        .unwrap()
-        .to_owned();
+    let seg = first_edge_uri(&r.text());
     assert_eq!(
         status(h, &seg, &[("Origin", "https://evil.example.net")]).0,
         403
@@ -753,12 +727,7 @@ fn playback_tokens_carry_origins_viewer_ids_and_resolution_caps() {
     let p = token(json!({"streamID": id, "viewerId": "viewer-7"}));
     let r = get(h.ports.edge, &p, &[("User-Agent", UA)]).unwrap();
     assert_eq!(r.status, 200);
-    let seg = r
-        .text()
-        .lines()
-        .find(|l| l.starts_with("/api/hls/"))
-        .unwrap()
-        .to_owned();
+    let seg = first_edge_uri(&r.text());
     let other_viewer = token(json!({"streamID": id, "viewerId": "viewer-8"}));
     let (s, v, _) = api(
         h,
@@ -828,23 +797,14 @@ fn the_admin_sets_and_clears_cookie_mode_cookies() {
         None,
     );
     assert_eq!(s, 200, "{v}");
-    let set: Vec<&str> = r
-        .headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v.as_str())
-        .collect();
+    let set = r.set_cookies();
     assert_eq!(set.len(), 3, "{set:?}");
     for c in &set {
         for attr in ["Path=/hls/", "Secure", "HttpOnly", "SameSite=None"] {
             assert!(c.contains(attr), "{c}");
         }
     }
-    let cookie: String = set
-        .iter()
-        .map(|c| c.split(';').next().unwrap())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let cookie = r.cookie_header();
     let url = v["url"].as_str().unwrap();
     let (ok, err) = ffmpeg_play_with(url, UA, &[("Cookie", &cookie)]);
     assert!(ok, "{err}");
@@ -863,12 +823,7 @@ fn the_admin_sets_and_clears_cookie_mode_cookies() {
     assert_eq!(s, 403);
     let (s, _, r) = api(h, "POST", "/api/signout", None, None);
     assert_eq!(s, 204);
-    let cleared: Vec<&str> = r
-        .headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v.as_str())
-        .collect();
+    let cleared = r.set_cookies();
     assert!(cleared.len() >= 3);
     for c in cleared {
         assert!(c.contains("Max-Age=0") && c.contains("Path=/hls/"), "{c}");
@@ -890,13 +845,7 @@ fn a_host_header_cannot_widen_a_policy() {
         None,
     );
     assert_eq!(s, 200, "{v}");
-    let cookie: String = r
-        .headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v.split(';').next().unwrap())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let cookie = r.cookie_header();
     let edge = format!("127.0.0.1:{}", h.ports.edge);
     let bobs = format!("/hls/{theirs}/index.m3u8");
     // alice's cookies, a Host that carries her stream's path: refused before any policy

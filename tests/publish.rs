@@ -109,6 +109,40 @@ http {{
     Nginx { child }
 }
 
+/// `hlsgate serve` whose hooks relay into the nginx-rtmp started beside it (ports free on
+/// loopback, HLS written below `dir/media`).
+struct World {
+    ports: EdgePorts,
+    rtmp: u16,
+    http: u16,
+    media: PathBuf,
+    _serve: Hlsgate,
+    _nginx: Nginx,
+}
+
+impl World {
+    fn start(dir: &Path) -> World {
+        let (rtmp, http) = (free_port(), free_port());
+        let (config, ports) = write_config(dir, "2s", "streams: {}\n");
+        let text = std::fs::read_to_string(&config).unwrap()
+            + &format!(
+                "hooks:\n  rtmp_relay: \"rtmp://127.0.0.1:{rtmp}/hls/\"\n  rtmp_publish_url: \"rtmp://127.0.0.1:{rtmp}/live\"\n"
+            );
+        std::fs::write(&config, text).unwrap();
+        let serve = Hlsgate::start("serve", &config, ports.edge);
+        let media = dir.join("media");
+        let nginx = nginx(&media, rtmp, http, ports.admin);
+        World {
+            ports,
+            rtmp,
+            http,
+            media,
+            _serve: serve,
+            _nginx: nginx,
+        }
+    }
+}
+
 /// ffmpeg publishing a test picture and tone to `url` for at most `secs` seconds.
 fn publish(url: &str, secs: u32) -> Child {
     publish_with(url, secs, &[])
@@ -163,17 +197,8 @@ fn segments(playlist: &PathBuf) -> usize {
 #[test]
 fn nginx_rtmp_publishers_need_their_stream_key_and_play_through_the_edge() {
     let dir = tempfile::tempdir().unwrap();
-    let (rtmp, http) = (free_port(), free_port());
-    let (config, ports) = write_config(dir.path(), "2s", "streams: {}\n");
-    let text = std::fs::read_to_string(&config).unwrap()
-        + &format!(
-            "hooks:\n  rtmp_relay: \"rtmp://127.0.0.1:{rtmp}/hls/\"\n  rtmp_publish_url: \"rtmp://127.0.0.1:{rtmp}/live\"\n"
-        );
-    std::fs::write(&config, text).unwrap();
-    let _serve = Hlsgate::start("serve", &config, ports.edge);
-    let media = dir.path().join("media");
-    let _nginx = nginx(&media, rtmp, http, ports.admin);
-    let a = ports.admin;
+    let w = World::start(dir.path());
+    let (rtmp, http, media, a) = (w.rtmp, w.http, w.media.clone(), w.ports.admin);
 
     let creds = json!({"username": "publisher", "password": "correct horse battery"});
     assert_eq!(
@@ -442,17 +467,8 @@ fn callbacks_from_outside_allow_from_are_refused() {
 #[test]
 fn a_publisher_claiming_to_be_the_relay_is_dropped_at_rotation() {
     let dir = tempfile::tempdir().unwrap();
-    let (rtmp, http) = (free_port(), free_port());
-    let (config, ports) = write_config(dir.path(), "2s", "streams: {}\n");
-    let text = std::fs::read_to_string(&config).unwrap()
-        + &format!(
-            "hooks:\n  rtmp_relay: \"rtmp://127.0.0.1:{rtmp}/hls/\"\n  rtmp_publish_url: \"rtmp://127.0.0.1:{rtmp}/live\"\n"
-        );
-    std::fs::write(&config, text).unwrap();
-    let _serve = Hlsgate::start("serve", &config, ports.edge);
-    let media = dir.path().join("media");
-    let _nginx = nginx(&media, rtmp, http, ports.admin);
-    let a = ports.admin;
+    let w = World::start(dir.path());
+    let (rtmp, media, a) = (w.rtmp, w.media.clone(), w.ports.admin);
     let (jwt, id, key) = publisher(a, "spoofing-publisher");
     let url = format!("rtmp://127.0.0.1:{rtmp}/live/{key}");
     let mut spoof = publish_with(&url, 60, &["-rtmp_flashver", "ngx-local-relay"]);

@@ -446,12 +446,20 @@ fn tag_input(ip: IpAddr, prefix: u8) -> [u8; 18] {
 }
 
 impl Keyring {
-    /// Sign a grant with the active key.
+    /// Sign a grant with the active key. Its scope must fit (see [`Keyring::try_issue`]);
+    /// the edge's own grants always do.
     pub fn issue(&self, grant: &Grant) -> String {
+        self.try_issue(grant)
+            .expect("scopes that may not fit are issued with try_issue")
+    }
+
+    /// Sign a grant with the active key; `None` when its scope does not fit
+    /// [`MAX_SCOPE`] (a foreign credential with an outsized origin list).
+    pub fn try_issue(&self, grant: &Grant) -> Option<String> {
         self.issue_with(self.active_kid(), grant)
     }
 
-    fn issue_with(&self, kid: u8, g: &Grant) -> String {
+    fn issue_with(&self, kid: u8, g: &Grant) -> Option<String> {
         let key = self.key(kid).expect("kid of the keyring");
         let sid = g.stream.as_bytes();
         assert!(
@@ -482,17 +490,14 @@ impl Keyring {
         buf[44] = sid.len() as u8;
         let mut body_len = HEADER_LEN + sid.len();
         buf[HEADER_LEN..body_len].copy_from_slice(sid);
-        let scope = g
-            .scope
-            .encode()
-            .expect("scopes are checked to fit when granted");
+        let scope = g.scope.encode()?;
         buf[body_len..body_len + 2].copy_from_slice(&(scope.len() as u16).to_be_bytes());
         body_len += 2;
         buf[body_len..body_len + scope.len()].copy_from_slice(&scope);
         body_len += scope.len();
         let mac = key.mac(&[&buf[..body_len]]);
         buf[body_len..body_len + MAC_LEN].copy_from_slice(&mac[..MAC_LEN]);
-        URL_SAFE_NO_PAD.encode(&buf[..body_len + MAC_LEN])
+        Some(URL_SAFE_NO_PAD.encode(&buf[..body_len + MAC_LEN]))
     }
 
     /// Check a token presented by `viewer`. Order: shape (401), signature (401), stream and

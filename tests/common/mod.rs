@@ -564,6 +564,24 @@ impl Response {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+    /// Every `Set-Cookie` value.
+    pub fn set_cookies(&self) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The `Cookie` header a browser sends back for this response's `Set-Cookie`s.
+    pub fn cookie_header(&self) -> String {
+        self.set_cookies()
+            .iter()
+            .map(|c| c.split(';').next().unwrap())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -671,6 +689,35 @@ pub fn api_as(
     let r = send(method, port, path, &hs, body.as_deref().map(str::as_bytes)).unwrap();
     let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
     (r.status, v, r)
+}
+
+/// Register `user` (or find it registered) with the tests' password and log in through the
+/// admin on `port`: the login JWT.
+pub fn login_as(ua: &str, port: u16, user: &str) -> String {
+    let creds = serde_json::json!({"username": user, "password": "correct horse battery"});
+    let (s, v, _) = api_as(ua, port, "POST", "/api/register", None, Some(creds.clone()));
+    assert!(s == 201 || s == 409, "{v}");
+    let (s, v, _) = api_as(ua, port, "POST", "/api/login", None, Some(creds));
+    assert_eq!(s, 200, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// `POST /api/streams {"url"}` as `jwt`'s user through the admin on `port`: the new id.
+pub fn add_stream_as(ua: &str, port: u16, jwt: &str, url: &str) -> i64 {
+    let body = serde_json::json!({ "url": url });
+    let (s, v, _) = api_as(ua, port, "POST", "/api/streams", Some(jwt), Some(body));
+    assert_eq!(s, 201, "{v}");
+    v["id"].as_i64().unwrap()
+}
+
+/// The first URI of a rewritten playlist that goes back through the edge with a native
+/// token (`/api/hls/...`).
+pub fn first_edge_uri(playlist: &str) -> String {
+    playlist
+        .lines()
+        .find(|l| l.starts_with("/api/hls/"))
+        .unwrap_or_else(|| panic!("no edge URI in {playlist}"))
+        .to_owned()
 }
 
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
