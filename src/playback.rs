@@ -1,6 +1,7 @@
 //! The edge's URL grammar, built and parsed here only: the playback path
 //! `/api/hls/{token}/{stream}/{path}` (with `~o/{sig}/{abs path}` for exact origin paths
-//! outside the stream's folder that a playlist named), the path checks that keep `{path}`
+//! outside the stream's folder that a playlist named, and `~r/{sig}/{path}` for the
+//! renditions a capped grant may have), the path checks that keep `{path}`
 //! inside the stream's origin base, and the query rules (a playlist-named query carries a
 //! signature; a viewer's own query is dropped except LL-HLS delivery directives). Pure: no
 //! `Session`, no I/O.
@@ -30,6 +31,10 @@ pub enum Target<'a> {
     /// `~o/{sig}/{abs path}`: an exact origin path outside the base that a playlist named;
     /// `path` starts with `/`.
     Signed { sig: &'a str, path: &'a str },
+    /// `~r/{sig}/{path below the base}`: an object of a rendition that a grant with a
+    /// resolution cap may have (see `Keyring::sign_rendition`); `rel` is checked like
+    /// `InBase`.
+    Rendition { sig: &'a str, rel: &'a str },
 }
 
 /// Why a request path was refused.
@@ -64,6 +69,9 @@ impl RouteError {
 
 /// The prefix that marks a signed out-of-base path.
 pub const SIGNED: &str = "~o/";
+
+/// The prefix that marks a path of a rendition a capped grant may have.
+pub const RENDITION: &str = "~r/";
 
 /// The query parameter that carries the signature of a query a playlist named.
 pub const QUERY_SIG: &str = "hlsq";
@@ -200,17 +208,18 @@ pub fn parse(path: &str) -> Result<Route<'_>, RouteError> {
     if stream.is_empty() {
         return Err(RouteError::NotFound);
     }
-    let target = match rest.strip_prefix(SIGNED) {
-        Some(signed) => {
-            let slash = signed.find('/').ok_or(RouteError::BadPath)?;
-            let (sig, path) = signed.split_at(slash);
-            check_path(&path[1..])?;
-            Target::Signed { sig, path }
-        }
-        None => {
-            check_path(rest)?;
-            Target::InBase(rest)
-        }
+    let target = if let Some(signed) = rest.strip_prefix(SIGNED) {
+        let slash = signed.find('/').ok_or(RouteError::BadPath)?;
+        let (sig, path) = signed.split_at(slash);
+        check_path(&path[1..])?;
+        Target::Signed { sig, path }
+    } else if let Some(marked) = rest.strip_prefix(RENDITION) {
+        let (sig, rel) = marked.split_once('/').ok_or(RouteError::BadPath)?;
+        check_path(rel)?;
+        Target::Rendition { sig, rel }
+    } else {
+        check_path(rest)?;
+        Target::InBase(rest)
     };
     Ok(Route::Hls {
         token,
@@ -279,6 +288,26 @@ fn check_segments(p: &str) -> Result<(), RouteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendition_paths_are_parsed_and_checked() {
+        assert_eq!(
+            parse("/api/hls/TOK/demo/~r/SIG/v1/a.ts"),
+            Ok(Route::Hls {
+                token: "TOK",
+                stream: "demo",
+                target: Target::Rendition {
+                    sig: "SIG",
+                    rel: "v1/a.ts"
+                }
+            })
+        );
+        assert_eq!(
+            parse("/api/hls/TOK/demo/~r/SIG/../../etc/passwd"),
+            Err(RouteError::BadPath)
+        );
+        assert_eq!(parse("/api/hls/TOK/demo/~r/SIG"), Err(RouteError::BadPath));
+    }
 
     #[test]
     fn routes() {

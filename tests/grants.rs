@@ -223,3 +223,98 @@ fn origin_headers_reach_viewers_only_from_the_allow_list() {
         r.headers
     );
 }
+
+/// A 1080/360 ladder made of the `ts` stream's files: `tall/` with a folder per rendition,
+/// `flat/` with both variant playlists beside the master.
+fn make_ladders(root: &std::path::Path) {
+    let ts = root.join("ts");
+    let inf = |h: u32, w: u32| {
+        format!(
+            "#EXT-X-STREAM-INF:BANDWIDTH={},RESOLUTION={w}x{h}\n",
+            h * 1000
+        )
+    };
+    for (dir, hi, lo) in [
+        ("tall", "v0/index.m3u8", "v1/index.m3u8"),
+        ("flat", "hi.m3u8", "lo.m3u8"),
+    ] {
+        for v in [hi, lo] {
+            let target = root.join(dir).join(v);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(ts.join("index.m3u8"), &target).unwrap();
+            for e in std::fs::read_dir(&ts).unwrap() {
+                let e = e.unwrap();
+                if e.file_name().to_string_lossy().ends_with(".ts") {
+                    std::fs::copy(e.path(), target.parent().unwrap().join(e.file_name())).unwrap();
+                }
+            }
+        }
+        let master = format!("#EXTM3U\n{}{hi}\n{}{lo}\n", inf(1080, 1920), inf(360, 640));
+        std::fs::write(root.join(dir).join("master.m3u8"), master).unwrap();
+    }
+}
+
+#[test]
+fn a_resolution_cap_refuses_taller_renditions_on_every_edge() {
+    let h = harness();
+    make_ladders(&h.root);
+    let jwt = login(h, "erin-grants");
+    let tall = add_stream(h, &jwt, "tall/master.m3u8");
+    let sd = playback_token(h, &jwt, json!({"streamID": tall, "maxResolution": "SD"}));
+    let (s, master) = on(&h.serve, &sd, &[]);
+    assert_eq!(s, 200, "{master}");
+    assert_eq!(master.matches("#EXT-X-STREAM-INF").count(), 1, "{master}");
+    assert!(master.contains("RESOLUTION=640x360"), "{master}");
+    let variant = first_edge_uri(&master);
+    assert!(
+        variant.contains("/~r/") && variant.ends_with("/v1/index.m3u8"),
+        "{variant}"
+    );
+    // the kept rendition plays on the other edge, playlist and segments
+    let (s, media) = on(&h.edge2, &variant, &[]);
+    assert_eq!(s, 200, "{media}");
+    let segment = first_edge_uri(&media);
+    assert_eq!(on(&h.edge2, &segment, &[]).0, 200);
+    let (ok, err) = ffmpeg_play(&format!("http://127.0.0.1:{}{sd}", h.serve.port), UA);
+    assert!(ok, "{err}");
+    // the 1080 rendition, asked for directly, through either edge: refused
+    let refused = r#"{"error":"rendition not allowed for this token"}"#.to_owned();
+    let direct = sd.replace("master.m3u8", "v0/index.m3u8");
+    for edge in [&h.serve, &h.edge2] {
+        assert_eq!(on(edge, &direct, &[]), (403, refused.clone()), "{direct}");
+    }
+    // with the capped native token: unmarked, or under the kept rendition's signatures
+    let (marker, rest) = variant.split_once("/~r/").unwrap();
+    let sig = rest.split('/').next().unwrap();
+    let unmarked = format!("{marker}/v0/index.m3u8");
+    let borrowed = format!("{marker}/~r/{sig}/v0/index.m3u8");
+    let seg_sig = segment
+        .split("/~r/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let tall_segment = format!("{marker}/~r/{seg_sig}/v0/index0.ts");
+    for path in [&unmarked, &borrowed, &tall_segment] {
+        for edge in [&h.serve, &h.edge2] {
+            assert_eq!(on(edge, path, &[]), (403, refused.clone()), "{path}");
+        }
+    }
+    // an uncapped token has the whole ladder
+    let full = playback_token(h, &jwt, json!({"streamID": tall}));
+    assert_eq!(
+        on(&h.serve, &full.replace("master.m3u8", "v0/index.m3u8"), &[]).0,
+        200
+    );
+    // a flat layout: the taller variant playlist beside the kept one stays refused
+    let flat = add_stream(h, &jwt, "flat/master.m3u8");
+    let sd = playback_token(h, &jwt, json!({"streamID": flat, "maxResolution": "SD"}));
+    let (s, master) = on(&h.edge2, &sd, &[]);
+    assert_eq!(s, 200, "{master}");
+    let lo = first_edge_uri(&master);
+    assert!(lo.ends_with("/lo.m3u8"), "{lo}");
+    assert_eq!(on(&h.edge2, &lo, &[]).0, 200);
+    let hi = lo.replace("/lo.m3u8", "/hi.m3u8");
+    assert_eq!(on(&h.edge2, &hi, &[]), (403, refused.clone()));
+}

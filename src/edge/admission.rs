@@ -154,7 +154,7 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
     }
     let query = Query::parse(req.query.unwrap_or("")).map_err(Denial::route)?;
     let kind = Kind::of(match &target {
-        Target::InBase(p) => p,
+        Target::InBase(p) | Target::Rendition { rel: p, .. } => p,
         Target::Signed { path, .. } => path,
     });
 
@@ -223,8 +223,25 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         Checked::Redirect(to) => return Ok(Admission::Redirect(to)),
     };
     let rules = verified.scope.rules.clone();
+    let cap = rules.as_ref().and_then(|r| r.max_height);
+    let base = &stream.origin.space().base;
+    let rendition_refused = Denial::new(403, "rendition", "rendition not allowed for this token");
     let (origin_path, signed_target) = match target {
-        Target::InBase(rel) => (format!("{}{rel}", stream.origin.space().base), false),
+        // A grant with a resolution cap has its stream's own playlist (the master the
+        // taller variants are cut from) and what that names, through `~r/` signatures.
+        Target::InBase(rel) if cap.is_some() && rel != stream.playlist => {
+            return Err(rendition_refused)
+        }
+        Target::InBase(rel) => (format!("{base}{rel}"), false),
+        Target::Rendition { sig, rel } => {
+            let scope = crate::playlist::rendition_scope(rel.as_bytes());
+            let scope = std::str::from_utf8(scope).unwrap_or_default();
+            match cap {
+                Some(cap) if st.keyring.verify_rendition(stream_id, cap, scope, sig) => {}
+                _ => return Err(rendition_refused),
+            }
+            (format!("{base}{rel}"), false)
+        }
         Target::Signed { sig, path } => {
             if matches!(stream.origin, Origin::File { .. })
                 || !st.keyring.verify_path(stream_id, path, sig)

@@ -348,23 +348,22 @@ impl EdgeProxy {
     fn rewriter(&self, ctx: &Ctx) -> Rewriter<EdgeUris> {
         let stream = ctx.stream.as_ref().expect("set before rewriting");
         let prefix = playback::prefix(&ctx.token, &stream.id).into_bytes();
+        let keyring = self.state().keyring.clone();
         let uris = EdgeUris::new(
             stream.origin.space().clone(),
             prefix,
             &ctx.origin_path,
-            self.state().keyring.clone(),
+            keyring.clone(),
             &stream.id,
         );
-        // The seed's way: relative URIs keep working with no rewriting, since the token is
-        // in the path. Only a renewed token must be written into them.
-        let rw = Rewriter::new(if ctx.token_renewed || ctx.signed_target {
-            uris
-        } else {
-            uris.keep_plain_relative()
-        });
         match self.max_height(ctx) {
-            Some(h) => rw.cut_ladder(h),
-            None => rw,
+            // A capped grant: taller variants cut from masters, and every URI carries the
+            // signature of the rendition scope it opens (admission refuses the rest).
+            Some(h) => Rewriter::new(uris.capped(h, keyring, &stream.id)).cut_ladder(h),
+            // The seed's way: relative URIs keep working with no rewriting, since the token
+            // is in the path. Only a renewed token must be written into them.
+            None if ctx.token_renewed || ctx.signed_target => Rewriter::new(uris),
+            None => Rewriter::new(uris.keep_plain_relative()),
         }
     }
 

@@ -20,7 +20,7 @@ mod uri;
 
 pub use ladder::Ladder;
 
-pub use uri::{is_plain_relative, EdgeUris, OriginSpace};
+pub use uri::{is_plain_relative, rendition_scope, EdgeUris, OriginSpace};
 
 use memchr::{memchr, memmem};
 use std::sync::LazyLock;

@@ -8,6 +8,11 @@
 //!   host to speak of: such URIs are left alone there)
 //! - other hosts, other schemes (`skd://`, `data:`), and `https://` when the origin is
 //!   `http://` (or the reverse): unchanged, so no token leaks to a third party.
+//! - for a grant capped at a resolution ([`EdgeUris::capped`]), every URI inside the base
+//!   is `{prefix}~r/{signature}/{path below the base}`: the signature covers the stream,
+//!   the cap and the scope the URI opens (a playlist's exact path, or a segment's folder),
+//!   so such a grant reaches only renditions a playlist rewritten for it named — the
+//!   master's kept variants, and their segments.
 
 use super::UriMap;
 use crate::token::Keyring;
@@ -40,6 +45,16 @@ pub struct EdgeUris {
     /// Plain relative URIs stay as they are: the viewer resolves them against the
     /// playlist's own edge URL, which already carries the right token.
     keep_plain: bool,
+    /// A grant capped at this many lines: in-base URIs carry rendition signatures, and
+    /// the last scope signed (a segment folder, usually the same for every line).
+    capped: Option<Capped>,
+}
+
+struct Capped {
+    cap: u32,
+    keyring: Arc<Keyring>,
+    stream: String,
+    last: Option<(Vec<u8>, String)>,
 }
 
 impl EdgeUris {
@@ -67,7 +82,22 @@ impl EdgeUris {
             dir,
             signer,
             keep_plain: false,
+            capped: None,
         }
+    }
+
+    /// Rewrite for a grant capped at `cap` lines (see the module doc): no URI inside the
+    /// base is left plain, each carries the signature of the scope it opens.
+    pub fn capped(mut self, cap: u32, keyring: Arc<Keyring>, stream: &str) -> Self {
+        self.keep_plain = false;
+        self.fast = None;
+        self.capped = Some(Capped {
+            cap,
+            keyring,
+            stream: stream.to_owned(),
+            last: None,
+        });
+        self
     }
 
     /// Leave plain relative URIs (`seg12.ts`, `v0/index.m3u8`) unchanged. Right when the
@@ -276,6 +306,9 @@ impl UriMap for EdgeUris {
         let path = normalize(&abs);
         if let Some(below) = path.strip_prefix(self.origin.base.as_bytes()) {
             out.extend_from_slice(&self.prefix);
+            if let Some(c) = &mut self.capped {
+                c.mark(below, out);
+            }
             out.extend_from_slice(below);
             self.query(&path, query, out);
             return;
@@ -292,6 +325,35 @@ impl UriMap for EdgeUris {
             None => out.extend_from_slice(uri),
         }
     }
+}
+
+impl Capped {
+    /// Append `~r/{signature}/` for the object at `below` (its path below the base).
+    fn mark(&mut self, below: &[u8], out: &mut Vec<u8>) {
+        let scope = rendition_scope(below);
+        let sig = match &self.last {
+            Some((s, sig)) if s.as_slice() == scope => sig,
+            _ => {
+                let text = String::from_utf8_lossy(scope);
+                let sig = self.keyring.sign_rendition(&self.stream, self.cap, &text);
+                &self.last.insert((scope.to_vec(), sig)).1
+            }
+        };
+        out.extend_from_slice(crate::playback::RENDITION.as_bytes());
+        out.extend_from_slice(sig.as_bytes());
+        out.push(b'/');
+    }
+}
+
+/// The scope a rendition signature gives an object at `below` (its path below the base):
+/// a playlist its exact path (a variant playlist opens itself, not its siblings: in a flat
+/// layout the taller variants lie beside it), anything else its folder (`""` for the base).
+pub fn rendition_scope(below: &[u8]) -> &[u8] {
+    if below.ends_with(b".m3u8") {
+        return below;
+    }
+    let end = below.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+    &below[..end]
 }
 
 impl EdgeUris {
@@ -336,6 +398,47 @@ mod tests {
             authority: "origin.example:8000".into(),
             base: "/live/s1/".into(),
         }
+    }
+
+    #[test]
+    fn a_capped_grants_uris_carry_the_signature_of_their_rendition_scope() {
+        let k = Arc::new(ring());
+        let mut m = EdgeUris::new(
+            Arc::new(http()),
+            b"/api/hls/TOK/s1/".to_vec(),
+            "/live/s1/master.m3u8",
+            k.clone(),
+            "s1",
+        )
+        .capped(480, k.clone(), "s1");
+        assert_eq!(m.plain_prefix(), None, "no URI is left plain");
+        let mut map = |uri: &str| {
+            let mut out = Vec::new();
+            m.map(uri.as_bytes(), &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let variant = map("v1/index.m3u8");
+        let sig = k.sign_rendition("s1", 480, "v1/index.m3u8");
+        assert_eq!(variant, format!("/api/hls/TOK/s1/~r/{sig}/v1/index.m3u8"));
+        // segments: their folder's signature, the same for every one of them
+        let folder = k.sign_rendition("s1", 480, "v1/");
+        assert_eq!(
+            map("v1/a.ts"),
+            format!("/api/hls/TOK/s1/~r/{folder}/v1/a.ts")
+        );
+        assert_eq!(
+            map("/live/s1/v1/b.ts"),
+            format!("/api/hls/TOK/s1/~r/{folder}/v1/b.ts")
+        );
+        // a scope is signed for one cap and one stream
+        assert!(k.verify_rendition("s1", 480, "v1/", &folder));
+        assert!(!k.verify_rendition("s1", 720, "v1/", &folder));
+        assert!(!k.verify_rendition("s2", 480, "v1/", &folder));
+        assert!(!k.verify_rendition("s1", 480, "v0/", &folder));
+        // other hosts are still left alone
+        assert_eq!(map("https://cdn.other/x.ts"), "https://cdn.other/x.ts");
+        assert_eq!(rendition_scope(b"a.ts"), b"");
+        assert_eq!(rendition_scope(b"v0/hi.m3u8"), b"v0/hi.m3u8");
     }
 
     fn map_one(origin: &OriginSpace, playlist: &str, uri: &str) -> String {

@@ -629,6 +629,20 @@ impl Keyring {
         self.verify_short(&[b"path\0", stream.as_bytes(), b"\0", path.as_bytes()], sig)
     }
 
+    /// Signature that lets a grant capped at `cap` lines (a JWT's `aws:maximum-resolution`)
+    /// have `scope` below the base of `stream`: a rendition's media playlist (`scope` is its
+    /// path) or a folder of its segments (`scope` ends in `/`, `""` for the base itself).
+    /// Made when the edge rewrites a playlist for such a grant; the cap is part of what is
+    /// signed, so a signature made for one cap never opens more for a higher one's holder.
+    pub fn sign_rendition(&self, stream: &str, cap: u32, scope: &str) -> String {
+        self.sign_short(&rendition_parts(stream, &cap.to_be_bytes(), scope))
+    }
+
+    /// Whether `sig` is [`Keyring::sign_rendition`]'s signature.
+    pub fn verify_rendition(&self, stream: &str, cap: u32, scope: &str, sig: &str) -> bool {
+        self.verify_short(&rendition_parts(stream, &cap.to_be_bytes(), scope), sig)
+    }
+
     /// Signature of the query `query` (its named part, see
     /// [`crate::playback::named_query`]) that a playlist gave the object at origin path
     /// `path` of `stream`: only such a query reaches the origin. Same form as
@@ -678,6 +692,17 @@ impl Keyring {
         };
         bool::from(key.mac(parts)[..12].ct_eq(&buf[1..13]))
     }
+}
+
+/// What a rendition signature covers.
+fn rendition_parts<'a>(stream: &'a str, cap: &'a [u8; 4], scope: &'a str) -> [&'a [u8]; 5] {
+    [
+        b"rendition\0",
+        cap,
+        stream.as_bytes(),
+        b"\0",
+        scope.as_bytes(),
+    ]
 }
 
 /// What a query signature covers.
