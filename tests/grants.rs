@@ -318,3 +318,55 @@ fn a_resolution_cap_refuses_taller_renditions_on_every_edge() {
     let hi = lo.replace("/lo.m3u8", "/hi.m3u8");
     assert_eq!(on(&h.edge2, &hi, &[]), (403, refused.clone()));
 }
+
+/// After `--upgrade` (the old process hands its sockets over and exits), the new process
+/// knows nothing the old one learnt: the grant comes with the token.
+#[test]
+fn a_grant_holds_after_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let root = dir.join("origin");
+    let origin = Origin::with_streams(root.clone());
+    make_ladders(&root);
+    let (config, ports) = write_config(&dir, "2s", "streams: {}\n");
+    add_config_keys(
+        &config,
+        "edge",
+        &format!("  upgrade_socket: \"{}/upgrade.sock\"\n", dir.display()),
+    );
+    let mut old = Hlsgate::start("serve", &config, ports.edge);
+    let jwt = login_as(UA, ports.admin, "frank-upgrade");
+    let url = format!("http://127.0.0.1:{}/tall/master.m3u8", origin.port);
+    let id = add_stream_as(UA, ports.admin, &jwt, &url);
+    let body = json!({"streamID": id, "maxResolution": "SD",
+        "allowOrigin": "https://app.example.net", "strictOrigin": true});
+    let (s, v, _) = api_as(
+        UA,
+        ports.admin,
+        "POST",
+        "/api/playback-token",
+        Some(&jwt),
+        Some(body),
+    );
+    assert_eq!(s, 200, "{v}");
+    let app = ("Origin", "https://app.example.net");
+    let (s, master) = on(&old, &path_of(v["url"].as_str().unwrap()), &[app]);
+    assert_eq!(s, 200, "{master}");
+    let variant = first_edge_uri(&master);
+    let marker = variant.split_once("/~r/").unwrap().0.to_owned();
+    assert_eq!(on(&old, &variant, &[app]).0, 200);
+
+    let new = Hlsgate::spawn("serve", &config, ports.edge, &["--upgrade"]);
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    assert!(
+        old.wait_exit(Duration::from_secs(15)).is_some(),
+        "{}",
+        old.log_text()
+    );
+    new.wait_healthy();
+    // the same token on the new process: its rules and its cap hold
+    assert_eq!(on(&new, &variant, &[app]).0, 200);
+    assert_eq!(on(&new, &variant, &[]).0, 403, "strict origin");
+    let tall = format!("{marker}/v0/index.m3u8");
+    assert_eq!(on(&new, &tall, &[app]).0, 403, "resolution cap");
+}
