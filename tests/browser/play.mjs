@@ -1,7 +1,7 @@
 // hls.js in headless Chromium (Debian's chromium, driven by playwright-core) plays one URL
 // through the edge from a page served on another port (so every request is cross-origin).
 //
-//   [UA=...] node play.mjs URL [COOKIES_JSON]
+//   [UA=...] [IGNORE_TLS=1] [PAGE_TLS=CERT:KEY] node play.mjs URL [COOKIES_JSON]
 //
 // COOKIES_JSON: the cookies to put in the browser first (`[{name, value, domain, path}]`,
 // as the admin's Set-Cookie gave them); then the page asks with credentials
@@ -10,6 +10,7 @@
 // buffered into the video element's MediaSource, or {"result": "error", ...} on a fatal
 // hls.js error; exits after at most 30 s either way.
 import http from 'node:http';
+import https from 'node:https';
 import fs from 'node:fs';
 import { chromium } from 'playwright-core';
 
@@ -38,7 +39,14 @@ const html = `<!doctype html><meta charset="utf-8"><title>hlsgate player</title>
   v.play().catch(() => {});
 </script>`;
 
-const server = http.createServer((req, res) => {
+// PAGE_TLS=CERT:KEY serves the page over HTTPS (so that an HTTPS edge on the same host is
+// same-site and its cookies first-party, as on a real site).
+const pageTls = process.env.PAGE_TLS ? process.env.PAGE_TLS.split(':') : null;
+const serve = (handler) =>
+  pageTls
+    ? https.createServer({ cert: fs.readFileSync(pageTls[0]), key: fs.readFileSync(pageTls[1]) }, handler)
+    : http.createServer(handler);
+const server = serve((req, res) => {
   if (req.url === '/hls.min.js') {
     res.writeHead(200, { 'Content-Type': 'text/javascript' });
     res.end(hlsjs);
@@ -48,7 +56,7 @@ const server = http.createServer((req, res) => {
   }
 });
 await new Promise((r) => server.listen(0, '127.0.0.1', r));
-const pageUrl = `http://127.0.0.1:${server.address().port}/`;
+const pageUrl = `${pageTls ? 'https' : 'http'}://127.0.0.1:${server.address().port}/`;
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -56,7 +64,11 @@ const browser = await chromium.launch({
 });
 let out;
 try {
-  const context = await browser.newContext(process.env.UA ? { userAgent: process.env.UA } : {});
+  const context = await browser.newContext({
+    ...(process.env.UA ? { userAgent: process.env.UA } : {}),
+    // A test's self-signed edge certificate (IGNORE_TLS=1 only).
+    ignoreHTTPSErrors: process.env.IGNORE_TLS === '1',
+  });
   if (cookies.length) await context.addCookies(cookies);
   const page = await context.newPage();
   await page.goto(pageUrl);
