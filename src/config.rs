@@ -218,6 +218,10 @@ struct FileEdge {
     token_max_ips: usize,
     /// Refuse (403) a session past `token_max_ips`, not only count it.
     token_block_shared: bool,
+    /// Credentials (JWT, CloudFront, Akamai, secure_link) from one client address that may
+    /// fail their signature check per second; past it that address is answered 429 without
+    /// a check until the next second (0: no bound).
+    max_failed_verifications: u32,
     #[serde(deserialize_with = "duration")]
     origin_total_timeout: Duration,
     cors: FileCors,
@@ -270,6 +274,7 @@ impl Default for FileEdge {
             header_timeout: Duration::from_secs(10),
             max_connections: 20_000,
             token_max_ips: 0,
+            max_failed_verifications: 20,
             token_block_shared: false,
             origin_total_timeout: Duration::from_secs(60),
             cors: FileCors::default(),
@@ -518,6 +523,9 @@ pub struct Edge {
     pub max_connections: usize,
     /// `edge.token_max_ips`: distinct addresses one token session may use (0: off).
     pub token_max_ips: usize,
+    /// `edge.max_failed_verifications`: failed credential checks per client address and
+    /// second before it is answered 429 (0: off).
+    pub max_failed_verifications: u32,
     /// `edge.token_block_shared`: refuse, not only count, a session past it.
     pub token_block_shared: bool,
     /// Longest one origin fetch may take from connect to its last body byte.
@@ -1060,6 +1068,7 @@ impl Config {
                 header_timeout: f.edge.header_timeout,
                 max_connections: f.edge.max_connections,
                 token_max_ips: f.edge.token_max_ips,
+                max_failed_verifications: f.edge.max_failed_verifications,
                 token_block_shared: f.edge.token_block_shared,
                 origin_total_timeout: f.edge.origin_total_timeout,
                 cors_allow_origins: f.edge.cors.allow_origins,

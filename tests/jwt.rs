@@ -15,6 +15,7 @@ const UA: &str = "hlsgate-jwt-player/1.0";
 
 struct Harness {
     edge: Hlsgate,
+    metrics: u16,
     keys: PathBuf,
     _origin: Origin,
 }
@@ -45,9 +46,12 @@ fn harness() -> &'static Harness {
             "tokens",
             &format!("  jwt:\n    keys:\n      ivs: \"{k}/es384.pub\"\n      k256: \"{k}/es256.pub\"\n      rsa: \"{k}/rsa.pub\"\n"),
         );
+        // the forged-credential test floods as an address of its own (X-Forwarded-For)
+        add_config_keys(&config, "edge", "  trusted_proxies: [\"127.0.0.1\"]\n");
         let edge = Hlsgate::start("edge", &config, ports.edge);
         Harness {
             edge,
+            metrics: ports.metrics,
             keys,
             _origin: origin,
         }
@@ -272,4 +276,82 @@ fn a_verified_jwt_is_remembered_but_still_expires_and_stays_on_its_stream() {
     std::thread::sleep(std::time::Duration::from_millis(3100));
     let (s, body) = status(h, &path("ts", "index.m3u8", &jwt));
     assert_eq!((s, body.as_str()), (401, "{\"error\":\"token expired\"}"));
+}
+
+/// The flooding client's address, through the trusted loopback proxy.
+const FLOODER: (&str, &str) = ("X-Forwarded-For", "203.0.113.66");
+
+/// [`status`] as the flooding client.
+fn flooder(h: &Harness, p: &str) -> (u16, String) {
+    let r = get(h.edge.port, p, &[("User-Agent", UA), FLOODER]).unwrap();
+    (r.status, r.text())
+}
+
+/// A metric's value summed over the series whose text contains `filter`.
+fn metric(h: &Harness, name: &str, filter: &str) -> f64 {
+    let text = get(h.metrics, "/metrics", &[]).unwrap().text();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn forged_credentials_are_bounded_per_address_and_made_up_kids_cost_no_query() {
+    let h = harness();
+    let good = ivs(h, "ts", now() + 300);
+    // a flood of JWTs signed with a key nobody registered, under the registered kid: each
+    // would cost an ES384 check; past edge.max_failed_verifications (20) a second, 429
+    let forged = sign(
+        h,
+        "rogue.pem",
+        "ES384",
+        Some("ivs"),
+        json!({"stream": "ts", "exp": now() + 300}),
+    );
+    let p = path("ts", "index.m3u8", &forged);
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        let (s, _) = flooder(h, &p);
+        statuses.push(s);
+        if s == 429 {
+            break;
+        }
+    }
+    let refused = statuses.iter().filter(|&&s| s == 401).count();
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(
+        (20..=40).contains(&refused),
+        "{refused} checks before 429: {statuses:?}"
+    );
+    let r = get(h.edge.port, &p, &[("User-Agent", UA), FLOODER]).unwrap();
+    if r.status == 429 {
+        assert_eq!(r.header("Retry-After"), Some("1"));
+        assert_eq!(
+            r.text(),
+            r#"{"error":"too many failed credentials from this address"}"#
+        );
+    }
+    // the next second the address is checked again, and a good token plays
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert_eq!(flooder(h, &path("ts", "index.m3u8", &good)).0, 200);
+    assert!(metric(h, "hlsgate_auth_denials_total", "verify_rate") >= 1.0);
+
+    // JWTs naming kids nobody registered: none is looked up in the store one by one
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    let before = metric(h, "hlsgate_store_queries_total", "what=\"playback_key\"");
+    for i in 0..15 {
+        let kid = format!("pk_{i:032x}");
+        let t = sign(
+            h,
+            "rogue.pem",
+            "ES384",
+            Some(&kid),
+            json!({"stream": "ts", "exp": now() + 300}),
+        );
+        assert_eq!(flooder(h, &path("ts", "index.m3u8", &t)).0, 401);
+    }
+    let after = metric(h, "hlsgate_store_queries_total", "what=\"playback_key\"");
+    assert_eq!(after, before, "a store query per made-up kid");
+    assert!(metric(h, "hlsgate_store_queries_total", "what=\"playback_kids\"") >= 1.0);
 }

@@ -319,6 +319,16 @@ async fn exchange(
             return Ok(Exchange::Token(token, v));
         }
     }
+    // An address that has failed this second's credential checks is not given another
+    // (an ES384 check costs ~0.8 ms: a flood of forged JWTs must not buy the CPU that
+    // admitted viewers need).
+    if st.checks_exhausted(viewer.ip, viewer.now) {
+        return Err(Denial::new(
+            429,
+            "verify_rate",
+            "too many failed credentials from this address",
+        ));
+    }
     // A JWT naming a key that is not configured may name one a user registered.
     let stored_key = match (&st.directory, query.token) {
         (Some(d), Some(t)) => match crate::token::jwt::JwtKeys::kid_of(t) {
@@ -337,7 +347,13 @@ async fn exchange(
         stored_key,
     };
     let f = match super::modes::verify(&facts) {
-        Some(r) => r.map_err(Denial::token)?,
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            if matches!(e, TokenError::Forged | TokenError::Malformed) {
+                st.check_failed(viewer.ip, viewer.now);
+            }
+            return Err(Denial::token(e));
+        }
         // No credentials at all: the platform's handler may decide.
         None => match external(st, req, viewer).await? {
             Ok(f) => f,

@@ -73,6 +73,9 @@ pub struct EdgeState {
     pub viewers: Option<Arc<viewers::Viewers>>,
     /// The addresses each token session came from lately (`edge.token_max_ips`).
     pub session_ips: moka::sync::Cache<[u8; 16], Arc<parking_lot::Mutex<Vec<std::net::IpAddr>>>>,
+    /// Failed credential checks by client address: `(unix second, failures in it)`
+    /// (`edge.max_failed_verifications`).
+    pub failed_checks: moka::sync::Cache<std::net::IpAddr, Arc<parking_lot::Mutex<(u32, u32)>>>,
     /// `auth.external`: the platform's handler, its slots and its decisions.
     pub external: Option<Arc<external::External>>,
     /// The key of the exchange cache's hash (random per process).
@@ -166,6 +169,10 @@ impl EdgeState {
                 .max_capacity(1_000_000)
                 .time_to_idle(std::time::Duration::from_secs(600))
                 .build(),
+            failed_checks: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(10))
+                .build(),
             exchange_key: {
                 let mut k = [0u8; 16];
                 getrandom::getrandom(&mut k).expect("the OS has randomness");
@@ -198,6 +205,7 @@ impl EdgeState {
         next.verbatim = self.verbatim.clone();
         next.failed = self.failed.clone();
         next.session_ips = self.session_ips.clone();
+        next.failed_checks = self.failed_checks.clone();
         next.exchange_key = self.exchange_key;
         if let (Some(old), Some(new)) = (&self.external, &cfg.external) {
             if old.config() == new {
@@ -228,6 +236,32 @@ impl EdgeState {
             }
         }
         ips.len() > max && !ips[..max].contains(&ip)
+    }
+
+    /// Whether `ip` has used up this second's failed credential checks
+    /// (`edge.max_failed_verifications`): it is then answered 429 without a check.
+    pub fn checks_exhausted(&self, ip: std::net::IpAddr, now: u32) -> bool {
+        let max = self.cfg.edge.max_failed_verifications;
+        max > 0
+            && self
+                .failed_checks
+                .get(&ip)
+                .is_some_and(|c| matches!(*c.lock(), (s, n) if s == now && n >= max))
+    }
+
+    /// Count a credential from `ip` that failed its check at `now`.
+    pub fn check_failed(&self, ip: std::net::IpAddr, now: u32) {
+        if self.cfg.edge.max_failed_verifications == 0 {
+            return;
+        }
+        let c = self
+            .failed_checks
+            .get_with(ip, || Arc::new(parking_lot::Mutex::new((now, 0))));
+        let mut c = c.lock();
+        if c.0 != now {
+            *c = (now, 0);
+        }
+        c.1 = c.1.saturating_add(1);
     }
 
     /// Whether CloudFront key pair `id` is one this edge verifies with: a configured public

@@ -35,6 +35,10 @@ pub fn error_header(status: u16, len: usize, cors: &Cors) -> pingora_error::Resu
     h.insert_header("Content-Type", "application/json")?;
     h.insert_header("Content-Length", len.to_string())?;
     h.insert_header("Cache-Control", "no-store")?;
+    if status == 429 {
+        // The bounds the edge answers 429 for are per second.
+        h.insert_header("Retry-After", "1")?;
+    }
     cors.apply(&mut h)?;
     Ok(h)
 }

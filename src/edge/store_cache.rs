@@ -44,6 +44,9 @@ pub struct StoreCache {
     revoked: Cache<(String, String), bool>,
     /// Playback keys users registered, by `kid`.
     keys: Cache<String, Option<Arc<StoredKey>>>,
+    /// Every registered `kid` (one store query per `store.cache_ttl`): a kid outside it is
+    /// no registered key, with no query of its own.
+    kids: Cache<(), Arc<std::collections::HashSet<String>>>,
     /// Viewer sessions of a stream seen in the last 30 s, across the edges.
     viewer_counts: Cache<String, i64>,
 }
@@ -76,6 +79,7 @@ impl StoreCache {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            kids: Cache::builder().max_capacity(1).time_to_live(ttl).build(),
             viewer_counts: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
@@ -229,8 +233,21 @@ impl StoreCache {
         .await
     }
 
-    /// A playback key a user registered, by `kid`.
+    /// A playback key a user registered, by `kid`. A kid that is not among the registered
+    /// ones (as of `store.cache_ttl` ago at most) is answered without a query.
     pub async fn playback_key(&self, kid: &str) -> Result<Option<Arc<StoredKey>>, Arc<StoreError>> {
+        let kids = self
+            .cached(
+                &self.kids,
+                &(),
+                "playback_kids",
+                |store, ()| async move { store.playback_kids().await.map(Some) },
+                |kids| Arc::new(kids.unwrap_or_default().into_iter().collect()),
+            )
+            .await?;
+        if !kids.contains(kid) {
+            return Ok(None);
+        }
         self.cached(
             &self.keys,
             kid,
@@ -277,6 +294,7 @@ impl Changes for StoreCache {
 
     async fn playback_key_changed(&self, kid: &str) {
         self.keys.invalidate(kid).await;
+        self.kids.invalidate(&()).await;
     }
 
     async fn session_ended(&self, id: [u8; 16]) {

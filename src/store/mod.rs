@@ -122,6 +122,9 @@ pub trait Store: Send + Sync + 'static {
     async fn playback_keys(&self, user_id: i64) -> Result<Vec<PlaybackKey>>;
     /// Any user's key by `kid`, for the edge (which checks the owner against the stream).
     async fn playback_key(&self, kid: &str) -> Result<Option<PlaybackKey>>;
+    /// Every registered key's `kid`: the edge asks for a key only when it is one of them,
+    /// so a flood of JWTs naming made-up kids costs no store query each.
+    async fn playback_kids(&self) -> Result<Vec<String>>;
     /// Delete one of the user's keys; false when the user has no key `kid`.
     async fn delete_playback_key(&self, user_id: i64, kid: &str) -> Result<bool>;
     /// Revoke a JWT `aws:viewer-id` for a stream (idempotent).

@@ -360,6 +360,13 @@ macro_rules! sql_store {
                 .map_err(unavailable)
             }
 
+            async fn playback_kids(&self) -> Result<Vec<String>> {
+                sqlx::query_scalar::<_, String>("SELECT kid FROM playback_keys")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(unavailable)
+            }
+
             async fn delete_playback_key(&self, user_id: i64, kid: &str) -> Result<bool> {
                 sqlx::query("DELETE FROM playback_keys WHERE kid = $1 AND user_id = $2")
                     .bind(kid)
