@@ -461,6 +461,61 @@ fn callbacks_from_outside_allow_from_are_refused() {
     assert_eq!(v["live"], false);
 }
 
+/// Behind a reverse proxy on the same host every caller reaches the admin from loopback:
+/// a forwarded callback is judged by the client the proxy names (with the proxy in
+/// `admin.trusted_proxies`), and refused when the proxy is not trusted.
+#[test]
+fn forwarded_callbacks_are_judged_by_the_real_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, ports) = write_config(dir.path(), "2s", "streams: {}\n");
+    let _serve = Hlsgate::start("serve", &config, ports.edge);
+    let a = ports.admin;
+    let (jwt, id, key) = publisher(a, "proxied");
+    let form = format!("call=publish&name={key}&addr=127.0.0.1&clientid=9&app=live");
+    let hook = |headers: &[(&str, &str)]| {
+        let mut hs = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        hs.extend_from_slice(headers);
+        send(
+            "POST",
+            a,
+            "/hooks/rtmp/on_publish",
+            &hs,
+            Some(form.as_bytes()),
+        )
+        .unwrap()
+        .status
+    };
+    let live = || api(a, "GET", &format!("/api/streams/{id}"), Some(&jwt), None).1["live"].clone();
+    // forwarded through a proxy that is not trusted: whoever it names, refused
+    for forwarded in [
+        ("X-Forwarded-For", "203.0.113.5"),
+        ("X-Forwarded-For", "127.0.0.1"),
+        ("X-Real-IP", "127.0.0.1"),
+        ("Forwarded", "for=127.0.0.1"),
+    ] {
+        assert_eq!(hook(&[forwarded]), 403, "{forwarded:?}");
+    }
+    assert_eq!(live(), false);
+    // 40 forged on_publish_done through the proxy do not end a live stream
+    assert_eq!(hook(&[]), 302, "nginx-rtmp itself, directly");
+    assert_eq!(live(), true);
+    for _ in 0..40 {
+        let r = send(
+            "POST",
+            a,
+            "/hooks/rtmp/on_publish_done",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("X-Forwarded-For", "198.51.100.7"),
+            ],
+            Some(form.replace("call=publish", "call=publish_done").as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(r.status, 403);
+    }
+    assert_eq!(live(), true);
+}
+
 /// A publisher that claims to be nginx-rtmp's local relay (`-rtmp_flashver
 /// ngx-local-relay`, which any RTMP client can send) is checked like any other: rotating its
 /// key drops it at its next `on_update`.

@@ -13,7 +13,8 @@
 //! `on_publish_done` ends the live state; `on_play` admits only the local relay (viewers
 //! watch through the edge); `on_done` is acknowledged.
 //!
-//! Callbacks are believed only from `hooks.allow_from` (default loopback).
+//! Callbacks are believed only from `hooks.allow_from` (default loopback), judged by the
+//! real client: one a proxy forwarded counts only through `admin.trusted_proxies`.
 
 use super::api::{bad, caller, path_id, user_stream, ApiResult, St};
 use super::{AdminState, ApiError};
@@ -109,11 +110,32 @@ fn status(code: StatusCode) -> Response {
     (code, "").into_response()
 }
 
-/// Whether a callback comes from a media server (`hooks.allow_from`).
-fn trusted(st: &AdminState, peer: SocketAddr, server: &str) -> bool {
-    let ok = in_nets(peer.ip().to_canonical(), &st.cfg().hooks.allow_from);
+/// Whether a callback comes from a media server (`hooks.allow_from`), judged by the real
+/// client: a callback a proxy forwarded (`X-Forwarded-For`, `Forwarded`, `X-Real-IP`) is
+/// judged by the address the proxy names when the proxy is one of `admin.trusted_proxies`,
+/// and refused otherwise (behind a reverse proxy on the same host every caller would look
+/// like loopback; media servers call directly and send none of these).
+fn trusted(st: &AdminState, peer: SocketAddr, headers: &HeaderMap, server: &str) -> bool {
+    let cfg = st.cfg();
+    let proxies = &cfg.admin.trusted_proxies;
+    let forwarded = ["x-forwarded-for", "forwarded", "x-real-ip"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    let peer = peer.ip().to_canonical();
+    let client = match forwarded {
+        false => Some(peer),
+        true if in_nets(peer, proxies) && !headers.contains_key("forwarded") => {
+            let xff = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes());
+            Some(crate::net::client_ip(peer, xff, proxies))
+        }
+        true => None,
+    };
+    let ok = client.is_some_and(|ip| in_nets(ip.to_canonical(), &cfg.hooks.allow_from));
     if !ok {
-        tracing::warn!(peer = %peer.ip(), server, "publishing callback from outside hooks.allow_from");
+        tracing::warn!(%peer, ?client, server, "publishing callback from outside hooks.allow_from");
     }
     ok
 }
@@ -178,9 +200,10 @@ async fn rtmp(
     State(st): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(event): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !trusted(&st, peer, "nginx-rtmp") {
+    if !trusted(&st, peer, &headers, "nginx-rtmp") {
         return status(StatusCode::FORBIDDEN);
     }
     let f = form(&body);
@@ -256,10 +279,15 @@ async fn on_update(
 /// through the edge); `on_stop` is acknowledged. SRS cannot rename a stream from its
 /// callback: point its HLS output (`hls_path`, `hls_m3u8_file`) at a name it does not
 /// publish, or use nginx-rtmp's relay.
-async fn srs(State(st): St, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Bytes) -> Response {
+async fn srs(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let ok = || Json(json!({"code": 0})).into_response();
     let no = || (StatusCode::FORBIDDEN, Json(json!({"code": 403}))).into_response();
-    if !trusted(&st, peer, "SRS") {
+    if !trusted(&st, peer, &headers, "SRS") {
         return no();
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
