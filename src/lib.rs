@@ -7,6 +7,7 @@
 //! - [`edge`]: the Pingora proxy; [`edge::admission`] decides every request without sockets
 //! - [`config`], [`origin`], [`stream`]: the YAML config, stream origins and where they may point
 //! - [`net`], [`media`]: addresses (internal, client IP) and object kinds / media types
+//! - [`private`]: the folders hlsgate creates for its keys, store and upgrade socket (0700)
 //! - [`store`]: users, sessions and streams over SQLite or PostgreSQL
 //! - [`admin`]: the admin sidecar's HTTP API
 
@@ -20,6 +21,7 @@ pub mod net;
 pub mod origin;
 pub mod playback;
 pub mod playlist;
+pub mod private;
 pub mod recent;
 pub mod server;
 pub mod store;

@@ -174,6 +174,16 @@ pub fn run(path: &Path, role: Role, start: Start, loaded: (Config, Keyring)) -> 
         upgrade,
         ..Opt::default()
     };
+    // The upgrade socket's folder: the owner's only where hlsgate makes it (see `private`).
+    if let Some(dir) = cfg.edge.upgrade_socket.parent() {
+        crate::private::create_dir(dir).with_context(|| {
+            format!(
+                "{}: edge.upgrade_socket: cannot create {}",
+                path.display(),
+                dir.display()
+            )
+        })?;
+    }
     let mut server = Server::new_with_opt_and_conf(Some(opt), edge::server_conf(&cfg));
     if upgrade {
         tracing::info!(socket = %cfg.edge.upgrade_socket.display(), "waiting for the running process's listening sockets (send it SIGQUIT)");

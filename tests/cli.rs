@@ -264,3 +264,35 @@ fn systemd_unit_is_least_privilege_and_bench_config_checks() {
     let (code, out, err) = run(&["check-config", "-c", "bench/hlsgate.yaml"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// The folders hlsgate creates (key file, SQLite store, upgrade socket) are its user's
+/// only: another local user cannot connect to the upgrade socket first.
+#[cfg(unix)]
+#[test]
+fn the_folders_hlsgate_creates_are_its_users_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (config, ports) = common::write_config(d, "2s", "streams: {}\n");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &format!("secret_file: \"{}/secret.key\"", d.display()),
+            &format!("secret_file: \"{}/keys/secret.key\"", d.display()),
+        )
+        .replace(
+            &format!("sqlite://{}/hlsgate.db", d.display()),
+            &format!("sqlite://{}/db/hlsgate.db", d.display()),
+        );
+    std::fs::write(&config, text).unwrap();
+    common::add_config_keys(
+        &config,
+        "edge",
+        &format!("  upgrade_socket: \"{}/run/upgrade.sock\"\n", d.display()),
+    );
+    let _serve = common::Hlsgate::start("serve", &config, ports.edge);
+    for sub in ["keys", "db", "run"] {
+        let mode = std::fs::metadata(d.join(sub)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{sub}");
+    }
+}

@@ -595,7 +595,7 @@ impl SqliteStore {
         }
         let file = std::path::Path::new(path);
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| fail("cannot create its folder", &e))?;
+            crate::private::create_dir(dir).map_err(|e| fail("cannot create its folder", &e))?;
         }
         create_private(file).map_err(|e| fail("cannot create the file", &e))?;
         let opts = SqliteConnectOptions::new()

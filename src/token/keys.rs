@@ -137,7 +137,7 @@ impl Keyring {
                     URL_SAFE_NO_PAD.encode(secret)
                 );
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(io)?;
+                    crate::private::create_dir(dir).map_err(io)?;
                 }
                 write_private(path, text.as_bytes()).map_err(io)?;
                 Keyring::from_text(&text)
