@@ -294,6 +294,8 @@ struct FileAdmin {
     public_edge_url: String,
     cookie_domain: Option<String>,
     max_sessions_per_user: u32,
+    /// Streams one user may have (0: no cap).
+    max_streams_per_user: u32,
     login_attempts_per_ip: u32,
     login_attempts_per_user: u32,
     #[serde(deserialize_with = "nets")]
@@ -310,6 +312,7 @@ impl Default for FileAdmin {
             public_edge_url: "http://127.0.0.1:8080".into(),
             cookie_domain: None,
             max_sessions_per_user: 10,
+            max_streams_per_user: 100,
             login_attempts_per_ip: 20,
             login_attempts_per_user: 10,
             trusted_proxies: Vec::new(),
@@ -568,6 +571,8 @@ pub struct Admin {
     pub cookie_domain: Option<String>,
     /// Oldest sessions beyond this many per user are ended at login; 0: no cap.
     pub max_sessions_per_user: u32,
+    /// `admin.max_streams_per_user`: streams one user may have (0: no cap).
+    pub max_streams_per_user: u32,
     /// Login (and register) attempts a minute from one client IP; 0: no limit.
     pub login_attempts_per_ip: u32,
     /// Login attempts a minute for one username; 0: no limit.
@@ -1082,6 +1087,7 @@ impl Config {
                 public_edge_url: public,
                 cookie_domain: f.admin.cookie_domain,
                 max_sessions_per_user: f.admin.max_sessions_per_user,
+                max_streams_per_user: f.admin.max_streams_per_user,
                 login_attempts_per_ip: f.admin.login_attempts_per_ip,
                 login_attempts_per_user: f.admin.login_attempts_per_user,
                 trusted_proxies: f.admin.trusted_proxies,

@@ -916,3 +916,52 @@ fn a_stalled_admin_client_is_disconnected() {
         "closed after {took:?}"
     );
 }
+
+/// One account cannot fill the store with streams: past `admin.max_streams_per_user`, both
+/// ways of creating one (`POST /api/streams`, the seed's `update-stream` with a new id)
+/// are 403, and updating an own stream still works.
+#[test]
+fn streams_per_user_are_capped() {
+    let w = world(Backend::Sqlite, "streams: {}\n");
+    let text = std::fs::read_to_string(&w.config).unwrap().replacen(
+        "admin:\n",
+        "admin:\n  max_streams_per_user: 3\n",
+        1,
+    );
+    std::fs::write(&w.config, text).unwrap();
+    let _h = w.serve();
+    let a = w.ports.admin;
+    let jwt = login(a, "quinn", "quinn-password");
+    let ids: Vec<i64> = (0..3).map(|_| add_stream(a, &jwt, &ts_url())).collect();
+    let body = json!({ "url": ts_url() }).to_string();
+    let (s, v, _) = api(a, "POST", "/api/streams", Some(&jwt), Some(&body), &[]);
+    assert_eq!(
+        (s, error_of(&v)),
+        (403, "stream limit reached (admin.max_streams_per_user)")
+    );
+    let create = json!({"streamID": 999_999, "newUrl": ts_url()}).to_string();
+    let (s, _, _) = api(
+        a,
+        "POST",
+        "/api/update-stream",
+        Some(&jwt),
+        Some(&create),
+        &[],
+    );
+    assert_eq!(s, 403);
+    let update = json!({"streamID": ids[0], "newUrl": ts_url()}).to_string();
+    let (s, v, _) = api(
+        a,
+        "POST",
+        "/api/update-stream",
+        Some(&jwt),
+        Some(&update),
+        &[],
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, v, _) = api(a, "GET", "/api/streams", Some(&jwt), None, &[]);
+    assert_eq!(v["streams"].as_array().unwrap().len(), 3);
+    // another user has their own allowance
+    let other = login(a, "rosa", "rosa-password");
+    add_stream(a, &other, &ts_url());
+}

@@ -458,11 +458,27 @@ async fn create_stream(State(st): St, headers: HeaderMap, body: Body) -> ApiResu
     let c = caller(&st, &headers).await?;
     let b: UrlBody = parse(body)?;
     let (base, endpoint) = check_origin_url(&st, &b.url).await?;
-    let s = st
-        .store
-        .create_stream(c.user_id, &base, &endpoint, now_ms())
-        .await?;
+    let s = create_own_stream(&st, c.user_id, &base, &endpoint, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(stream_view(&st, &s).await?)).into_response())
+}
+
+/// A new stream for `user_id`, within `admin.max_streams_per_user` (403 past it: one
+/// registered account must not fill the store, or the edges' caches, with streams).
+async fn create_own_stream(
+    st: &AdminState,
+    user_id: i64,
+    base: &str,
+    endpoint: &str,
+    now: i64,
+) -> Result<crate::store::StreamRecord, ApiError> {
+    let max = st.cfg().admin.max_streams_per_user;
+    if max > 0 && st.store.streams(user_id).await?.len() >= max as usize {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "stream limit reached (admin.max_streams_per_user)",
+        ));
+    }
+    Ok(st.store.create_stream(user_id, base, endpoint, now).await?)
 }
 
 pub(super) fn stream_not_found() -> ApiError {
@@ -570,9 +586,7 @@ async fn seed_update_stream(State(st): St, headers: HeaderMap, body: Body) -> Ap
             (s, false)
         }
         None => (
-            st.store
-                .create_stream(c.user_id, &base, &endpoint, now)
-                .await?,
+            create_own_stream(&st, c.user_id, &base, &endpoint, now).await?,
             true,
         ),
     };
