@@ -4,14 +4,32 @@
 # in front of one nginx origin on loopback. For "no regression beyond noise" checks.
 #
 #   git worktree add /tmp/old <commit> && (cd /tmp/old && cargo build --release)
-#   OLD_BIN=/tmp/old/target/release/hlsgate bench/before-after.sh [segment|live|vod|all]
+#   OLD_BIN=/tmp/old/target/release/hlsgate bench/before-after.sh [segment|live|vod|jwt|all]
 #   ROUNDS=5 DURATION=10s CONNS=32 OLD_BIN=... bench/before-after.sh segment
+#
+# `jwt`: the cached live playlist asked for with an IVS-style JWT (ES384, signed by PyJWT)
+# in the query, as a player keeps asking for its master: the exchange and the grant's
+# checks on every request.
+SCENARIOS=${1:-all}
+[ "$SCENARIOS" = all ] && SCENARIOS="segment live vod jwt"
+if [[ " $SCENARIOS " == *" jwt "* ]]; then
+    JWT_KEYS=$(mktemp -d /tmp/hlsgate-ba-jwt.XXXXXX)
+    openssl ecparam -name secp384r1 -genkey -noout -out "$JWT_KEYS/priv.pem" 2>/dev/null
+    openssl ec -in "$JWT_KEYS/priv.pem" -pubout -out "$JWT_KEYS/ivs.pub" 2>/dev/null
+    sed "s#^tokens:#tokens:\n  jwt:\n    keys:\n      ivs: \"$JWT_KEYS/ivs.pub\"#" \
+        "${HLSGATE_CONFIG:-$(dirname "$0")/hlsgate.yaml}" >"$JWT_KEYS/hlsgate.yaml"
+    export HLSGATE_CONFIG=$JWT_KEYS/hlsgate.yaml
+fi
 . "$(dirname "$0")/lib.sh"
 
 : "${OLD_BIN:?set OLD_BIN to the other hlsgate build}"
-SCENARIOS=${1:-all}
-[ "$SCENARIOS" = all ] && SCENARIOS="segment live vod"
 ROUNDS=${ROUNDS:-5}
+if [ -n "${JWT_KEYS:-}" ]; then
+    need_pymod jwt python3-jwt
+    JWT=$(/usr/bin/python3 -c 'import jwt,sys,time; print(jwt.encode({"aws:channel-arn":
+      "arn:aws:ivs:us-west-2:123456789012:channel/live","exp":int(time.time())+3600},
+      open(sys.argv[1]).read(), algorithm="ES384"))' "$JWT_KEYS/priv.pem")
+fi
 
 # The other build: the same config on other ports, the same key file (tokens verify on both),
 # without the keys older builds do not know (and whose listeners would clash).
@@ -29,9 +47,14 @@ for sc in $SCENARIOS; do
     vod) obj=index.m3u8; st=vod ;;
     live) obj=index.m3u8; st=live ;;
     segment) obj=seg.ts; st=vod ;;
+    jwt) ;;
     *) echo "unknown scenario: $sc" >&2; exit 2 ;;
     esac
-    NEW=$(hlsgate_url "$st" "$obj")
+    if [ "$sc" = jwt ]; then
+        NEW="http://127.0.0.1:18080/hls/live/index.m3u8?token=$JWT"
+    else
+        NEW=$(hlsgate_url "$st" "$obj")
+    fi
     OLD=${NEW/:18080/:18090}
     for u in "$NEW" "$OLD"; do
         [ "$(curl -s -o /dev/null -w '%{http_code}' "$u")" = 200 ] || { echo "!! $u" >&2; exit 1; }
@@ -43,3 +66,4 @@ done
 printf '\n%-8s %14s %10s %14s %10s %8s\n' scenario 'before req/s' 'p99 ms' 'after req/s' 'p99 ms' ratio
 awk '{ printf "%-8s %14.1f %10.2f %14.1f %10.2f %7.2fx\n", $1, $2, $3, $4, $5, $4 / $2 }' "$RESULTS"
 echo "(medians of $ROUNDS interleaved rounds; wrk -t1 -c${CONNS:-32} -d${DURATION:-10s}; $(nproc) CPUs shared by wrk, both builds and the origin)"
+if [ -n "${JWT_KEYS:-}" ]; then rm -rf "$JWT_KEYS"; fi

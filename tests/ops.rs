@@ -869,3 +869,97 @@ fn h2_connections_outlive_the_http1_header_deadline() {
         "{text}"
     );
 }
+
+/// A viewer that goes away in the middle of an answer (an HTTP/2 stream reset, a closed
+/// connection) is no server error: not counted or logged as 500.
+#[test]
+fn a_viewer_that_goes_away_mid_answer_is_no_server_error() {
+    let n = node("");
+    std::fs::write(n.dir.join("origin/ts/big.ts"), vec![0x47u8; 8 << 20]).unwrap();
+    let p = path(&n.h.token_url(&["--stream", "ts", "--ttl", "600"]));
+    let big = format!("{}/big.ts", p.rsplit_once('/').unwrap().0);
+    let tls = format!("https://127.0.0.1:{}{big}", n.tls);
+    let plain = format!("http://127.0.0.1:{}{big}", n.ports.edge);
+    let ca = n.dir.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    // in the cache first
+    let (code, version, _) = curl(&["--cacert", ca, "--http2", "-o", "/dev/null"], &tls);
+    assert_eq!((code, version.as_str()), (200, "2"));
+    let server_errors = || {
+        let text = get(n.ports.metrics, "/metrics", &[]).unwrap().text();
+        sample(
+            &text,
+            "hlsgate_requests_total{kind=\"segment\",status=\"500\"}",
+        )
+    };
+    let before = server_errors();
+    for _ in 0..5 {
+        // the client gives up once it sees the length (curl --max-filesize): a reset stream
+        // (h2), a closed connection (h1), while the edge writes the body
+        for (args, url) in [
+            (
+                vec!["--cacert", ca, "--http2", "--max-filesize", "1000"],
+                &tls,
+            ),
+            (vec!["--http1.1", "--max-filesize", "1000"], &plain),
+        ] {
+            let mut a = args.clone();
+            a.extend(["-o", "/dev/null", "-w", "%{http_code} %{size_download}"]);
+            let out = Command::new("curl").args(&a).arg(url).output().unwrap();
+            assert!(
+                !out.status.success(),
+                "curl was meant to give up: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        server_errors(),
+        before,
+        "a viewer going away counted as 500"
+    );
+    // and before any answer: the origin takes 5 s (`/slow/`), the viewer gives up at 0.5 s
+    let ua = "impatient/1.0";
+    let root = n.dir.join("origin/slow");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(n.dir.join("origin/ts/index.m3u8"), root.join("index.m3u8")).unwrap();
+    std::fs::write(root.join("seg.ts"), vec![0x47u8; 1 << 20]).unwrap();
+    let jwt = login_as(ua, n.ports.admin, "impatient");
+    let url = format!("http://127.0.0.1:{}/slow/index.m3u8", n._origin.port);
+    let id = add_stream_as(ua, n.ports.admin, &jwt, &url);
+    let (_, v, _) = api_as(
+        ua,
+        n.ports.admin,
+        "GET",
+        &format!("/api/stream?streamID={id}"),
+        Some(&jwt),
+        None,
+    );
+    let p = path(v["url"].as_str().unwrap());
+    let seg = format!("{}/seg.ts", p.rsplit_once('/').unwrap().0);
+    for (args, url) in [
+        (
+            vec!["--cacert", ca, "--http2"],
+            format!("https://127.0.0.1:{}{seg}", n.tls),
+        ),
+        (
+            vec!["--http1.1"],
+            format!("http://127.0.0.1:{}{seg}", n.ports.edge),
+        ),
+    ] {
+        let mut a = args.clone();
+        a.extend(["-A", ua, "--max-time", "0.5", "-o", "/dev/null"]);
+        let out = Command::new("curl").args(&a).arg(&url).output().unwrap();
+        assert!(!out.status.success(), "curl was meant to give up");
+    }
+    // the origin answers after 5 s; the edge finishes (and logs) the abandoned requests
+    std::thread::sleep(Duration::from_millis(6_000));
+    let text = get(n.ports.metrics, "/metrics", &[]).unwrap().text();
+    let all_500: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("hlsgate_requests_total") && l.contains("status=\"500\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(all_500, 0.0, "a viewer going away counted as 500:\n{text}");
+}

@@ -1063,18 +1063,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = failure_status(e);
         let message = match (ctx.failure, code) {
             (Some(m), _) => m,
             (None, 502) => "origin unavailable",
@@ -1206,6 +1195,31 @@ fn is_playlist_response(resp: &ResponseHeader) -> bool {
         .is_some_and(|v| media::is_playlist_type(v.as_bytes()))
 }
 
+/// The status a failed request is answered (and counted and logged) with; 0: the viewer
+/// went away (an HTTP/2 stream reset, a closed connection) and is answered nothing. A
+/// read or write failure that is not the origin's is the viewer's, whichever layer
+/// reported it (Pingora's proxy marks some downstream, the edge's own writes in
+/// `request_filter` leave the source unset): never a 500.
+fn failure_status(e: &Error) -> u16 {
+    let gone = matches!(
+        e.etype(),
+        ErrorType::WriteError
+            | ErrorType::ReadError
+            | ErrorType::ConnectionClosed
+            | ErrorType::H2Error
+    );
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            _ if gone => 0,
+            ErrorSource::Downstream => 400,
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
 /// Status label values: a fixed set, so a hostile origin cannot grow the metric.
 fn status_label(status: u16) -> &'static str {
     const EXACT: [(u16, &str); 14] = [
@@ -1238,6 +1252,29 @@ fn status_label(status: u16) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_viewer_going_away_is_no_server_error() {
+        use super::failure_status;
+        use pingora_error::{Error, ErrorType};
+        let unset = |t: ErrorType| *Error::new(t);
+        let down = |t: ErrorType| *Error::new(t).into_down();
+        let up = |t: ErrorType| *Error::new(t).into_up();
+        for t in [
+            ErrorType::WriteError,
+            ErrorType::ReadError,
+            ErrorType::ConnectionClosed,
+            ErrorType::H2Error,
+        ] {
+            assert_eq!(failure_status(&unset(t.clone())), 0, "{t:?}");
+            assert_eq!(failure_status(&down(t.clone())), 0, "{t:?}");
+            assert_eq!(failure_status(&up(t.clone())), 502, "{t:?}");
+        }
+        assert_eq!(failure_status(&unset(ErrorType::InternalError)), 500);
+        assert_eq!(failure_status(&down(ErrorType::InvalidHTTPHeader)), 400);
+        assert_eq!(failure_status(&up(ErrorType::ReadTimedout)), 504);
+        assert_eq!(failure_status(&unset(ErrorType::HTTPStatus(416))), 416);
+    }
+
     #[test]
     fn redacts_tokens() {
         use crate::playback::redact;
