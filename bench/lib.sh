@@ -65,7 +65,8 @@ MD5=$(printf '%s' "$EXPIRES 127.0.0.1 bench-secret" | openssl md5 -binary | open
 nginx_url() { echo "http://127.0.0.1:18082/$1?md5=$MD5&expires=$EXPIRES"; }
 hlsgate_url() { # stream object
     local u
-    u=$(target/release/hlsgate token -c "$HLSGATE_CONFIG" --stream "$1" --ip 127.0.0.1 --ttl 3600)
+    # TOKEN_BIN: the build that signs (an older build cannot read a newer token format)
+    u=$("${TOKEN_BIN:-target/release/hlsgate}" token -c "$HLSGATE_CONFIG" --stream "$1" --ip 127.0.0.1 --ttl 3600)
     echo "${u%/*}/$2"
 }
 

@@ -130,8 +130,9 @@ pub struct ExternalGrant {
 
 const SCOPE_LOGIN: u8 = 1;
 const SCOPE_KEY: u8 = 2;
-const SCOPE_RULES: u8 = 3;
-const SCOPE_EXTERNAL: u8 = 4;
+const SCOPE_OWNER: u8 = 3;
+const SCOPE_RULES: u8 = 4;
+const SCOPE_EXTERNAL: u8 = 5;
 
 impl Scope {
     /// The scope of a path-mode token.
@@ -155,10 +156,13 @@ impl Scope {
         if let Some(l) = &self.login {
             field(&mut out, SCOPE_LOGIN, l);
         }
+        // Every URI of a rewritten playlist carries the token: a configured key costs its
+        // kid only, the owner of a registered one 8 bytes more.
         if let Some(k) = &self.key {
-            let mut v = k.owner.unwrap_or(-1).to_be_bytes().to_vec();
-            v.extend_from_slice(k.kid.as_bytes());
-            field(&mut out, SCOPE_KEY, &v);
+            field(&mut out, SCOPE_KEY, k.kid.as_bytes());
+            if let Some(owner) = k.owner {
+                field(&mut out, SCOPE_OWNER, &owner.to_be_bytes());
+            }
         }
         if let Some(r) = &self.rules {
             let mut v = vec![u8::from(r.strict_origin)];
@@ -201,13 +205,12 @@ impl Scope {
             match *tag {
                 SCOPE_LOGIN => s.login = Some(v.try_into().ok()?),
                 SCOPE_KEY => {
-                    let (owner, kid) = v.split_at_checked(8)?;
-                    let owner = i64::from_be_bytes(owner.try_into().ok()?);
                     s.key = Some(KeyRef {
-                        kid: std::str::from_utf8(kid).ok()?.to_owned(),
-                        owner: (owner >= 0).then_some(owner),
-                    });
+                        kid: std::str::from_utf8(v).ok()?.to_owned(),
+                        owner: None,
+                    })
                 }
+                SCOPE_OWNER => s.key.as_mut()?.owner = Some(i64::from_be_bytes(v.try_into().ok()?)),
                 SCOPE_RULES => s.rules = Some(std::sync::Arc::new(decode_rules(v)?)),
                 SCOPE_EXTERNAL => {
                     let [a, b, c, d, f] = v else { return None };
