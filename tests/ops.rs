@@ -746,11 +746,21 @@ fn access_log_has_one_line_per_request_without_tokens() {
                 .status,
             401
         );
+        // a request Pingora's parser refuses (answered 400 before any proxy phase)
+        {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", ports.edge)).unwrap();
+            c.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nnot a header line\r\n\r\n")
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = c.read_to_end(&mut answer);
+            assert!(answer.starts_with(b"HTTP/1.1 400 "), "{answer:?}");
+        }
         h.signal("TERM");
         h.wait_exit(Duration::from_secs(10)).expect("exits");
         let lines = std::fs::read_to_string(&log).unwrap();
         let lines: Vec<&str> = lines.lines().filter(|l| !l.contains("/healthz")).collect();
-        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert_eq!(lines.len(), 5, "{lines:#?}");
         let all = lines.join("\n");
         assert!(
             !all.contains(&token) && !all.contains("secret-query") && !all.contains("forged"),
@@ -769,6 +779,10 @@ fn access_log_has_one_line_per_request_without_tokens() {
             assert_eq!(v[0]["path"], "/api/hls/<token>/ts/index.m3u8");
             assert_eq!(v[3]["status"], 401);
             assert_eq!(v[3]["deny"], "malformed");
+            assert_eq!(
+                (v[4]["status"].as_u64(), v[4]["deny"].as_str()),
+                (Some(400), Some("bad_request"))
+            );
             assert!(v[0]["bytes"].as_u64().unwrap() > 100);
         } else {
             assert!(
@@ -782,6 +796,12 @@ fn access_log_has_one_line_per_request_without_tokens() {
                 lines[3].contains(" 401 ") && lines[3].contains(" deny=malformed "),
                 "{}",
                 lines[3]
+            );
+            assert!(
+                lines[4].contains(" 127.0.0.1 - - 400 0 ")
+                    && lines[4].contains(" deny=bad_request "),
+                "{}",
+                lines[4]
             );
         }
         // Nothing alarming at the default level for ordinary traffic (a miss then a hit).

@@ -71,11 +71,74 @@ impl Limits {
 pub struct Guarded<A> {
     inner: Arc<A>,
     limits: Arc<Limits>,
+    /// Where requests Pingora's parser refuses are logged (see [`Refused`]).
+    access: Option<Arc<super::access::AccessLog>>,
 }
 
 impl<A> Guarded<A> {
-    pub fn new(inner: Arc<A>, limits: Arc<Limits>) -> Guarded<A> {
-        Guarded { inner, limits }
+    pub fn new(
+        inner: Arc<A>,
+        limits: Arc<Limits>,
+        access: Option<Arc<super::access::AccessLog>>,
+    ) -> Guarded<A> {
+        Guarded {
+            inner,
+            limits,
+            access,
+        }
+    }
+}
+
+/// A request Pingora's own parser refused (an invalid header line, say): Pingora answers
+/// it 400 itself, before any of the proxy's phases, so neither the access log nor the
+/// metrics would hear of it. Its answer is the one response the edge sends with Pingora's
+/// `Server` header; the connection sees it written and records it here.
+pub struct Refused {
+    access: Option<Arc<super::access::AccessLog>>,
+    client: Option<std::net::IpAddr>,
+    tls: bool,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refused")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+impl Refused {
+    /// Whether `head` (the start of a write) is Pingora's own 400 for a request it could
+    /// not parse.
+    fn is_parser_400(head: &[u8]) -> bool {
+        head.starts_with(b"HTTP/1.1 400 ")
+            && memchr::memmem::find(head, b"\r\nServer: Pingora\r\n").is_some()
+    }
+
+    fn record(&self) {
+        METRICS
+            .requests
+            .with_label_values(&[crate::media::Kind::Other.label(), "400"])
+            .inc();
+        METRICS.denials.with_label_values(&["bad_request"]).inc();
+        if let Some(log) = &self.access {
+            log.log(&super::access::Entry {
+                client: self.client,
+                method: "-",
+                path: "-",
+                status: 400,
+                bytes: 0,
+                duration: self.started.elapsed(),
+                stream: "-",
+                kind: crate::media::Kind::Other.label(),
+                cache: "-",
+                deny: "bad_request",
+                proto: "h1",
+                tls: self.tls,
+                host: "-",
+            });
+        }
     }
 }
 
@@ -113,7 +176,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             return self.inner.process_new(session, shutdown).await;
         }
         let t = Duration::from_millis(l.header_timeout_ms.load(Ordering::Relaxed));
-        let stream: Stream = Box::new(HeaderDeadline::new(session, t));
+        let refused = Refused {
+            access: self.access.clone(),
+            client: session
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
+            tls: session.get_ssl_digest().is_some(),
+            started: Instant::now(),
+        };
+        let mut deadline = HeaderDeadline::new(session, t);
+        deadline.refused = Some(refused);
+        let stream: Stream = Box::new(deadline);
         self.serve_http1(stream, shutdown).await;
         None
     }
@@ -206,6 +279,8 @@ pub struct HeaderDeadline {
     /// not yet read by Pingora: `early[early_at..]`.
     early: Vec<u8>,
     early_at: usize,
+    /// Records the requests Pingora's parser refuses.
+    refused: Option<Refused>,
 }
 
 /// How much the wait for the next request reads at once: a player's whole request (a
@@ -229,6 +304,7 @@ impl HeaderDeadline {
             header_pending: false,
             early: Vec::new(),
             early_at: 0,
+            refused: None,
         }
     }
 
@@ -318,6 +394,10 @@ impl AsyncWrite for HeaderDeadline {
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if buf.starts_with(b"HTTP/1.") {
             this.header_pending = true;
+            if let (Some(refused), true) = (&mut this.refused, Refused::is_parser_400(buf)) {
+                refused.record();
+                refused.started = Instant::now();
+            }
         }
         r
     }

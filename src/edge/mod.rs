@@ -347,7 +347,7 @@ pub fn add_services(
     let mut proxy = pingora_proxy::HttpProxy::new(
         proxy::EdgeProxy {
             live: live.clone(),
-            access,
+            access: access.clone(),
         },
         server.configuration.clone(),
     );
@@ -356,7 +356,7 @@ pub fn add_services(
     opts.h2_idle_timeout = Some(cfg.edge.idle_timeout);
     proxy.server_options = Some(opts);
     proxy.handle_init_modules();
-    let app = guard::Guarded::new(Arc::new(proxy), limits.clone());
+    let app = guard::Guarded::new(Arc::new(proxy), limits.clone(), access);
     let mut svc = pingora_core::services::listening::Service::new("hlsgate edge".into(), app);
     // NOTE: Pingora does not flush a response header while a body is to follow; the
     // guard's stream flushes each header itself (see `guard::HeaderDeadline`).
