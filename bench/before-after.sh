@@ -13,32 +13,16 @@
 SCENARIOS=${1:-all}
 [ "$SCENARIOS" = all ] && SCENARIOS="segment live vod jwt"
 if [[ " $SCENARIOS " == *" jwt "* ]]; then
-    JWT_KEYS=$(mktemp -d /tmp/hlsgate-ba-jwt.XXXXXX)
-    openssl ecparam -name secp384r1 -genkey -noout -out "$JWT_KEYS/priv.pem" 2>/dev/null
-    openssl ec -in "$JWT_KEYS/priv.pem" -pubout -out "$JWT_KEYS/ivs.pub" 2>/dev/null
-    sed "s#^tokens:#tokens:\n  jwt:\n    keys:\n      ivs: \"$JWT_KEYS/ivs.pub\"#" \
-        "${HLSGATE_CONFIG:-$(dirname "$0")/hlsgate.yaml}" >"$JWT_KEYS/hlsgate.yaml"
-    export HLSGATE_CONFIG=$JWT_KEYS/hlsgate.yaml
+    . "$(dirname "$0")/jwt-keys.sh"
 fi
 . "$(dirname "$0")/lib.sh"
 
 : "${OLD_BIN:?set OLD_BIN to the other hlsgate build}"
 ROUNDS=${ROUNDS:-5}
 if [ -n "${JWT_KEYS:-}" ]; then
-    need_pymod jwt python3-jwt
-    JWT=$(/usr/bin/python3 -c 'import jwt,sys,time; print(jwt.encode({"aws:channel-arn":
-      "arn:aws:ivs:us-west-2:123456789012:channel/live","exp":int(time.time())+3600},
-      open(sys.argv[1]).read(), algorithm="ES384"))' "$JWT_KEYS/priv.pem")
+    JWT=$(ivs_jwt)
 fi
-
-# The other build: the same config on other ports, the same key file (tokens verify on both),
-# without the keys older builds do not know (and whose listeners would clash).
-sed -E -e '/^  (tls|access_log|access_log_format|upgrade_socket):/d' -e 's/127.0.0.1:18080/127.0.0.1:18090/' -e 's/127.0.0.1:18083/127.0.0.1:18093/' \
-    -e 's/127.0.0.1:18089/127.0.0.1:18099/' -e 's#sqlite://data/bench.db#sqlite://data/bench-old.db#' \
-    "$HLSGATE_CONFIG" > "$RUN/old.yaml"
-RUST_LOG=warn "$OLD_BIN" edge -c "$RUN/old.yaml" >"$RUN/old.log" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18090/healthz && break; sleep 0.1; done
+start_old_build
 
 RESULTS=$RUN/results.txt
 : >"$RESULTS"
@@ -66,4 +50,4 @@ done
 printf '\n%-8s %14s %10s %14s %10s %8s\n' scenario 'before req/s' 'p99 ms' 'after req/s' 'p99 ms' ratio
 awk '{ printf "%-8s %14.1f %10.2f %14.1f %10.2f %7.2fx\n", $1, $2, $3, $4, $5, $4 / $2 }' "$RESULTS"
 echo "(medians of $ROUNDS interleaved rounds; wrk -t1 -c${CONNS:-32} -d${DURATION:-10s}; $(nproc) CPUs shared by wrk, both builds and the origin)"
-if [ -n "${JWT_KEYS:-}" ]; then rm -rf "$JWT_KEYS"; fi
+if [ -n "${JWT_KEYS:-}" ]; then jwt_keys_cleanup; fi

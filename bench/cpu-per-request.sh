@@ -8,26 +8,12 @@
 # Both builds answer the same URLs (TOKEN_BIN: the build whose tokens both can read).
 set -euo pipefail
 SCENARIOS=${1:-live jwt segment}
-JWT_KEYS=$(mktemp -d /tmp/hlsgate-cpu.XXXXXX)
-openssl ecparam -name secp384r1 -genkey -noout -out "$JWT_KEYS/priv.pem" 2>/dev/null
-openssl ec -in "$JWT_KEYS/priv.pem" -pubout -out "$JWT_KEYS/ivs.pub" 2>/dev/null
-sed "s#^tokens:#tokens:\n  jwt:\n    keys:\n      ivs: \"$JWT_KEYS/ivs.pub\"#" \
-    "$(dirname "$0")/hlsgate.yaml" >"$JWT_KEYS/hlsgate.yaml"
-export HLSGATE_CONFIG=$JWT_KEYS/hlsgate.yaml
+. "$(dirname "$0")/jwt-keys.sh"
 . "$(dirname "$0")/lib.sh"
 : "${OLD_BIN:?set OLD_BIN to the other hlsgate build}"
 ROUNDS=${ROUNDS:-5}
-sed -E -e '/^  (tls|access_log|access_log_format|upgrade_socket):/d' -e 's/127.0.0.1:18080/127.0.0.1:18090/' -e 's/127.0.0.1:18083/127.0.0.1:18093/' \
-    -e 's/127.0.0.1:18089/127.0.0.1:18099/' -e 's#sqlite://data/bench.db#sqlite://data/bench-old.db#' \
-    "$HLSGATE_CONFIG" >"$RUN/old.yaml"
-RUST_LOG=warn "$OLD_BIN" edge -c "$RUN/old.yaml" >"$RUN/old.log" 2>&1 &
-OLD_PID=$!
-PIDS+=("$OLD_PID")
-for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18090/healthz && break; sleep 0.1; done
-need_pymod jwt python3-jwt
-JWT=$(/usr/bin/python3 -c 'import jwt,sys,time; print(jwt.encode({"aws:channel-arn":
-  "arn:aws:ivs:us-west-2:123456789012:channel/live","exp":int(time.time())+3600},
-  open(sys.argv[1]).read(), algorithm="ES384"))' "$JWT_KEYS/priv.pem")
+start_old_build
+JWT=$(ivs_jwt)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 # µs of CPU per request: one wrk run against `url`, `pid` the server's process.
@@ -60,4 +46,4 @@ for sc in $SCENARIOS; do
     printf '%-8s %12s %12s %6.3fx  %s\n' "$sc" "$mb" "$ma" "$(awk -v a="$ma" -v b="$mb" 'BEGIN{print a/b}')" "$rounds"
 done
 echo "(medians of $ROUNDS interleaved rounds; wrk -t1 -c32 -d${DURATION:-6s}; CPU = utime+stime of each server process)"
-rm -rf "$JWT_KEYS"
+jwt_keys_cleanup

@@ -137,3 +137,16 @@ start_bare() { # file [tls]
     BARE_PID=$!; PIDS+=("$BARE_PID")
     for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18090/ && break; sleep 0.1; done
 }
+
+# The other build of a two-build comparison ($OLD_BIN): the same config on other ports
+# (18090, ...), the same key file (tokens verify on both), without the keys older builds do
+# not know (and whose listeners would clash). Sets OLD_PID.
+start_old_build() {
+    sed -E -e '/^  (tls|access_log|access_log_format|upgrade_socket):/d' -e 's/127.0.0.1:18080/127.0.0.1:18090/' -e 's/127.0.0.1:18083/127.0.0.1:18093/' \
+        -e 's/127.0.0.1:18089/127.0.0.1:18099/' -e 's#sqlite://data/bench.db#sqlite://data/bench-old.db#' \
+        "$HLSGATE_CONFIG" >"$RUN/old.yaml"
+    RUST_LOG=warn "$OLD_BIN" edge -c "$RUN/old.yaml" >"$RUN/old.log" 2>&1 &
+    OLD_PID=$!
+    PIDS+=("$OLD_PID")
+    for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18090/healthz && break; sleep 0.1; done
+}
