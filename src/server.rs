@@ -313,9 +313,45 @@ fn fixed_keys_changed(old: &Config, new: &Config) -> Vec<&'static str> {
 
 impl Control {
     /// `SIGHUP`: read the config again; apply it, or refuse it and keep the old one.
+    /// The config a SIGHUP would apply, or why not. Stricter than a start: an empty file is
+    /// refused (not all defaults), so is one that drops every static stream the running
+    /// config serves, and the key file must exist (a reload never creates one: a new key
+    /// would fail every token outstanding).
+    fn reloaded(&self) -> anyhow::Result<(Config, Keyring)> {
+        let path = &self.path;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        if text.trim().is_empty() {
+            return Err(anyhow!(
+                "{}: the file is empty (being written?); a reload never falls back to defaults",
+                path.display()
+            ));
+        }
+        let mut cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+        if let Some(s) = &self.start.upgrade_socket {
+            cfg.edge.upgrade_socket = s.clone();
+        }
+        let before = self.cfg.lock().streams.len();
+        if before > 0 && cfg.streams.is_empty() {
+            return Err(anyhow!(
+                "{}: streams: the new config has none of the {before} static streams served now \
+                 (a truncated file?); remove them one by one, or restart",
+                path.display()
+            ));
+        }
+        let keyring = Keyring::load(&cfg.tokens.secret_file).map_err(|e| {
+            anyhow!(
+                "{}: tokens.secret_file: {} ({e}); a reload never creates key files",
+                path.display(),
+                cfg.tokens.secret_file.display()
+            )
+        })?;
+        Ok((cfg, keyring))
+    }
+
     fn reload(&self) {
         sd_notify("RELOADING=1");
-        match self.start.load(&self.path) {
+        match self.reloaded() {
             Err(e) => {
                 METRICS.reloads.with_label_values(&["refused"]).inc();
                 tracing::error!(error = %format!("{e:#}"), "config reload refused; still serving the previous config");

@@ -573,6 +573,19 @@ fn sighup_reloads_streams_and_keys_and_refuses_a_broken_config() {
             "unknown field `idle_timout`",
         ),
         (format!("{next}\nedge: [oops"), "hlsgate.yaml"),
+        // an empty file (an editor or a deploy mid-write): never all defaults
+        (String::new(), "the file is empty"),
+        ("\n  \n".to_owned(), "the file is empty"),
+        // a file cut before its streams: every static stream gone
+        (
+            format!("{}streams: {{}}\n", &next[..next.find("streams:").unwrap()]),
+            "none of the 2 static streams",
+        ),
+        // a key file that does not exist: never created by a reload
+        (
+            next.replace("secret.key\"", "missing.key\""),
+            "a reload never creates key files",
+        ),
     ] {
         std::fs::write(&config, &broken).unwrap();
         let before = h.log_text().matches("config reload refused").count();
@@ -583,6 +596,10 @@ fn sighup_reloads_streams_and_keys_and_refuses_a_broken_config() {
         );
         let log = h.log_text();
         assert!(log.contains(why), "{log}");
+        assert!(
+            !config.with_file_name("missing.key").exists(),
+            "a key file was created"
+        );
         assert_eq!(get(ports.edge, &path(&fmp4), &[]).unwrap().status, 200);
         assert_eq!(get(ports.edge, &path(&old_ts), &[]).unwrap().status, 200);
     }
@@ -593,7 +610,7 @@ fn sighup_reloads_streams_and_keys_and_refuses_a_broken_config() {
     );
     assert_eq!(
         sample(&m, "hlsgate_config_reloads_total{result=\"refused\"}"),
-        2.0
+        6.0
     );
 
     // Removing a stream removes it at once.

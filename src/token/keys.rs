@@ -120,6 +120,16 @@ impl Keyring {
         Ok(Keyring { keys, active })
     }
 
+    /// Read the key file; a missing one is an error (a reload never creates key files: a
+    /// fresh key would make every outstanding token fail).
+    pub fn load(path: &Path) -> Result<Keyring, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Keyring::from_text(&text)
+    }
+
     /// Read the key file, creating it (mode 0600, parent folders too) with one fresh key when
     /// it does not exist.
     pub fn load_or_create(path: &Path) -> Result<Keyring, KeyError> {
