@@ -481,6 +481,12 @@ impl ShutdownSignalWatch for Signals {
             tokio::select! {
                 _ = hup.recv() => self.0.reload(),
                 _ = quit.recv() => {
+                    let socket = self.0.cfg.lock().edge.upgrade_socket.clone();
+                    if successor_waiting(&socket) == Some(false) {
+                        // Handing over to nobody would take the node down.
+                        tracing::warn!(socket = %socket.display(), "SIGQUIT, but no process is waiting for the listening sockets (start `hlsgate ... --upgrade` first); still serving");
+                        continue;
+                    }
                     tracing::info!("SIGQUIT: handing the listening sockets over, then draining");
                     self.0.drain(HANDOVER);
                     return ShutdownSignal::GracefulUpgrade;
@@ -495,6 +501,28 @@ impl ShutdownSignalWatch for Signals {
             }
         }
     }
+}
+
+/// Whether a process started with `--upgrade` listens on the upgrade socket `socket`, from
+/// the kernel's table of Unix sockets (a probe connection would be taken for the hand-over
+/// itself); `None` when that table cannot be read (the hand-over is then attempted).
+fn successor_waiting(socket: &Path) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let given = socket.display().to_string();
+    let absolute = std::env::current_dir()
+        .ok()
+        .map(|d| d.join(socket).display().to_string());
+    Some(listening_on(&table, &given, absolute.as_deref()))
+}
+
+/// Whether `/proc/net/unix` text `table` has a listening socket (flags `00010000`,
+/// `__SO_ACCEPTCON`) bound to `path` (or `absolute`, the same path from the working
+/// folder).
+fn listening_on(table: &str, path: &str, absolute: Option<&str>) -> bool {
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[3] == "00010000" && (f[7] == path || Some(f[7]) == absolute)
+    })
 }
 
 /// Tell systemd (`Type=notify`, `NotifyAccess=all`) about the service's state; nothing
@@ -540,5 +568,29 @@ pub fn background() -> anyhow::Result<bool> {
             Ok(true)
         }
         _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_successor_is_a_listening_socket_on_the_upgrade_path() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 11 /run/hlsgate/upgrade.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 12 data/upgrade.sock\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 13 /tmp/other.sock\n";
+        assert!(super::listening_on(
+            table,
+            "/run/hlsgate/upgrade.sock",
+            None
+        ));
+        // connected, not listening: no successor
+        assert!(!super::listening_on(table, "data/upgrade.sock", None));
+        assert!(super::listening_on(
+            table,
+            "x/other.sock",
+            Some("/tmp/other.sock")
+        ));
+        assert!(!super::listening_on(table, "/run/none.sock", None));
     }
 }

@@ -1000,3 +1000,40 @@ fn a_viewer_that_goes_away_mid_answer_is_no_server_error() {
         .sum();
     assert_eq!(all_500, 0.0, "a viewer going away counted as 500:\n{text}");
 }
+
+/// SIGQUIT hands the listening sockets to a process started with `--upgrade`; with none
+/// waiting, handing over to nobody would take the node down: it logs and keeps serving.
+#[test]
+fn sigquit_with_no_successor_keeps_serving() {
+    let n = node("");
+    let h = n.h;
+    let p = path(&h.token_url(&["--stream", "ts", "--ttl", "600"]));
+    // past the test wrapper (which stops passing signals after a QUIT)
+    let pid = h.pid();
+    let quit = || assert_eq!(unsafe { libc::kill(pid, libc::SIGQUIT) }, 0);
+    quit();
+    wait_for(
+        || {
+            h.log_text()
+                .contains("no process is waiting for the listening sockets")
+        },
+        "the refusal to hand over",
+    );
+    std::thread::sleep(Duration::from_millis(3_000));
+    assert_eq!(get(n.ports.edge, "/healthz", &[]).unwrap().status, 200);
+    assert_eq!(get(n.ports.edge, &p, &[]).unwrap().status, 200);
+    // once a successor waits, the same signal hands over
+    let new = Hlsgate::spawn("serve", &h.config, n.ports.edge, &["--upgrade"]);
+    std::thread::sleep(Duration::from_millis(500));
+    quit();
+    // the old process exits (a zombie until its wrapper reaps it)
+    wait_for(
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.split(' ').nth(2) == Some("Z"))
+        },
+        "the old process to exit",
+    );
+    new.wait_healthy();
+    assert_eq!(get(n.ports.edge, &p, &[]).unwrap().status, 200);
+}

@@ -431,12 +431,14 @@ impl Hlsgate {
         ));
         let script = format!(
             "'{}' {subcommand} -c '{}' {} 2>'{}' & pid=$!\n\
+             echo $pid >'{}.pid'\n\
              while read sig; do kill -$sig $pid; [ \"$sig\" = HUP ] || break; done\n\
              [ -n \"$sig\" ] || kill -TERM $pid\n\
              wait $pid",
             bin(),
             config.display(),
             args.join(" "),
+            log.display(),
             log.display()
         );
         let child = Command::new("sh")
@@ -474,6 +476,22 @@ impl Hlsgate {
     }
 
     /// Send a signal (`HUP`, `QUIT`, `TERM`, `KILL`, ...).
+    /// The `hlsgate` process's id (not its wrapper's), for signals sent past the wrapper.
+    pub fn pid(&self) -> i32 {
+        let file = format!("{}.pid", self.log.display());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "no pid file {file}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn signal(&mut self, sig: &str) {
         let stdin = self.child.stdin.as_mut().expect("still running");
         stdin.write_all(format!("{sig}\n").as_bytes()).unwrap();
