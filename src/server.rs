@@ -4,7 +4,7 @@
 //! | signal | effect |
 //! |---|---|
 //! | `SIGHUP` | reload the config: streams, token keys, CORS, limits, external auth, certificates; a config that does not load is refused and logged, the old one keeps serving |
-//! | `SIGQUIT` | hand the listening sockets to a process started with `--upgrade` (Pingora's graceful upgrade), finish the requests in flight, exit |
+//! | `SIGQUIT` | hand the listening sockets to a process started with `--upgrade` (Pingora's graceful upgrade; waited for up to 5 s), finish the requests in flight, exit; with no such process, log and keep serving |
 //! | `SIGTERM` | stop accepting, finish the requests in flight, exit as soon as none is left or `edge.shutdown_grace` has passed |
 //! | `SIGINT` | exit now |
 //!
@@ -482,7 +482,15 @@ impl ShutdownSignalWatch for Signals {
                 _ = hup.recv() => self.0.reload(),
                 _ = quit.recv() => {
                     let socket = self.0.cfg.lock().edge.upgrade_socket.clone();
-                    if successor_waiting(&socket) == Some(false) {
+                    // systemd's ExecReload starts the successor in the background and sends
+                    // SIGQUIT at once: give it up to 5 s to start listening.
+                    let mut waiting = successor_waiting(&socket);
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while waiting == Some(false) && Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        waiting = successor_waiting(&socket);
+                    }
+                    if waiting == Some(false) {
                         // Handing over to nobody would take the node down.
                         tracing::warn!(socket = %socket.display(), "SIGQUIT, but no process is waiting for the listening sockets (start `hlsgate ... --upgrade` first); still serving");
                         continue;
