@@ -553,8 +553,17 @@ fn sighup_reloads_streams_and_keys_and_refuses_a_broken_config() {
     assert_eq!(get(ports.edge, &path(&old_ts), &[]).unwrap().status, 200);
     // The new connection cap (3) holds: a 4th connection is answered 503 at once and
     // closed (read without sending anything: a request sent into the closing connection
-    // could meet a reset instead of the answer).
+    // could meet a reset instead of the answer). The edge's own gauge says when ffmpeg's
+    // and the requests' connections above are gone (a connection still finishing an
+    // origin fetch for a player that left counts until it is done), then that the three
+    // held ones are all counted before the fourth comes.
+    let open = || {
+        let m = get(ports.metrics, "/metrics", &[]).unwrap().text();
+        sample(&m, "hlsgate_edge_connections ")
+    };
+    wait_for(|| open() == 0.0, "earlier connections to close");
     let held = hold(3);
+    wait_for(|| open() == 3.0, "the three held connections to be counted");
     let mut fourth = std::net::TcpStream::connect(("127.0.0.1", ports.edge)).unwrap();
     fourth
         .set_read_timeout(Some(Duration::from_secs(5)))
