@@ -175,6 +175,8 @@ struct FileCache {
     #[serde(deserialize_with = "duration")]
     stale_if_error: Duration,
     #[serde(deserialize_with = "duration")]
+    error_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
     lock_timeout: Duration,
 }
 
@@ -188,6 +190,7 @@ impl Default for FileCache {
             vod_playlist_ttl: p.vod_playlist_ttl,
             live_playlist_ttl: p.live_playlist_ttl,
             stale_if_error: p.stale_if_error,
+            error_ttl: p.error_ttl,
             lock_timeout: Duration::from_secs(5),
         }
     }
@@ -348,6 +351,8 @@ struct FileStore {
     url: String,
     #[serde(deserialize_with = "duration")]
     cache_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    stale_if_error: Duration,
 }
 
 impl Default for FileStore {
@@ -355,6 +360,7 @@ impl Default for FileStore {
         FileStore {
             url: "sqlite://data/hlsgate.db".into(),
             cache_ttl: Duration::from_secs(2),
+            stale_if_error: Duration::from_secs(60),
         }
     }
 }
@@ -468,6 +474,9 @@ pub struct Config {
     pub store_url: String,
     /// How long an edge trusts what it read from the store about a stream or a session.
     pub store_cache_ttl: Duration,
+    /// How long past `store_cache_ttl` what an edge read from the store still admits
+    /// viewers while the store cannot be reached (0: not at all).
+    pub store_stale_if_error: Duration,
     pub tokens: Tokens,
     pub origins: OriginPolicy,
     pub cache: crate::cache::Policy,
@@ -1098,6 +1107,7 @@ impl Config {
             metrics_stream_labels: f.metrics.stream_labels,
             store_url: f.store.url,
             store_cache_ttl: f.store.cache_ttl,
+            store_stale_if_error: f.store.stale_if_error,
             tokens: Tokens {
                 secret_file: f.tokens.secret_file,
                 ttl: f.tokens.ttl,
@@ -1117,6 +1127,7 @@ impl Config {
                 vod_playlist_ttl: f.cache.vod_playlist_ttl,
                 live_playlist_ttl: f.cache.live_playlist_ttl,
                 stale_if_error: f.cache.stale_if_error,
+                error_ttl: f.cache.error_ttl,
             },
             cache_lock_timeout: f.cache.lock_timeout,
             streams,

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub cache_served_bytes: IntCounter,
     pub cache_held_bytes: IntGauge,
     pub cache_objects: IntGauge,
+    pub cache_inflight_bytes: IntGauge,
+    pub store_up: IntGauge,
+    pub store_stale_answers: IntCounter,
     /// Requests sent to origins, by route kind.
     pub origin_fetches: IntCounterVec,
     /// Origin failures (refused, timed out, died mid-body, 5xx), by route kind.
@@ -225,7 +228,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cache_lookups: counter_vec(
             &r,
             "hlsgate_cache_requests_total",
-            "Cacheable requests by cache result (hit, miss, stale, pass).",
+            "Cacheable requests by cache result (hit, miss, stale, pass; failed: answered the origin's remembered failure, cache.error_ttl).",
             &["result"],
         ),
         cache_served_bytes: counter(
@@ -237,6 +240,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "hlsgate_cache_held_bytes",
             "Bytes held by the segment cache (bodies, headers, keys).",
+        ),
+        cache_inflight_bytes: gauge(
+            &r,
+            "hlsgate_cache_inflight_bytes",
+            "Bytes of the segment cache's in-flight share (a quarter of cache.max_bytes) reserved by fills arriving from origins.",
+        ),
+        store_up: gauge(
+            &r,
+            "hlsgate_store_up",
+            "1 while the store answers, 0 from a failed query until a probe succeeds.",
+        ),
+        store_stale_answers: counter(
+            &r,
+            "hlsgate_store_stale_answers_total",
+            "Store answers given from the last good one while the store failed (store.stale_if_error).",
         ),
         cache_objects: gauge(
             &r,
@@ -352,7 +370,7 @@ impl Metrics {
             self.origin_fetches.with_label_values(&[kind]);
             self.origin_errors.with_label_values(&[kind]);
         }
-        for result in ["hit", "miss", "stale", "pass"] {
+        for result in ["hit", "miss", "stale", "pass", "failed"] {
             self.cache_lookups.with_label_values(&[result]);
         }
         for (what, result) in [("session", "error"), ("stream", "error")] {
@@ -387,6 +405,7 @@ impl Metrics {
             let (bytes, objects) = store.usage();
             self.cache_held_bytes.set(bytes as i64);
             self.cache_objects.set(objects as i64);
+            self.cache_inflight_bytes.set(store.inflight_bytes() as i64);
             self.cache_max_bytes.set(store.policy().max_bytes as i64);
         }
         if let Some(l) = self.connections.get() {

@@ -166,6 +166,7 @@ pub fn run(path: &Path, role: Role, start: Start, loaded: (Config, Keyring)) -> 
         store.clone(),
         rt.handle().clone(),
         cfg.store_cache_ttl,
+        cfg.store_stale_if_error,
     ));
     let cfg = Arc::new(cfg);
     let keyring = Arc::new(keyring);

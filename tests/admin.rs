@@ -858,38 +858,72 @@ crate::both!(
 );
 
 /// The store goes away (its PostgreSQL database is dropped under a running `serve`):
-/// stored-session tokens fail closed with 503 once the edge's cache expires, the admin
-/// answers 503, and a static stream with a stateless token keeps playing.
+/// a viewer the edge has already admitted keeps playing for `store.stale_if_error` (default
+/// 60 s); one it has never seen is answered 503 at once (the store is known down: no query
+/// waits), as is the admin; `hlsgate_store_up` says 0; a static stream plays on. With
+/// `store.stale_if_error: 0s` every store-backed viewer is refused (fail closed).
 #[test]
-fn a_store_outage_fails_closed() {
-    let w = world(
-        Backend::Postgres,
-        &format!("streams:\n  static: {{ url: \"{}\" }}\n", ts_url()),
-    );
-    let h = w.serve();
-    let (a, e) = (w.ports.admin, w.ports.edge);
-    let jwt = login(a, "olga", "olga-password");
-    let id = add_stream(a, &jwt, &ts_url());
-    let path = playback_path(a, &jwt, id);
-    assert_eq!(play_status(e, &path), 200);
-    let stateless = path_of(&h.token_url(&["--stream", "static"]));
-    assert_eq!(play_status(e, &stateless), 200);
+fn a_store_outage_keeps_seen_viewers_and_refuses_the_rest_at_once() {
+    for stale in ["60s", "0s"] {
+        let w = world(
+            Backend::Postgres,
+            &format!("streams:\n  static: {{ url: \"{}\" }}\n", ts_url()),
+        );
+        add_config_keys(
+            &w.config,
+            "store",
+            &format!("  stale_if_error: \"{stale}\"\n"),
+        );
+        let h = w.serve();
+        let (a, e) = (w.ports.admin, w.ports.edge);
+        let jwt = login(a, "olga", "olga-password");
+        let id = add_stream(a, &jwt, &ts_url());
+        let seen = playback_path(a, &jwt, id);
+        assert_eq!(play_status(e, &seen), 200);
+        // Another login's URL, issued before the outage but never played.
+        let unseen = playback_path(a, &login(a, "olga", "olga-password"), id);
+        let stateless = path_of(&h.token_url(&["--stream", "static"]));
+        assert_eq!(play_status(e, &stateless), 200);
 
-    let name = w.db.url.rsplit('/').next().unwrap().to_owned();
-    drop_postgres_database(&name);
-    std::thread::sleep(Duration::from_millis(2200)); // the edge's cache expires
-    let r = get(e, &path, &[("User-Agent", PLAYER)]).unwrap();
-    assert_eq!(
-        (r.status, r.text()),
-        (503, r#"{"error":"store unavailable"}"#.into())
-    );
-    let (s, v, _) = api(a, "GET", "/api/streams", Some(&jwt), None, &[]);
-    assert_eq!((s, error_of(&v)), (503, "store unavailable"));
-    assert_eq!(
-        play_status(e, &stateless),
-        200,
-        "static streams do not need the store"
-    );
+        let name = w.db.url.rsplit('/').next().unwrap().to_owned();
+        drop_postgres_database(&name);
+        std::thread::sleep(Duration::from_millis(2200)); // the edge's cache_ttl (2 s) ends
+        let want = if stale == "0s" { 503 } else { 200 };
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let t = Instant::now();
+            let r = get(e, &seen, &[("User-Agent", PLAYER)]).unwrap();
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(r.status, want, "stale_if_error {stale}: {}", r.text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+        for _ in 0..3 {
+            let t = Instant::now();
+            let r = get(e, &unseen, &[("User-Agent", PLAYER)]).unwrap();
+            assert_eq!(
+                (r.status, r.text()),
+                (503, r#"{"error":"store unavailable"}"#.into())
+            );
+            assert!(
+                t.elapsed() < Duration::from_millis(100),
+                "a refusal took {:?}",
+                t.elapsed()
+            );
+        }
+        let m = get(w.ports.metrics, "/metrics", &[]).unwrap().text();
+        assert_eq!(sample(&m, "hlsgate_store_up "), 0.0);
+        if stale != "0s" {
+            assert!(sample(&m, "hlsgate_store_stale_answers_total ") > 0.0);
+        }
+        let (s, v, _) = api(a, "GET", "/api/streams", Some(&jwt), None, &[]);
+        assert_eq!((s, error_of(&v)), (503, "store unavailable"));
+        assert_eq!(
+            play_status(e, &stateless),
+            200,
+            "static streams do not need the store"
+        );
+    }
 }
 
 /// A client that never finishes its request headers is cut off after the admin's header

@@ -256,10 +256,21 @@ fn playlists_are_cached_once_and_rewritten_per_viewer() {
     assert!(!ta.contains(&token(&b)) && !tb.contains(&token(&a)));
     assert_eq!(ra.header("Content-Length"), None);
     assert_eq!(h.origin.hits("GET /c/index.m3u8 ") - before, 1);
-    // A live playlist (no ENDLIST) with a 4 s target duration is fresh for 2 s.
+    // A live playlist (no ENDLIST) with a 4 s target duration is fresh for 2 s; then it
+    // is answered stale at once while one background request refreshes it (as nginx's
+    // `proxy_cache_use_stale updating` + `proxy_cache_background_update`).
     std::thread::sleep(Duration::from_millis(2300));
     let rc = fetch(h, &a, "viewer-a", &[]);
-    assert_eq!(rc.status, 200);
+    assert_eq!((rc.status, rc.header("X-Cache")), (200, Some("STALE")));
+    assert_eq!(rc.text(), ta);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.origin.hits("GET /c/index.m3u8 ") - before < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let rd = fetch(h, &b, "viewer-b", &[]);
+    assert_eq!((rd.status, rd.header("X-Cache")), (200, Some("HIT")));
     assert_eq!(h.origin.hits("GET /c/index.m3u8 ") - before, 2);
     // The viewer's token never reaches the origin.
     assert!(h.origin.requests().iter().all(|l| !l.contains(&token(&a))));
@@ -358,7 +369,8 @@ fn failed_fetches_are_not_cached_and_stale_is_served_on_origin_error() {
     assert!(r.header("Warning").is_some_and(|w| w.starts_with("110")));
     assert!(r.body == want);
     assert_eq!(h.origin.hits("GET /c/short.ts "), 2);
-    // Origin back: fresh again.
+    // Origin back: fresh again once its failure is no longer remembered (error_ttl 1 s).
+    std::thread::sleep(Duration::from_millis(1100));
     let r = fetch(h, &path, "v", &[]);
     assert_eq!((r.status, r.header("X-Cache")), (200, Some("MISS")));
 }

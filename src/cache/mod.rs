@@ -14,7 +14,7 @@
 pub mod lock;
 mod store;
 
-pub use store::SegmentStore;
+pub use store::{Reservation, SegmentStore, UNKNOWN_LENGTH_RESERVE};
 
 use crate::media::Kind;
 use pingora_cache::cache_control::CacheControl;
@@ -34,6 +34,10 @@ pub struct Policy {
     pub live_playlist_ttl: Duration,
     /// How long past its freshness an object may be served when the origin fails.
     pub stale_if_error: Duration,
+    /// How long a failed origin fetch (a 5xx, a refused connection, a timeout) is
+    /// remembered: meanwhile the object's viewers get the stale copy or the same error
+    /// without another origin request (0: not remembered).
+    pub error_ttl: Duration,
     /// Objects larger than this are passed through, not cached.
     pub max_object_bytes: u64,
 }
@@ -46,6 +50,7 @@ impl Default for Policy {
             vod_playlist_ttl: Duration::from_secs(30),
             live_playlist_ttl: Duration::from_secs(1),
             stale_if_error: Duration::from_secs(60),
+            error_ttl: Duration::from_secs(1),
             max_object_bytes: 64 << 20,
         }
     }
@@ -127,10 +132,17 @@ impl Policy {
             None => self.segment_ttl,
         };
         let now = SystemTime::now();
+        // A playlist past its freshness is answered stale while one request refreshes it
+        // in the background (see `settle` for playlists known only by their body).
+        let swr = if kind == Kind::Playlist {
+            secs(self.stale_if_error)
+        } else {
+            0
+        };
         Ok(CacheMeta::new(
             now + ttl,
             now,
-            0,
+            swr,
             secs(self.stale_if_error),
             resp.clone(),
         ))
@@ -161,7 +173,10 @@ impl Policy {
             .unwrap_or(self.live_playlist_ttl)
     }
 
-    /// Adjust a just-completed object's freshness (see [`Policy::playlist_ttl`]).
+    /// Adjust a just-completed object's freshness (see [`Policy::playlist_ttl`]): a
+    /// playlist is answered stale while it is refreshed in the background (within
+    /// `stale_if_error`), as nginx's `proxy_cache_use_stale updating` with
+    /// `proxy_cache_background_update`.
     pub(crate) fn settle(&self, meta: &mut CacheMeta, body: &[u8]) {
         let header = meta.response_header();
         let is_playlist = header
@@ -170,12 +185,15 @@ impl Policy {
             .is_some_and(|v| crate::media::is_playlist_type(v.as_bytes()))
             || body.starts_with(b"#EXTM3U")
             || body.starts_with(b"\xEF\xBB\xBF#EXTM3U");
-        if !is_playlist || matches!(origin_ttl(header), Ok(Some(_))) {
+        if !is_playlist {
             return;
         }
-        let ttl = self.playlist_ttl(body);
+        let fresh_until = match origin_ttl(header) {
+            Ok(Some(_)) => meta.fresh_until(),
+            _ => meta.created() + self.playlist_ttl(body),
+        };
         let sie = meta.stale_if_error_sec();
-        meta.update_freshness(meta.created() + ttl, 0, sie);
+        meta.update_freshness(fresh_until, sie, sie);
     }
 }
 

@@ -21,6 +21,29 @@ use tokio::sync::watch;
 
 type BinaryMeta = (Vec<u8>, Vec<u8>);
 
+/// What a fill of unknown length (a chunked playlist) reserves of the in-flight share;
+/// only bytes past it are counted as they arrive.
+pub const UNKNOWN_LENGTH_RESERVE: u64 = 1 << 20;
+
+/// Bytes of the in-flight share held for one fill, for as long as the request filling it
+/// lasts (see [`SegmentStore::try_reserve`]); given back on drop.
+pub struct Reservation {
+    store: &'static SegmentStore,
+    len: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.store.inflight.fetch_sub(self.len, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Reservation({} bytes)", self.len)
+    }
+}
+
 /// A complete object.
 struct Entry {
     meta: Fields,
@@ -94,6 +117,8 @@ pub struct FreshHit {
     pub header: ResponseHeader,
     pub body: Bytes,
     pub created: SystemTime,
+    /// Past its freshness (served only while its origin fails).
+    pub stale: bool,
 }
 
 /// The segment cache. Create once and leak (`Storage` methods take `&'static self`).
@@ -141,16 +166,23 @@ impl SegmentStore {
         (e.meta.created == created).then(|| e.body.clone())
     }
 
-    /// A complete object under `key` (`CacheKey::combined_bin`) that is fresh at `now`: its
-    /// stored header (a copy), body and creation time, for an answer that skips Pingora's
-    /// cache phases (`EdgeProxy::serve_fresh_hit`). A stale or still-arriving object is not
-    /// one.
-    pub fn fresh_hit(&self, key: &HashBinary, now: SystemTime) -> Option<FreshHit> {
+    /// A complete object under `key` (`CacheKey::combined_bin`) that is fresh at `now`, or
+    /// (with `stale_ok`) still within its `stale_if_error`: its stored header (a copy),
+    /// body and creation time, for an answer that skips Pingora's cache phases
+    /// (`EdgeProxy::serve_fresh_hit`). A still-arriving object is not one.
+    pub fn hit(&self, key: &HashBinary, now: SystemTime, stale_ok: bool) -> Option<FreshHit> {
         let e = self.done.get(key)?;
-        (e.meta.fresh_until > now).then(|| FreshHit {
+        let fresh = e.meta.fresh_until > now;
+        let usable = fresh
+            || (stale_ok
+                && e.meta.fresh_until
+                    + std::time::Duration::from_secs(e.meta.stale_if_error.into())
+                    > now);
+        usable.then(|| FreshHit {
             header: e.meta.header.clone(),
             body: e.body.clone(),
             created: e.meta.created,
+            stale: !fresh,
         })
     }
 
@@ -159,11 +191,29 @@ impl SegmentStore {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// Whether a new fill of `len` bytes fits in the in-flight share, with a quarter of it
-    /// left as headroom for fills racing this one. One that does not fit is passed
-    /// through uncached (whole) rather than started and abandoned half way.
-    pub fn has_room(&self, len: u64) -> bool {
-        self.inflight_bytes().saturating_add(len) <= self.inflight_budget / 4 * 3
+    /// Reserve `len` bytes of the in-flight share for a fill about to start (its
+    /// declared `Content-Length`, or [`UNKNOWN_LENGTH_RESERVE`]). `None`: they do not fit,
+    /// and the response is passed through uncached, whole. Deciding here, before the
+    /// viewer's header goes out, is what keeps the budget from ever cutting a body it has
+    /// started: a fill never needs more than it reserved (the origin connection ends a
+    /// body at its Content-Length), except a body of unknown length past the reserve.
+    pub fn try_reserve(&'static self, len: u64) -> Option<Reservation> {
+        let mut cur = self.inflight.load(Ordering::Acquire);
+        loop {
+            let next = cur.checked_add(len)?;
+            if next > self.inflight_budget {
+                return None;
+            }
+            match self.inflight.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Reservation { store: self, len }),
+                Err(seen) => cur = seen,
+            }
+        }
     }
 
     /// A leaked store for Pingora's `&'static` cache API (one per server).
@@ -344,6 +394,11 @@ struct SegmentMiss {
     object: Arc<Partial>,
     tag: [u8; 8],
     bytes: usize,
+    /// Bytes reserved for this fill when it was admitted (its Content-Length, or
+    /// [`UNKNOWN_LENGTH_RESERVE`]).
+    reserved: u64,
+    /// Bytes counted past `reserved`.
+    extra: u64,
     finished: bool,
 }
 
@@ -351,16 +406,17 @@ struct SegmentMiss {
 impl HandleMiss for SegmentMiss {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
         self.bytes += data.len();
-        let total = self
-            .store
-            .inflight
-            .fetch_add(data.len() as u64, Ordering::AcqRel)
-            + data.len() as u64;
+        // Bytes up to the reservation were counted when the fill was admitted; only what
+        // a body of unknown length sends past it is counted here.
+        let past = (self.bytes as u64).saturating_sub(self.reserved);
+        let more = past - self.extra;
+        self.extra = past;
+        let total = self.store.inflight.fetch_add(more, Ordering::AcqRel) + more;
         if self.bytes as u64 > self.store.policy.max_object_bytes {
             self.abandon();
             return Error::e_explain(ErrorType::InternalError, "object too large to cache");
         }
-        if total > self.store.inflight_budget {
+        if more > 0 && total > self.store.inflight_budget {
             self.abandon();
             return Error::e_explain(
                 ErrorType::InternalError,
@@ -431,9 +487,10 @@ impl SegmentMiss {
         self.remove_partial();
     }
 
-    /// Take this fill's bytes off the in-flight count (once).
+    /// Take the bytes this fill counted past its reservation off the in-flight count
+    /// (once; the reservation is the filling request's, see [`Reservation`]).
     fn release(&mut self) {
-        let n = std::mem::take(&mut self.bytes) as u64;
+        let n = std::mem::take(&mut self.extra);
         self.store.inflight.fetch_sub(n, Ordering::AcqRel);
     }
 
@@ -516,6 +573,9 @@ impl Storage for SegmentStore {
             object,
             tag: id.to_be_bytes(),
             bytes: 0,
+            reserved: super::content_length(meta.response_header())
+                .unwrap_or(UNKNOWN_LENGTH_RESERVE),
+            extra: 0,
             finished: false,
         }))
     }
@@ -568,16 +628,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fills_get_a_quarter_of_max_bytes() {
-        let store = SegmentStore::new(Policy {
+    fn fills_reserve_their_length_in_a_quarter_of_max_bytes() {
+        let store = SegmentStore::leak(Policy {
             max_bytes: 4 << 20,
             ..Policy::default()
         });
-        // a quarter is the in-flight share; new fills start only while 3/4 of it is free
-        assert!(store.has_room(700 << 10));
-        assert!(!store.has_room(800 << 10));
-        store.inflight.fetch_add(500 << 10, Ordering::Relaxed);
-        assert!(!store.has_room(300 << 10));
-        assert!(store.has_room(200 << 10));
+        // a quarter (1 MiB) is the in-flight share; each fill reserves its length up front,
+        // so a fill admitted is never cut for want of room
+        let a = store.try_reserve(700 << 10).expect("fits");
+        assert!(
+            store.try_reserve(400 << 10).is_none(),
+            "700 + 400 KiB > 1 MiB"
+        );
+        let b = store.try_reserve(300 << 10).expect("700 + 300 KiB fit");
+        assert_eq!(store.inflight_bytes(), 1000 << 10);
+        drop(a);
+        assert_eq!(store.inflight_bytes(), 300 << 10);
+        assert!(store.try_reserve(u64::MAX).is_none());
+        drop(b);
+        assert_eq!(store.inflight_bytes(), 0);
     }
 }

@@ -50,10 +50,16 @@ pub struct EdgeState {
     /// renewed receives byte for byte: their next viewers skip the rewriter and get the
     /// cached `Bytes` as they are.
     pub verbatim: moka::sync::Cache<VerbatimKey, ()>,
-    /// Origin objects whose fetch just failed (connect error or timeout), by cache key,
-    /// with the status given: viewers that waited on that fetch's cache lock get the same
-    /// answer at once instead of each trying the hanging origin again.
-    pub failed: moka::sync::Cache<String, u16>,
+    /// Origin objects whose fetch just failed (a 5xx, a refused connection, a timeout),
+    /// by cache key, with the status and message given, for `cache.error_ttl`: their viewers get the
+    /// stale copy or the same answer at once, instead of each trying the failing origin
+    /// again (nginx's `proxy_cache_lock` + `use_stale`, for failures too).
+    pub failed: moka::sync::Cache<pingora_cache::key::HashBinary, (u16, &'static str)>,
+    /// Stale objects being refreshed in the background, by the request URI of the viewer
+    /// whose request started it: what that viewer was admitted to fetch, for the refresh
+    /// (a Pingora subrequest with a copy of that request) to fetch without admitting
+    /// anyone again.
+    pub refreshes: moka::sync::Cache<String, Arc<Refresh>>,
     /// JWTs already verified, by their text: `(stream, grant)`. ES384 verification costs
     /// about 0.8 ms on this kind of machine; a player presents the same JWT on every
     /// playlist refresh, so it is verified once and its `exp` checked each time.
@@ -130,6 +136,7 @@ impl EdgeState {
             }
         };
         let cloudfront_native = keyring.derive(crate::token::cloudfront::NATIVE_LABEL);
+        let cfg_error_ttl = cfg.cache.error_ttl.max(std::time::Duration::from_millis(1));
         let external = cfg
             .external
             .clone()
@@ -184,10 +191,22 @@ impl EdgeState {
                 .build(),
             failed: moka::sync::Cache::builder()
                 .max_capacity(10_000)
-                .time_to_live(std::time::Duration::from_secs(2))
+                .time_to_live(cfg_error_ttl)
+                .build(),
+            refreshes: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(60))
                 .build(),
         }
     }
+}
+
+/// What a background refresh fetches (see `EdgeState::refreshes`).
+pub struct Refresh {
+    pub stream: Arc<crate::stream::Stream>,
+    pub kind: crate::media::Kind,
+    pub origin_path: String,
+    pub upstream_uri: String,
 }
 
 impl EdgeState {
@@ -203,7 +222,10 @@ impl EdgeState {
             Some((self.store, self.cache_lock, self.viewers.clone())),
         );
         next.verbatim = self.verbatim.clone();
-        next.failed = self.failed.clone();
+        if self.cfg.cache.error_ttl == next.cfg.cache.error_ttl {
+            next.failed = self.failed.clone();
+        }
+        next.refreshes = self.refreshes.clone();
         next.session_ips = self.session_ips.clone();
         next.failed_checks = self.failed_checks.clone();
         next.exchange_key = self.exchange_key;

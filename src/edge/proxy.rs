@@ -75,8 +75,15 @@ pub struct Ctx {
     /// This process is the shield for this request (another edge asked, see `shield`): the
     /// origin's bytes and headers go back as they are.
     shield: bool,
-    /// Answered from the segment cache in `request_filter` (see `serve_fresh_hit`).
-    early_hit: bool,
+    /// Answered from the segment cache in `request_filter` (see `serve_fresh_hit`): the
+    /// cache label ("hit", or "stale" while the origin fails).
+    early_hit: Option<&'static str>,
+    /// The in-flight share of the cache this request's fill holds (see
+    /// `SegmentStore::try_reserve`): given back when the request ends.
+    reserved: Option<crate::cache::Reservation>,
+    /// A background refresh of a stale object (a Pingora subrequest, see
+    /// `EdgeState::refreshes`): no viewer, nothing logged or rewritten.
+    background: bool,
 }
 
 impl Ctx {
@@ -195,6 +202,22 @@ impl EdgeProxy {
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // Held across awaits (the store, the external handler): an owned reference.
         let st = self.live.load_full();
+        if session.subrequest_ctx.is_some() {
+            // Pingora's background refresh of a stale object (see `should_serve_stale`):
+            // it fetches what the viewer who started it was admitted to, nothing else.
+            ctx.background = true;
+            let uri = session.req_header().uri.to_string();
+            let Some(r) = st.refreshes.remove(&uri) else {
+                ctx.status = 403;
+                respond::error(session, 403, "no refresh", &ctx.cors).await?;
+                return Ok(true);
+            };
+            ctx.kind = r.kind;
+            ctx.origin_path = r.origin_path.clone();
+            ctx.upstream_uri = r.upstream_uri.clone();
+            ctx.stream = Some(r.stream.clone());
+            return Ok(false);
+        }
         // Pingora keeps an idle HTTP/1 keep-alive connection open forever unless told
         // otherwise: bound it, so idle sockets cannot pile up.
         let idle = st.cfg.edge.idle_timeout.as_secs().max(1);
@@ -508,6 +531,7 @@ impl EdgeProxy {
     async fn serve_fresh_hit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         if ctx.shield
+            || ctx.background
             || req.method != http::Method::GET
             || FORWARDED_HEADERS
                 .iter()
@@ -524,9 +548,27 @@ impl EdgeProxy {
         };
         let st = self.state();
         let now = std::time::SystemTime::now();
-        let Some(hit) = st.store.fresh_hit(&bin, now) else {
+        let hit = st.store.hit(&bin, now, true);
+        if hit.as_ref().is_none_or(|h| h.stale) {
+            // Not fresh: answered here only while the origin's last failure for this object
+            // is remembered (`cache.error_ttl`): with the stale copy, or the same error, and
+            // no origin request. Otherwise the cache path asks the origin.
+            let Some((code, message)) = st.failed.get(&bin) else {
+                return Ok(false);
+            };
+            if hit.is_none() {
+                drop(st);
+                ctx.status = code;
+                ctx.failure = Some(message);
+                ctx.early_hit = Some("failed");
+                respond::error(session, code, message, &ctx.cors).await?;
+                return Ok(true);
+            }
+        }
+        let Some(hit) = hit else {
             return Ok(false);
         };
+        let state = if hit.stale { "STALE" } else { "HIT" };
         let mut resp = hit.header;
         if resp.status != http::StatusCode::OK {
             return Ok(false);
@@ -539,7 +581,7 @@ impl EdgeProxy {
             resp.remove_header(&http::header::TRANSFER_ENCODING);
             resp.insert_header(http::header::CONTENT_LENGTH, hit.body.len())?;
         }
-        self.edge_headers(&mut resp, ctx, Some("HIT"))?;
+        self.edge_headers(&mut resp, ctx, Some(state))?;
         let body = if ctx.kind == Kind::Playlist || is_playlist_response(&resp) {
             if is_compressed(&resp) {
                 return Ok(false);
@@ -561,7 +603,7 @@ impl EdgeProxy {
         drop(st); // not held across the writes' awaits
         ctx.status = 200;
         ctx.from_cache = true;
-        ctx.early_hit = true;
+        ctx.early_hit = Some(if hit.stale { "stale" } else { "hit" });
         METRICS.cache_served_bytes.inc_by(body.len() as u64);
         if body.is_empty() {
             session.write_response_header(Box::new(resp), true).await?;
@@ -588,13 +630,36 @@ impl EdgeProxy {
     /// Remember that fetching this object failed because the origin could not be reached
     /// or timed out (see `EdgeState::failed`).
     fn remember_failure(&self, ctx: &Ctx, e: &Error) {
-        let code = match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 502,
+        let (code, message) = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                (504, "origin timed out")
+            }
+            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
+                (502, "origin unavailable")
+            }
+            // The origin answered 5xx and a stale copy answers for it (the edge's own answer
+            // would be 502, as `refusal` says; a shield's 504 stays one).
+            ErrorType::HTTPStatus(s)
+                if (500..600).contains(s) && *e.esource() == ErrorSource::Upstream =>
+            {
+                match self.refusal_of_status(ctx, *s) {
+                    Some((code, _, message)) => (code, message),
+                    None => return,
+                }
+            }
             _ => return,
         };
-        if let Some(primary) = ctx.cache_primary() {
-            self.state().failed.insert(primary, code);
+        self.remember_status(ctx, code, message);
+    }
+
+    /// Remember for `cache.error_ttl` that this object's fetch failed with `code`.
+    fn remember_status(&self, ctx: &Ctx, code: u16, message: &'static str) {
+        let st = self.state();
+        if st.cfg.cache.error_ttl.is_zero() {
+            return;
+        }
+        if let Some(key) = ctx.cache_key() {
+            st.failed.insert(key.combined_bin(), (code, message));
         }
     }
 
@@ -605,6 +670,28 @@ impl EdgeProxy {
             return None;
         }
         self.state().cfg.origins.shield.clone()
+    }
+
+    /// [`EdgeProxy::refusal`] of a response by its status alone (`None`: 304 and 1xx/2xx).
+    fn refusal_of_status(
+        &self,
+        ctx: &Ctx,
+        status: u16,
+    ) -> Option<(u16, &'static str, &'static str)> {
+        match status {
+            304 => None,
+            300..=399 => Some((
+                502,
+                "origin_redirect",
+                "origin redirected; redirects are not followed",
+            )),
+            404 | 410 => Some((404, "", "not found at the origin")),
+            // The shield timed out on the origin (its own 502s stay 502s).
+            504 if self.via_shield(ctx).is_some() => Some((504, "", "origin timed out")),
+            400..=499 => Some((502, "", "origin refused the request")),
+            500..=599 => Some((502, "", "origin error")),
+            _ => None,
+        }
     }
 
     /// What the edge answers instead of an origin response it will not pass on: redirects
@@ -618,17 +705,7 @@ impl EdgeProxy {
     ) -> Option<(u16, &'static str, &'static str)> {
         let status = resp.status.as_u16();
         match status {
-            304 => None,
-            300..=399 => Some((
-                502,
-                "origin_redirect",
-                "origin redirected; redirects are not followed",
-            )),
-            404 | 410 => Some((404, "", "not found at the origin")),
-            // The shield timed out on the origin (its own 502s stay 502s).
-            504 if self.via_shield(ctx).is_some() => Some((504, "", "origin timed out")),
-            400..=499 => Some((502, "", "origin refused the request")),
-            500..=599 => Some((502, "", "origin error")),
+            300..=599 => self.refusal_of_status(ctx, status),
             _ if status < 200 => None,
             _ => {
                 let ct = resp
@@ -696,7 +773,9 @@ impl ProxyHttp for EdgeProxy {
             rewritten: None,
             viewer: None,
             shield: false,
-            early_hit: false,
+            early_hit: None,
+            reserved: None,
+            background: false,
         }
     }
 
@@ -737,12 +816,22 @@ impl ProxyHttp for EdgeProxy {
                 pingora_cache::NoCacheReason::Custom("refused origin response"),
             ));
         }
-        if content_length(resp).is_some_and(|len| !self.state().store.has_room(len)) {
-            return Ok(RespCacheable::Uncacheable(
-                pingora_cache::NoCacheReason::Custom("in-flight share of max_bytes in use"),
-            ));
+        let st = self.state();
+        let decided = st.store.policy().resp_cacheable(ctx.kind, resp);
+        if matches!(decided, RespCacheable::Cacheable(_)) {
+            // The fill's room is taken now, before the viewer's header goes out: a body
+            // the cache cannot hold is passed through whole, never cut half way.
+            let len = content_length(resp).unwrap_or(crate::cache::UNKNOWN_LENGTH_RESERVE);
+            match st.store.try_reserve(len) {
+                Some(r) => ctx.reserved = Some(r),
+                None => {
+                    return Ok(RespCacheable::Uncacheable(
+                        pingora_cache::NoCacheReason::Custom("in-flight share of max_bytes in use"),
+                    ))
+                }
+            }
         }
-        Ok(self.state().store.policy().resp_cacheable(ctx.kind, resp))
+        Ok(decided)
     }
 
     /// Ranges of segments are cut from the cached object; a playlist is rewritten, so a
@@ -773,14 +862,47 @@ impl ProxyHttp for EdgeProxy {
     }
 
     /// A stale object is served when the origin cannot be reached or fails (within
-    /// `cache.stale_if_error`), never in place of revalidation.
+    /// `cache.stale_if_error`; the failure is remembered for `cache.error_ttl`, so its
+    /// next viewers get the stale copy without asking the origin), and — for objects
+    /// stored with a stale-while-revalidate window: playlists — while one request
+    /// refreshes it in the background (`error` is `None` then; Pingora spawns the refresh
+    /// for the request holding the write lock).
     fn should_serve_stale(
         &self,
-        _session: &mut Session,
-        _ctx: &mut Ctx,
+        session: &mut Session,
+        ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
-        error.is_some()
+        if ctx.background {
+            // The refresh itself: it stores, it never answers stale.
+            if let Some(e) = error {
+                self.remember_failure(ctx, e);
+            }
+            return error.is_some();
+        }
+        match error {
+            Some(e) => {
+                self.remember_failure(ctx, e);
+                // Pingora will not reuse this connection after a failed fetch.
+                session.set_keepalive(None);
+            }
+            None if session.cache.is_cache_lock_writer() => {
+                let Some(stream) = ctx.stream.clone() else {
+                    return false;
+                };
+                self.state().refreshes.insert(
+                    session.req_header().uri.to_string(),
+                    Arc::new(super::Refresh {
+                        stream,
+                        kind: ctx.kind,
+                        origin_path: ctx.origin_path.clone(),
+                        upstream_uri: ctx.upstream_uri.clone(),
+                    }),
+                );
+            }
+            None => {}
+        }
+        true
     }
 
     async fn upstream_response_filter(
@@ -796,6 +918,11 @@ impl ProxyHttp for EdgeProxy {
         // policy reads): hits then have nothing to remove.
         keep_origin_headers(resp, true);
         if let Some((status, reason, message)) = self.refusal(ctx, resp) {
+            if resp.status.is_server_error() {
+                // Remembered for `cache.error_ttl`: the viewers waiting on this fetch, and
+                // the next ones, get the same answer without asking the origin again.
+                self.remember_status(ctx, status, message);
+            }
             // The origin's answer does not reach the viewer: `fail_to_proxy` writes the
             // edge's JSON error instead (nothing has been sent downstream yet), or a stale
             // copy is served when there is one.
@@ -815,16 +942,14 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if let Some(code) = ctx
-            .cache_primary()
-            .and_then(|k| self.state().failed.get(&k))
+        if let Some((code, message)) = ctx
+            .cache_key()
+            .and_then(|k| self.state().failed.get(&k.combined_bin()))
         {
-            // Another viewer's fetch of this object just failed, and this one waited on it.
-            ctx.failure = Some(if code == 504 {
-                "origin timed out"
-            } else {
-                "origin unavailable"
-            });
+            // Another viewer's fetch of this object just failed, and this one waited on it
+            // (or found it stale, after `serve_fresh_hit`): the same answer, or the stale
+            // copy (`should_serve_stale`), without asking the origin again.
+            ctx.failure = Some(message);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(code),
                 "origin just failed",
@@ -975,6 +1100,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.status = resp.status.as_u16();
+        if ctx.background {
+            return Ok(());
+        }
         let cache_state = cache_state(session.cache.phase()).map(|(header, _)| header);
         ctx.from_cache = matches!(cache_state, Some("HIT" | "STALE" | "REVALIDATED"));
         self.edge_headers(resp, ctx, cache_state)?;
@@ -1064,6 +1192,9 @@ impl ProxyHttp for EdgeProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = failure_status(e);
+        // Pingora closes the viewer's connection after a failed proxy attempt (whatever
+        // this returns): the answer says so rather than promise a keep-alive.
+        session.set_keepalive(None);
         let message = match (ctx.failure, code) {
             (Some(m), _) => m,
             (None, 502) => "origin unavailable",
@@ -1082,6 +1213,10 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.background {
+            // No viewer: its origin fetch is counted (`hlsgate_origin_fetches_total`).
+            return;
+        }
         if let Some(stream) = ctx.stream.as_ref().filter(|_| !ctx.shield) {
             let sent = session.body_bytes_sent() as u64;
             METRICS.streams.served(&stream.id, sent);
@@ -1113,9 +1248,9 @@ impl ProxyHttp for EdgeProxy {
         {
             METRICS.origin_errors.with_label_values(&[kind]).inc();
         }
-        let cache = if ctx.early_hit {
-            METRICS.cache_lookups.with_label_values(&["hit"]).inc();
-            "hit"
+        let cache = if let Some(label) = ctx.early_hit {
+            METRICS.cache_lookups.with_label_values(&[label]).inc();
+            label
         } else if session.cache.enabled() || ctx.from_cache {
             let result = cache_state(session.cache.phase()).map_or("pass", |(_, label)| label);
             METRICS.cache_lookups.with_label_values(&[result]).inc();

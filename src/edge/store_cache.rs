@@ -11,6 +11,14 @@
 //!
 //! Store queries run on the store's own Tokio runtime (`rt`): its connection pools belong
 //! to that runtime, and Pingora's worker runtimes only await the result.
+//!
+//! When the store fails (stopped, frozen, unreachable), the edge keeps admitting what it
+//! has already seen: every answer is also kept as the last good one for
+//! `store.cache_ttl + store.stale_if_error`, and a failed query is answered from it. A query
+//! waits at most [`QUERY_TIMEOUT`]; once one has failed the store is taken as down, and
+//! until a probe (one query per second, by whichever request comes) succeeds, queries fail
+//! at once instead of each waiting: what needs the store and was never seen is refused 503
+//! in well under 100 ms. `hlsgate_store_up` says which.
 
 use crate::metrics::METRICS;
 use crate::origin::Origin;
@@ -19,9 +27,69 @@ use crate::stream::Stream;
 use moka::future::Cache;
 use std::borrow::Borrow;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Handle;
+
+/// Longest a store query may take before it counts as failed (and the store as down).
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// While the store is down, how often one query is let through to see if it is back.
+const PROBE_EVERY_MS: i64 = 1000;
+
+/// One cache of store answers: fresh ones (`store.cache_ttl`), and the last good one of
+/// each key for `cache_ttl + stale_if_error`, answered while the store fails.
+struct Layer<K, V> {
+    fresh: Cache<K, V>,
+    good: Option<moka::sync::Cache<K, V>>,
+}
+
+impl<K: Hash + Eq + Send + Sync + 'static, V: Clone + Send + Sync + 'static> Layer<K, V> {
+    fn new(capacity: u64, ttl: Duration, stale: Duration) -> Layer<K, V> {
+        Layer {
+            fresh: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            good: (!stale.is_zero()).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(capacity)
+                    .time_to_live(ttl + stale)
+                    .build()
+            }),
+        }
+    }
+
+    async fn insert(&self, k: K, v: V)
+    where
+        K: Clone,
+    {
+        if let Some(g) = &self.good {
+            g.insert(k.clone(), v.clone());
+        }
+        self.fresh.insert(k, v).await;
+    }
+
+    async fn invalidate<Q>(&self, k: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(g) = &self.good {
+            g.invalidate(k);
+        }
+        self.fresh.invalidate(k).await;
+    }
+}
+
+/// Whether the store answers (see the module's notes).
+#[derive(Default)]
+struct Health {
+    down: AtomicBool,
+    /// Unix ms after which the next query may probe a store that is down.
+    next_probe: AtomicI64,
+}
 
 /// A live session as the edge needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,21 +102,22 @@ pub struct LiveSession {
 pub struct StoreCache {
     store: Arc<dyn Store>,
     rt: Handle,
-    streams: Cache<i64, Option<Arc<Stream>>>,
-    sessions: Cache<[u8; 16], Option<LiveSession>>,
+    health: Health,
+    streams: Layer<i64, Option<Arc<Stream>>>,
+    sessions: Layer<[u8; 16], Option<LiveSession>>,
     /// Sessions this process ended (admin in `serve`), remembered longer than a cache
     /// entry lives: a store query that was already running when the session ended cannot
     /// put it back as live.
     ended: moka::sync::Cache<[u8; 16], ()>,
     /// JWT viewer ids revoked, by `(stream, viewer id)`.
-    revoked: Cache<(String, String), bool>,
+    revoked: Layer<(String, String), bool>,
     /// Playback keys users registered, by `kid`.
-    keys: Cache<String, Option<Arc<StoredKey>>>,
+    keys: Layer<String, Option<Arc<StoredKey>>>,
     /// Every registered `kid` (one store query per `store.cache_ttl`): a kid outside it is
     /// no registered key, with no query of its own.
-    kids: Cache<(), Arc<std::collections::HashSet<String>>>,
+    kids: Layer<(), Arc<std::collections::HashSet<String>>>,
     /// Viewer sessions of a stream seen in the last 30 s, across the edges.
-    viewer_counts: Cache<String, i64>,
+    viewer_counts: Layer<String, i64>,
 }
 
 /// A playback key from the store: it may sign only for its owner's streams.
@@ -59,36 +128,30 @@ pub struct StoredKey {
 }
 
 impl StoreCache {
-    pub fn new(store: Arc<dyn Store>, rt: Handle, ttl: Duration) -> StoreCache {
+    /// `ttl`: `store.cache_ttl`; `stale`: `store.stale_if_error` (0: nothing is answered
+    /// from past answers while the store fails).
+    pub fn new(store: Arc<dyn Store>, rt: Handle, ttl: Duration, stale: Duration) -> StoreCache {
+        METRICS.store_up.set(1);
         StoreCache {
             store,
             rt,
-            streams: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
-            sessions: Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(ttl)
-                .build(),
-            revoked: Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(ttl)
-                .build(),
-            keys: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
-            kids: Cache::builder().max_capacity(1).time_to_live(ttl).build(),
-            viewer_counts: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
+            health: Health::default(),
+            streams: Layer::new(100_000, ttl, stale),
+            sessions: Layer::new(1_000_000, ttl, stale),
+            revoked: Layer::new(1_000_000, ttl, stale),
+            keys: Layer::new(100_000, ttl, stale),
+            kids: Layer::new(1, ttl, stale),
+            viewer_counts: Layer::new(100_000, ttl, stale),
             ended: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live((ttl * 4).max(Duration::from_secs(10)))
                 .build(),
         }
+    }
+
+    /// Whether the store answered its last query (or probe).
+    pub fn store_up(&self) -> bool {
+        !self.health.down.load(Ordering::Relaxed)
     }
 
     /// The store's runtime (its pools belong to it).
@@ -100,18 +163,42 @@ impl StoreCache {
         &self.store
     }
 
-    /// Run a store query on the store's runtime, counted in `hlsgate_store_queries_total`.
+    /// Run a store query on the store's runtime, counted in `hlsgate_store_queries_total`:
+    /// at most [`QUERY_TIMEOUT`], and not at all while the store is down between probes.
     async fn run<T, F>(&self, what: &str, f: F) -> Result<Option<T>, StoreError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
     {
-        let r = self
-            .rt
-            .spawn(f)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))
-            .and_then(|r| r);
+        let h = &self.health;
+        if h.down.load(Ordering::Acquire) {
+            let now = crate::store::now_ms();
+            let due = h.next_probe.load(Ordering::Acquire);
+            let probe = now >= due
+                && h.next_probe
+                    .compare_exchange(
+                        due,
+                        now + PROBE_EVERY_MS,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok();
+            if !probe {
+                METRICS
+                    .store_queries
+                    .with_label_values(&[what, "skipped"])
+                    .inc();
+                return Err(StoreError::Unavailable("store down".into()));
+            }
+        }
+        let r = match tokio::time::timeout(QUERY_TIMEOUT, self.rt.spawn(f)).await {
+            Ok(joined) => joined
+                .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))
+                .and_then(|r| r),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {QUERY_TIMEOUT:?}"
+            ))),
+        };
         let result = match &r {
             Ok(Some(_)) => "found",
             Ok(None) => "not_found",
@@ -120,6 +207,7 @@ impl StoreCache {
                 "error"
             }
         };
+        self.health_after(r.is_ok());
         METRICS
             .store_queries
             .with_label_values(&[what, result])
@@ -127,13 +215,35 @@ impl StoreCache {
         r
     }
 
-    /// One store query behind `cache`: a hit costs the lookup alone (no allocation, none
+    /// Record a query's outcome: the store is down after a failure, up after a success
+    /// (each change logged once, and `hlsgate_store_up` set).
+    fn health_after(&self, ok: bool) {
+        let h = &self.health;
+        if ok {
+            if h.down.swap(false, Ordering::AcqRel) {
+                METRICS.store_up.set(1);
+                tracing::warn!("store answers again: store-backed viewers are checked as before");
+            }
+        } else {
+            h.next_probe
+                .store(crate::store::now_ms() + PROBE_EVERY_MS, Ordering::Release);
+            if !h.down.swap(true, Ordering::AcqRel) {
+                METRICS.store_up.set(0);
+                tracing::error!(
+                    "store unreachable: viewers already seen are admitted from the last answers (store.stale_if_error), the rest answered 503"
+                );
+            }
+        }
+    }
+
+    /// One store query behind `layer`: a hit costs the lookup alone (no allocation, none
     /// of `try_get_with`'s loader bookkeeping); concurrent misses for one key share one
     /// query, run on the store's runtime by `query(store, owned key)` and kept as `make`
-    /// makes it of the answer.
+    /// makes it of the answer. When the query fails, the key's last good answer (within
+    /// `store.stale_if_error`) is used.
     async fn cached<Q, K, V, T, F>(
         &self,
-        cache: &Cache<K, V>,
+        layer: &Layer<K, V>,
         key: &Q,
         what: &'static str,
         query: impl FnOnce(Arc<dyn Store>, K) -> F,
@@ -146,16 +256,33 @@ impl StoreCache {
         T: Send + 'static,
         F: std::future::Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
     {
-        if let Some(hit) = cache.get(key).await {
+        if let Some(hit) = layer.fresh.get(key).await {
             return Ok(hit);
         }
         let owned = key.to_owned();
-        cache
+        let got = layer
+            .fresh
             .try_get_with(owned.clone(), async {
-                let answer = self.run(what, query(self.store.clone(), owned)).await?;
-                Ok(make(answer))
+                let answer = self
+                    .run(what, query(self.store.clone(), owned.clone()))
+                    .await?;
+                let v = make(answer);
+                if let Some(g) = &layer.good {
+                    g.insert(owned, v.clone());
+                }
+                Ok(v)
             })
-            .await
+            .await;
+        match got {
+            Err(e) => match layer.good.as_ref().and_then(|g| g.get(key)) {
+                Some(v) => {
+                    METRICS.store_stale_answers.inc();
+                    Ok(v)
+                }
+                None => Err(e),
+            },
+            ok => ok,
+        }
     }
 
     /// A stream of the store by its numeric id.
@@ -329,7 +456,12 @@ mod tests {
             user_agent: String::new(),
         };
         store.create_session(&s, 0).await.unwrap();
-        let d = StoreCache::new(store.clone(), Handle::current(), Duration::from_secs(60));
+        let d = StoreCache::new(
+            store.clone(),
+            Handle::current(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        );
         let live = d.session(id).await.unwrap().unwrap();
         assert_eq!(live.user_id, user.id);
         // Ended behind the cache's back (another process): still cached as live.
@@ -339,7 +471,7 @@ mod tests {
         // was running when it ended) cannot bring it back.
         d.forget_session(id).await;
         assert_eq!(d.session(id).await.unwrap(), None);
-        d.sessions.insert(id, Some(live)).await;
+        d.sessions.fresh.insert(id, Some(live)).await;
         assert_eq!(d.session(id).await.unwrap(), None);
         // Unknown streams are cached as not found too.
         assert!(d.stream(42).await.unwrap().is_none());

@@ -105,10 +105,32 @@ fn serve_conn(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>) -> std::io
         ));
         let path = target.split('?').next().unwrap_or("/");
         let file = root.join(path.trim_start_matches('/'));
-        // A `NAME.fail` file beside an object makes the origin fail for it (503).
-        if !path.contains("..") && file.with_extension("fail").exists() {
-            w.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown")?;
-            continue;
+        // A `NAME.fail` file beside an object makes the origin fail for it: 503, or the
+        // status the file holds (`500`), or (`hang`) no answer for as long as the file is
+        // there (30 s at most), then the object.
+        let fail = file.with_extension("fail");
+        if !path.contains("..") && fail.exists() {
+            let how = std::fs::read_to_string(&fail).unwrap_or_default();
+            match how.trim() {
+                "hang" => {
+                    let until = Instant::now() + Duration::from_secs(30);
+                    while fail.exists() && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                "500" => {
+                    w.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops",
+                    )?;
+                    continue;
+                }
+                _ => {
+                    w.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown",
+                    )?;
+                    continue;
+                }
+            }
         }
         if path.starts_with("/slow/") {
             std::thread::sleep(Duration::from_secs(5));
@@ -170,7 +192,14 @@ fn serve_conn(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>) -> std::io
             slice.len()
         )?;
         if method != "HEAD" {
-            if delay {
+            if path.contains("/drip/") {
+                // `/drip/` bodies arrive in eight pieces, 250 ms apart.
+                for piece in slice.chunks(slice.len().div_ceil(8).max(1)) {
+                    w.write_all(piece)?;
+                    w.flush()?;
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            } else if delay {
                 let (a, b) = slice.split_at(slice.len() / 2);
                 w.write_all(a)?;
                 w.flush()?;
