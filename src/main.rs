@@ -213,8 +213,19 @@ fn print_token(
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // pingora-cache warns on every first cache hit that it has no header-compression
-        // dictionary (hlsgate needs none): not something to alarm an operator with.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_cache::meta=error"));
+        // dictionary (hlsgate needs none): not something to alarm an operator with. Its
+        // connector logs ERROR "failed to acquire reusable stream" whenever a pooled origin
+        // connection is still held by its idle watcher (it then opens a new one): normal
+        // traffic, not an error (origin failures are hlsgate's own log lines and metrics).
+        // Its app logs ERROR "H2 handshake error" for every client that negotiates h2 and
+        // leaves before the connection preface (certificate checks, scanners): a viewer's
+        // doing, not the edge's.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,pingora_cache::meta=error,pingora_core::connectors=off,\
+                 pingora_core::apps=off,pingora_core::apps::http_app=info",
+            )
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -228,7 +228,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cache_lookups: counter_vec(
             &r,
             "hlsgate_cache_requests_total",
-            "Cacheable requests by cache result (hit, miss, stale, pass; failed: answered the origin's remembered failure, cache.error_ttl).",
+            "Cacheable requests by cache result: hit, miss, pass; stale (the origin failed: cache.stale_if_error), updating (stale while one background request refreshes it), failed (the origin's failure remembered for cache.error_ttl answered again).",
             &["result"],
         ),
         cache_served_bytes: counter(
@@ -370,7 +370,7 @@ impl Metrics {
             self.origin_fetches.with_label_values(&[kind]);
             self.origin_errors.with_label_values(&[kind]);
         }
-        for result in ["hit", "miss", "stale", "pass", "failed"] {
+        for result in ["hit", "miss", "stale", "updating", "pass", "failed"] {
             self.cache_lookups.with_label_values(&[result]);
         }
         for (what, result) in [("session", "error"), ("stream", "error")] {

@@ -193,7 +193,14 @@ pub fn run(path: &Path, role: Role, start: Start, loaded: (Config, Keyring)) -> 
 
     let mut control = Control {
         path: path.to_owned(),
-        listeners: listeners(&cfg, role).into_iter().map(|(_, a)| a).collect(),
+        // Readiness is probed on the plain listeners: a probe that connects to a TLS one
+        // and leaves is a failed handshake, logged as an ERROR by Pingora (the TLS
+        // listeners are bound by the same services, before them).
+        listeners: listeners(&cfg, role)
+            .into_iter()
+            .filter(|(key, _)| !key.ends_with("tls.listen"))
+            .map(|(_, a)| a)
+            .collect(),
         start,
         cfg: parking_lot::Mutex::new(cfg.clone()),
         edge: None,

@@ -263,6 +263,9 @@ fn tls_speaks_h2_and_http1_picks_certificates_by_sni_and_takes_renewals() {
     // Plain HTTP keeps working beside TLS.
     let r = get(n.ports.edge, &p, &[]).unwrap();
     assert_eq!(r.status, 200);
+    // A healthy run logs no ERROR (the readiness probe once left a failed handshake).
+    let log = h.log_text();
+    assert!(!log.contains(" ERROR "), "{log}");
 }
 
 #[test]
@@ -1045,4 +1048,41 @@ fn sigquit_with_no_successor_keeps_serving() {
     );
     new.wait_healthy();
     assert_eq!(get(n.ports.edge, &p, &[]).unwrap().status, 200);
+}
+
+/// Stalled TLS handshakes (connections to the TLS listener that send nothing) count
+/// against `edge.max_connections` from their accept and are closed after
+/// `edge.header_timeout`: they cannot hold file descriptors past the cap, and once they are
+/// gone the edge answers again.
+#[test]
+fn stalled_tls_handshakes_count_against_the_cap_and_time_out() {
+    let n = node("  max_connections: 20\n  header_timeout: \"1s\"\n");
+    let open = || {
+        let m = get(n.ports.metrics, "/metrics", &[]).unwrap().text();
+        sample(&m, "hlsgate_edge_connections ")
+    };
+    wait_for(|| open() == 0.0, "no connection");
+    let mut stalled: Vec<std::net::TcpStream> = (0..30)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", n.tls)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let counted = open();
+    assert_eq!(counted, 20.0, "handshakes counted from accept, capped");
+    // The cap holds for plain connections too while the handshakes stall.
+    let r = get(n.ports.edge, "/healthz", &[]);
+    assert!(r.map_or(true, |r| r.status == 503));
+    // Each stalled handshake is closed by the edge after header_timeout (1 s), not 60 s.
+    let t = Instant::now();
+    for s in &mut stalled {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        let n = std::io::Read::read(s, &mut buf);
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    wait_for(|| open() == 0.0, "the stalled handshakes to be closed");
+    assert_eq!(get(n.ports.edge, "/healthz", &[]).unwrap().status, 200);
+    let m = get(n.ports.metrics, "/metrics", &[]).unwrap().text();
+    assert!(sample(&m, "hlsgate_auth_denials_total{reason=\"tls_handshake\"}") >= 20.0);
+    assert!(!n.h.log_text().contains(" ERROR "), "{}", n.h.log_text());
 }

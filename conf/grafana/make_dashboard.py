@@ -45,7 +45,7 @@ R = "$__rate_interval"
 row("Overview")
 panel("stat", "Requests / s", [(f'sum(rate(hlsgate_requests_total{{{I}}}[{R}]))', "requests/s")], 0, 4, 4, "reqps")
 panel("stat", "Refused / s", [(f'sum(rate(hlsgate_auth_denials_total{{{I}}}[{R}]))', "refused/s")], 4, 4, 4, "reqps")
-panel("stat", "Cache hit ratio", [(f'sum(rate(hlsgate_cache_requests_total{{{I},result=~"hit|stale"}}[{R}])) / sum(rate(hlsgate_cache_requests_total{{{I}}}[{R}]))', "hit ratio")], 8, 4, 4, "percentunit")
+panel("stat", "Cache hit ratio", [(f'sum(rate(hlsgate_cache_requests_total{{{I},result=~"hit|stale|updating"}}[{R}])) / sum(rate(hlsgate_cache_requests_total{{{I}}}[{R}]))', "hit ratio")], 8, 4, 4, "percentunit")
 panel("stat", "Viewers (last minute)", [(f'sum(hlsgate_active_sessions{{{I}}})', "viewers")], 12, 4, 4)
 panel("stat", "Edge connections", [(f'sum(hlsgate_edge_connections{{{I}}})', "connections")], 16, 4, 4)
 panel("stat", "Resident memory", [(f'max(process_resident_memory_bytes{{{I}}})', "RSS")], 20, 4, 4, "bytes")
@@ -56,8 +56,9 @@ panel("timeseries", "Refusals by reason", [(f'sum by (reason) (rate(hlsgate_auth
       desc="Every refusal the edge makes, by the reason in its JSON error: malformed/forged/expired tokens, wrong viewer or stream, route, limits, store_unavailable.")
 nexty()
 row("Segment cache")
-panel("timeseries", "Cache lookups by result", [(f'sum by (result) (rate(hlsgate_cache_requests_total{{{I}}}[{R}]))', "{{result}}")], 0, 8, 8, "reqps")
-panel("timeseries", "Hit ratio", [(f'sum(rate(hlsgate_cache_requests_total{{{I},result=~"hit|stale"}}[{R}])) / sum(rate(hlsgate_cache_requests_total{{{I}}}[{R}]))', "hit ratio")], 8, 8, 8, "percentunit")
+panel("timeseries", "Cache lookups by result", [(f'sum by (result) (rate(hlsgate_cache_requests_total{{{I}}}[{R}]))', "{{result}}")], 0, 8, 8, "reqps",
+      desc="stale: answered from a stale copy because the origin failed (cache.stale_if_error); failed: the origin's remembered failure (cache.error_ttl) answered again; updating: a stale playlist answered while one background request refreshes it.")
+panel("timeseries", "Hit ratio", [(f'sum(rate(hlsgate_cache_requests_total{{{I},result=~"hit|stale|updating"}}[{R}])) / sum(rate(hlsgate_cache_requests_total{{{I}}}[{R}]))', "hit ratio")], 8, 8, 8, "percentunit")
 panel("timeseries", "Cache size", [(f'sum by (instance) (hlsgate_cache_held_bytes{{{I}}})', "held {{instance}}"),
                                     (f'sum by (instance) (hlsgate_cache_max_bytes{{{I}}})', "max_bytes {{instance}}"),
                                     (f'sum by (instance) (rate(hlsgate_cache_served_bytes_total{{{I}}}[{R}]))', "served/s {{instance}}")], 16, 8, 8, "bytes")
@@ -80,6 +81,11 @@ panel("timeseries", "Viewers by stream (top 10)", [(f'topk(10, sum by (stream) (
 panel("timeseries", "Egress by stream (top 10)", [(f'topk(10, sum by (stream) (rate(hlsgate_stream_sent_bytes_total{{{I}}}[{R}])))', "{{stream}}")], 18, 6, 8, "Bps")
 nexty()
 row("Store, publishing, operation")
+panel("stat", "Store up", [(f'min(hlsgate_store_up{{{I}}})', "store up")], 0, 6, 4, "short",
+      desc="0 while the store does not answer: viewers already seen play on for store.stale_if_error (answers from the last good ones below), new ones are refused 503.")
+panel("timeseries", "Origin failures answered stale", [(f'sum by (instance) (rate(hlsgate_cache_requests_total{{{I},result=~"stale|failed"}}[{R}]))', "stale+failed {{instance}}"),
+                                                      (f'sum by (instance) (rate(hlsgate_store_stale_answers_total{{{I}}}[{R}]))', "store answers from last good {{instance}}")], 6, 18, 4, "ops")
+nexty(4)
 panel("timeseries", "Store queries by result", [(f'sum by (what, result) (rate(hlsgate_store_queries_total{{{I}}}[{R}]))', "{{what}} {{result}}")], 0, 6, 8, "ops",
       desc="Queries the edge makes to the store on a cache miss (at most one per key per store.cache_ttl); result=error means viewers are refused with 503.")
 panel("timeseries", "Publishing", [(f'sum(hlsgate_streams_live{{{I}}})', "live streams"),

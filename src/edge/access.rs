@@ -137,26 +137,40 @@ enum Out {
 }
 
 impl Out {
-    fn write(&mut self, buf: &[u8]) {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
         if buf.is_empty() {
-            return;
+            return Ok(());
         }
-        let _ = match self {
+        match self {
             Out::Stdout => std::io::stdout().lock().write_all(buf),
             Out::Stderr => std::io::stderr().lock().write_all(buf),
             Out::File(_, f) => f.write_all(buf),
-        };
+        }
     }
 }
 
+/// How often a failing access log says so in the process log (its lines are counted in
+/// `hlsgate_access_log_dropped_total` every time).
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
 fn writer(rx: Receiver<Msg>, pending: Arc<Mutex<Vec<u8>>>, mut out: Out) {
     let mut spare: Vec<u8> = Vec::with_capacity(256 << 10);
+    let mut warned: Option<std::time::Instant> = None;
     let mut drain = |out: &mut Out| {
         {
             let mut p = pending.lock();
             std::mem::swap(&mut *p, &mut spare);
         }
-        out.write(&spare);
+        if let Err(e) = out.write(&spare) {
+            // A full disk, a removed mount: the lines are lost (a short write may have put
+            // part of one out; all are counted as lost) and said so, once a minute.
+            let lost = memchr::memchr_iter(b'\n', &spare).count() as u64;
+            METRICS.access_log_dropped.inc_by(lost);
+            if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                warned = Some(std::time::Instant::now());
+                tracing::error!(error = %e, lost, "access log: write failed, lines dropped (counted in hlsgate_access_log_dropped_total; said again at most once a minute)");
+            }
+        }
         spare.clear();
     };
     loop {
@@ -340,6 +354,20 @@ mod tests {
         assert_eq!(v["ms"], 0.41);
         assert_eq!(v["tls"], true);
         assert_eq!(v["host"], "edge.example");
+    }
+
+    #[test]
+    fn lines_a_full_disk_refuses_are_counted() {
+        // /dev/full: every write fails with ENOSPC, as on a full disk.
+        let log = AccessLog::open(&Dest::File("/dev/full".into()), false)
+            .unwrap()
+            .unwrap();
+        let before = METRICS.access_log_dropped.get();
+        for _ in 0..5 {
+            log.log(&entry("/lost"));
+        }
+        log.flush();
+        assert!(METRICS.access_log_dropped.get() - before >= 5);
     }
 
     #[test]

@@ -9,13 +9,19 @@
 //!   watches the bytes read for the end of each header (`\r\n\r\n`) and fails the read
 //!   once a header has taken longer than the deadline.
 //!
+//! - the TLS handshake of `edge.tls.listen` done here rather than by Pingora's listener,
+//!   so a connection counts against the cap from its accept (Pingora counts nothing until
+//!   its handshake is done), and a handshake has `edge.header_timeout` (Pingora's is 60 s):
+//!   stalled handshakes cannot pile up file descriptors past the cap.
+//!
 //! NOTE: the deadline is for HTTP/1 request headers (request bodies are refused, 405,
 //! since only GET and HEAD are served). HTTP/2 (TLS with ALPN h2) is bounded by
-//! `h2_idle_timeout` and Pingora's 60 s TLS handshake timeout instead.
+//! `h2_idle_timeout` instead.
 
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::listeners::tls::{Acceptor, TlsSettings};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::SslDigest;
@@ -73,6 +79,9 @@ pub struct Guarded<A> {
     limits: Arc<Limits>,
     /// Where requests Pingora's parser refuses are logged (see [`Refused`]).
     access: Option<Arc<super::access::AccessLog>>,
+    /// The TLS listener's port and its acceptor: connections accepted on that port (a
+    /// plain TCP listener for Pingora) are TLS, their handshake done in `process_new`.
+    tls: Option<(u16, Acceptor)>,
 }
 
 impl<A> Guarded<A> {
@@ -85,8 +94,44 @@ impl<A> Guarded<A> {
             inner,
             limits,
             access,
+            tls: None,
         }
     }
+
+    /// Connections accepted on `port` speak TLS (`settings`, built once: its certificate
+    /// resolver takes renewals).
+    pub fn with_tls(mut self, port: u16, settings: TlsSettings) -> Guarded<A> {
+        self.tls = Some((port, settings.build()));
+        self
+    }
+
+    /// The handshake of a connection accepted on the TLS listener, within
+    /// `edge.header_timeout`; `None` when it failed or took too long (the connection is
+    /// closed; a client that cannot complete a handshake gets nothing else).
+    async fn handshake(&self, acceptor: &Acceptor, session: Stream) -> Option<Stream> {
+        let t = Duration::from_millis(self.limits.header_timeout_ms.load(Ordering::Relaxed));
+        match tokio::time::timeout(t, acceptor.tls_handshake(Plain(session))).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                METRICS.denials.with_label_values(&["tls_handshake"]).inc();
+                None
+            }
+            Err(_) => {
+                METRICS.denials.with_label_values(&["tls_handshake"]).inc();
+                None
+            }
+        }
+    }
+}
+
+/// Whether `session` was accepted on `port`.
+fn accepted_on(session: &Stream, port: u16) -> bool {
+    session
+        .get_socket_digest()
+        .and_then(|d| d.local_addr().map(|a| a.as_inet().map(|a| a.port())))
+        .flatten()
+        == Some(port)
 }
 
 /// A request Pingora's own parser refused (an invalid header line, say): Pingora answers
@@ -156,17 +201,27 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let l = &self.limits;
         let open = l.open.fetch_add(1, Ordering::AcqRel) + 1;
         let _open = OpenGuard(&l.open);
+        let tls = self
+            .tls
+            .as_ref()
+            .filter(|(port, _)| accepted_on(&session, *port));
         if open > l.max.load(Ordering::Relaxed) {
             METRICS
                 .denials
                 .with_label_values(&["connection_limit"])
                 .inc();
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                let _ = session.write_all(BUSY).await;
-                let _ = session.flush().await;
-            })
-            .await;
+            if tls.is_none() {
+                // (A TLS client could not read a plain answer: it is only closed.)
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = session.write_all(BUSY).await;
+                    let _ = session.flush().await;
+                })
+                .await;
+            }
             return None;
+        }
+        if let Some((_, acceptor)) = tls {
+            session = self.handshake(acceptor, session).await?;
         }
         // HTTP/2 (ALPN h2) is Pingora's own: its frames are not HTTP/1 header lines, and
         // h2 bounds its idle connections itself (`h2_idle_timeout`). So is h2c, were it on.
@@ -242,6 +297,88 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
         }
     }
 }
+
+/// A connection as Pingora's listener gave it, as a type the TLS acceptor takes.
+#[derive(Debug)]
+struct Plain(Stream);
+
+impl AsyncRead for Plain {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Plain {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Plain {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.0).await
+    }
+}
+
+impl UniqueID for Plain {
+    fn id(&self) -> UniqueIDType {
+        self.0.id()
+    }
+}
+
+impl Ssl for Plain {}
+
+impl GetTimingDigest for Plain {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.0.get_timing_digest()
+    }
+}
+
+impl GetProxyDigest for Plain {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.0.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.0.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Plain {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.0.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.0.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Plain {}
 
 struct OpenGuard<'a>(&'a AtomicUsize);
 

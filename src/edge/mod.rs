@@ -378,7 +378,12 @@ pub fn add_services(
     opts.h2_idle_timeout = Some(cfg.edge.idle_timeout);
     proxy.server_options = Some(opts);
     proxy.handle_init_modules();
-    let app = guard::Guarded::new(Arc::new(proxy), limits.clone(), access);
+    let mut app = guard::Guarded::new(Arc::new(proxy), limits.clone(), access);
+    if let (Some(tls), Some(certs)) = (&cfg.edge.tls, certs) {
+        // The TLS listener is a plain one for Pingora: the guard does the handshake (see
+        // `guard`), counted against edge.max_connections and bounded by header_timeout.
+        app = app.with_tls(tls.listen.port(), certs.settings(true));
+    }
     let mut svc = pingora_core::services::listening::Service::new("hlsgate edge".into(), app);
     // NOTE: Pingora does not flush a response header while a body is to follow; the
     // guard's stream flushes each header itself (see `guard::HeaderDeadline`).
@@ -389,11 +394,8 @@ pub fn add_services(
     let l4 = L4BufferSettings::default().read(0);
     svc.add_listener(ListenerConfig::tcp(cfg.edge.listen.to_string()).l4_buffer(l4));
     if let (Some(tls), Some(certs)) = (&cfg.edge.tls, certs) {
-        svc.add_listener(
-            ListenerConfig::tcp(tls.listen.to_string())
-                .tls(certs.settings(true))
-                .l4_buffer(l4),
-        );
+        let _ = certs;
+        svc.add_listener(ListenerConfig::tcp(tls.listen.to_string()).l4_buffer(l4));
     }
     server.add_service(svc);
     let mut metrics = pingora_core::services::listening::Service::new(

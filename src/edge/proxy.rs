@@ -1300,7 +1300,9 @@ fn cache_state(phase: CachePhase) -> Option<(&'static str, &'static str)> {
         CachePhase::Hit => Some(("HIT", "hit")),
         CachePhase::Revalidated => Some(("REVALIDATED", "hit")),
         CachePhase::RevalidatedNoCache(_) => Some(("REVALIDATED", "pass")),
-        CachePhase::Stale | CachePhase::StaleUpdating => Some(("STALE", "stale")),
+        // Stale because the origin failed; stale while a background refresh runs.
+        CachePhase::Stale => Some(("STALE", "stale")),
+        CachePhase::StaleUpdating => Some(("STALE", "updating")),
         CachePhase::Miss | CachePhase::Expired => Some(("MISS", "miss")),
         _ => None,
     }
