@@ -926,6 +926,135 @@ fn a_store_outage_keeps_seen_viewers_and_refuses_the_rest_at_once() {
     }
 }
 
+/// A TCP relay to PostgreSQL that can freeze: while frozen it stops passing bytes either
+/// way (the database's connections stay open and answer nothing, as a PostgreSQL stopped
+/// with SIGSTOP or a network partition). For the frozen-store test; the server itself is
+/// shared by every test and cannot be frozen.
+struct FreezingRelay {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezingRelay {
+    fn start(to: &str) -> FreezingRelay {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (to, f) = (to.to_owned(), frozen.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(&to) else {
+                    continue;
+                };
+                for (mut a, mut b) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let f = f.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            while f.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            match a.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    while f.load(Ordering::Relaxed) {
+                                        std::thread::sleep(Duration::from_millis(20));
+                                    }
+                                    if b.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        FreezingRelay { port, frozen }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The store freezes (its connections stay open and answer nothing): no viewer waits more
+/// than one store query timeout (1 s) once, viewers already seen play on, new ones are
+/// refused 503 at once while `hlsgate_store_up` is 0; when it thaws the edge finds it
+/// again (a probe a second) and the new viewer plays.
+#[test]
+fn a_frozen_store_holds_no_viewer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres, dir.path());
+    let base = postgres_base();
+    let host = base
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let relay = FreezingRelay::start(&host);
+    let url = db.url.replace(&host, &format!("127.0.0.1:{}", relay.port));
+    let (config, ports) = write_config_with(
+        dir.path(),
+        "serve.yaml",
+        "2s",
+        &url,
+        &format!("streams:\n  static: {{ url: \"{}\" }}\n", ts_url()),
+    );
+    let _h = Hlsgate::start("serve", &config, ports.edge);
+    let (a, e) = (ports.admin, ports.edge);
+    let jwt = login(a, "fay", "fay-password");
+    let id = add_stream(a, &jwt, &ts_url());
+    let seen = playback_path(a, &jwt, id);
+    assert_eq!(play_status(e, &seen), 200);
+    let unseen = playback_path(a, &login(a, "fay", "fay-password"), id);
+
+    relay.freeze(true);
+    std::thread::sleep(Duration::from_millis(2200)); // the edge's cache_ttl (2 s) ends
+    let mut times = Vec::new();
+    for _ in 0..8 {
+        let t = Instant::now();
+        assert_eq!(play_status(e, &seen), 200);
+        times.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // At most the first waited for the query timeout; the rest did not wait at all.
+    assert!(times[0] < Duration::from_millis(1500), "{times:?}");
+    assert!(
+        times[1..].iter().all(|t| *t < Duration::from_millis(100)),
+        "{times:?}"
+    );
+    let t = Instant::now();
+    let r = get(e, &unseen, &[("User-Agent", PLAYER)]).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    // (a probe may be due: it waits the query timeout once a second at most)
+    assert!(
+        t.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        t.elapsed()
+    );
+    let m = get(ports.metrics, "/metrics", &[]).unwrap().text();
+    assert_eq!(sample(&m, "hlsgate_store_up "), 0.0);
+
+    relay.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while play_status(e, &unseen) != 200 {
+        assert!(Instant::now() < deadline, "the store never came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = get(ports.metrics, "/metrics", &[]).unwrap().text();
+    assert_eq!(sample(&m, "hlsgate_store_up "), 1.0);
+}
+
 /// A client that never finishes its request headers is cut off after the admin's header
 /// timeout (10 s), so slow or idle connections cannot pile up.
 #[test]

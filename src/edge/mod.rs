@@ -60,6 +60,10 @@ pub struct EdgeState {
     /// (a Pingora subrequest with a copy of that request) to fetch without admitting
     /// anyone again.
     pub refreshes: moka::sync::Cache<String, Arc<Refresh>>,
+    /// Stale objects a background refresh is fetching now, by cache key: their viewers are
+    /// answered the stale copy early (`serve_fresh_hit`), as while a failure is
+    /// remembered. Bounded in time by the origin timeouts, should a refresh never end.
+    pub refreshing: moka::sync::Cache<pingora_cache::key::HashBinary, ()>,
     /// JWTs already verified, by their text: `(stream, grant)`. ES384 verification costs
     /// about 0.8 ms on this kind of machine; a player presents the same JWT on every
     /// playlist refresh, so it is verified once and its `exp` checked each time.
@@ -137,6 +141,9 @@ impl EdgeState {
         };
         let cloudfront_native = keyring.derive(crate::token::cloudfront::NATIVE_LABEL);
         let cfg_error_ttl = cfg.cache.error_ttl.max(std::time::Duration::from_millis(1));
+        let refresh_ttl = cfg.edge.origin_connect_timeout
+            + cfg.edge.origin_total_timeout
+            + std::time::Duration::from_secs(1);
         let external = cfg
             .external
             .clone()
@@ -197,6 +204,10 @@ impl EdgeState {
                 .max_capacity(10_000)
                 .time_to_live(std::time::Duration::from_secs(60))
                 .build(),
+            refreshing: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(refresh_ttl)
+                .build(),
         }
     }
 }
@@ -226,6 +237,7 @@ impl EdgeState {
             next.failed = self.failed.clone();
         }
         next.refreshes = self.refreshes.clone();
+        next.refreshing = self.refreshing.clone();
         next.session_ips = self.session_ips.clone();
         next.failed_checks = self.failed_checks.clone();
         next.exchange_key = self.exchange_key;

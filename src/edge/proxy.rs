@@ -552,8 +552,12 @@ impl EdgeProxy {
         if hit.as_ref().is_none_or(|h| h.stale) {
             // Not fresh: answered here only while the origin's last failure for this object
             // is remembered (`cache.error_ttl`): with the stale copy, or the same error, and
-            // no origin request. Otherwise the cache path asks the origin.
+            // no origin request; or, stale, while a background refresh fetches it.
+            // Otherwise the cache path asks the origin.
             let Some((code, message)) = st.failed.get(&bin) else {
+                if hit.is_some() && st.refreshing.contains_key(&bin) {
+                    return self.answer_hit(session, ctx, bin, hit, "updating").await;
+                }
                 return Ok(false);
             };
             if hit.is_none() {
@@ -565,9 +569,29 @@ impl EdgeProxy {
                 return Ok(true);
             }
         }
+        let label = if hit.as_ref().is_some_and(|h| h.stale) {
+            "stale"
+        } else {
+            "hit"
+        };
+        drop(st);
+        self.answer_hit(session, ctx, bin, hit, label).await
+    }
+
+    /// Answer `hit` (see `serve_fresh_hit`), counted under the cache result `label`.
+    async fn answer_hit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        bin: pingora_cache::key::HashBinary,
+        hit: Option<crate::cache::FreshHit>,
+        label: &'static str,
+    ) -> Result<bool> {
         let Some(hit) = hit else {
             return Ok(false);
         };
+        let now = std::time::SystemTime::now();
+        let st = self.state();
         let state = if hit.stale { "STALE" } else { "HIT" };
         let mut resp = hit.header;
         if resp.status != http::StatusCode::OK {
@@ -603,7 +627,7 @@ impl EdgeProxy {
         drop(st); // not held across the writes' awaits
         ctx.status = 200;
         ctx.from_cache = true;
-        ctx.early_hit = Some(if hit.stale { "stale" } else { "hit" });
+        ctx.early_hit = Some(label);
         METRICS.cache_served_bytes.inc_by(body.len() as u64);
         if body.is_empty() {
             session.write_response_header(Box::new(resp), true).await?;
@@ -890,6 +914,9 @@ impl ProxyHttp for EdgeProxy {
                 let Some(stream) = ctx.stream.clone() else {
                     return false;
                 };
+                if let Some(key) = session.cache.maybe_cache_key() {
+                    self.state().refreshing.insert(key.combined_bin(), ());
+                }
                 self.state().refreshes.insert(
                     session.req_header().uri.to_string(),
                     Arc::new(super::Refresh {
@@ -1214,7 +1241,12 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if ctx.background {
-            // No viewer: its origin fetch is counted (`hlsgate_origin_fetches_total`).
+            // No viewer: its origin fetch is counted (`hlsgate_origin_fetches_total`). The
+            // refresh is over: the stale copy's viewers take the cache path again (fresh
+            // copy, or the failure now remembered).
+            if let Some(key) = ctx.cache_key() {
+                self.state().refreshing.invalidate(&key.combined_bin());
+            }
             return;
         }
         if let Some(stream) = ctx.stream.as_ref().filter(|_| !ctx.shield) {
