@@ -76,7 +76,8 @@ pub struct Ctx {
     /// origin's bytes and headers go back as they are.
     shield: bool,
     /// Answered from the segment cache in `request_filter` (see `serve_fresh_hit`): the
-    /// cache label ("hit", or "stale" while the origin fails).
+    /// cache label ("hit"; "stale" or "failed" while the origin's failure is remembered;
+    /// "updating" while a background refresh runs).
     early_hit: Option<&'static str>,
     /// The in-flight share of the cache this request's fill holds (see
     /// `SegmentStore::try_reserve`): given back when the request ends.
