@@ -16,9 +16,10 @@
 //! has already seen: every answer is also kept as the last good one for
 //! `store.cache_ttl + store.stale_if_error`, and a failed query is answered from it. A query
 //! waits at most [`QUERY_TIMEOUT`]; once one has failed the store is taken as down, and
-//! until a probe (one query per second, by whichever request comes) succeeds, queries fail
-//! at once instead of each waiting: what needs the store and was never seen is refused 503
-//! in well under 100 ms. `hlsgate_store_up` says which.
+//! until a probe (a query of its own, once a second, in the background) succeeds, queries
+//! fail at once instead of each waiting: what needs the store and was never seen is refused
+//! 503 in well under 100 ms, and no viewer waits on a store known to be down.
+//! `hlsgate_store_up` says which.
 
 use crate::metrics::METRICS;
 use crate::origin::Origin;
@@ -27,7 +28,7 @@ use crate::stream::Stream;
 use moka::future::Cache;
 use std::borrow::Borrow;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -35,8 +36,12 @@ use tokio::runtime::Handle;
 /// Longest a store query may take before it counts as failed (and the store as down).
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// While the store is down, how often one query is let through to see if it is back.
-const PROBE_EVERY_MS: i64 = 1000;
+/// How long a viewer with a last good answer waits for the store before getting it.
+const STALE_AFTER: Duration = Duration::from_millis(50);
+
+/// While the store is down, how often a probe query (of its own, in the background) asks
+/// whether it is back.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// One cache of store answers: fresh ones (`store.cache_ttl`), and the last good one of
 /// each key for `cache_ttl + stale_if_error`, answered while the store fails.
@@ -87,8 +92,43 @@ impl<K: Hash + Eq + Send + Sync + 'static, V: Clone + Send + Sync + 'static> Lay
 #[derive(Default)]
 struct Health {
     down: AtomicBool,
-    /// Unix ms after which the next query may probe a store that is down.
-    next_probe: AtomicI64,
+}
+
+impl Health {
+    /// The store answered: up again (logged once, `hlsgate_store_up` 1).
+    fn up(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            METRICS.store_up.set(1);
+            tracing::warn!("store answers again: store-backed viewers are checked as before");
+        }
+    }
+}
+
+/// Record a query's outcome: the store is down after a failure, up after a success (each
+/// change logged once, and `hlsgate_store_up` set). Going down starts the probe: one query
+/// a second in the background until one answers. Runs on the store's runtime.
+fn health_after(health: &Arc<Health>, store: &Arc<dyn Store>, ok: bool) {
+    if ok {
+        health.up();
+        return;
+    }
+    if health.down.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    METRICS.store_up.set(0);
+    tracing::error!(
+        "store unreachable: viewers already seen are admitted from the last answers (store.stale_if_error), the rest answered 503"
+    );
+    let (store, health) = (store.clone(), health.clone());
+    tokio::spawn(async move {
+        while health.down.load(Ordering::Acquire) {
+            tokio::time::sleep(PROBE_EVERY).await;
+            // Any cheap query: a stream id that is never used.
+            if let Ok(Ok(_)) = tokio::time::timeout(QUERY_TIMEOUT, store.stream(0)).await {
+                health.up();
+            }
+        }
+    });
 }
 
 /// A live session as the edge needs it.
@@ -102,7 +142,7 @@ pub struct LiveSession {
 pub struct StoreCache {
     store: Arc<dyn Store>,
     rt: Handle,
-    health: Health,
+    health: Arc<Health>,
     streams: Layer<i64, Option<Arc<Stream>>>,
     sessions: Layer<[u8; 16], Option<LiveSession>>,
     /// Sessions this process ended (admin in `serve`), remembered longer than a cache
@@ -135,7 +175,7 @@ impl StoreCache {
         StoreCache {
             store,
             rt,
-            health: Health::default(),
+            health: Arc::default(),
             streams: Layer::new(100_000, ttl, stale),
             sessions: Layer::new(1_000_000, ttl, stale),
             revoked: Layer::new(1_000_000, ttl, stale),
@@ -164,76 +204,50 @@ impl StoreCache {
     }
 
     /// Run a store query on the store's runtime, counted in `hlsgate_store_queries_total`:
-    /// at most [`QUERY_TIMEOUT`], and not at all while the store is down between probes.
-    async fn run<T, F>(&self, what: &str, f: F) -> Result<Option<T>, StoreError>
+    /// at most [`QUERY_TIMEOUT`], and not at all while the store is down (a probe of its
+    /// own finds it back: no viewer's request waits on a store known to be down). The
+    /// query, its timeout and what it says of the store's health run in a task of their
+    /// own: a caller that stops waiting (see `cached`) does not stop them.
+    async fn run<T, F>(&self, what: &'static str, f: F) -> Result<Option<T>, StoreError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<Option<T>, StoreError>> + Send + 'static,
     {
-        let h = &self.health;
-        if h.down.load(Ordering::Acquire) {
-            let now = crate::store::now_ms();
-            let due = h.next_probe.load(Ordering::Acquire);
-            let probe = now >= due
-                && h.next_probe
-                    .compare_exchange(
-                        due,
-                        now + PROBE_EVERY_MS,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok();
-            if !probe {
+        if self.health.down.load(Ordering::Acquire) {
+            METRICS
+                .store_queries
+                .with_label_values(&[what, "skipped"])
+                .inc();
+            return Err(StoreError::Unavailable("store down".into()));
+        }
+        let (health, store) = (self.health.clone(), self.store.clone());
+        self.rt
+            .spawn(async move {
+                let r = tokio::time::timeout(QUERY_TIMEOUT, f)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(format!(
+                            "no answer within {QUERY_TIMEOUT:?}"
+                        )))
+                    });
+                let result = match &r {
+                    Ok(Some(_)) => "found",
+                    Ok(None) => "not_found",
+                    Err(e) => {
+                        tracing::warn!(error = %e, what, "store query failed");
+                        "error"
+                    }
+                };
+                health_after(&health, &store, r.is_ok());
                 METRICS
                     .store_queries
-                    .with_label_values(&[what, "skipped"])
+                    .with_label_values(&[what, result])
                     .inc();
-                return Err(StoreError::Unavailable("store down".into()));
-            }
-        }
-        let r = match tokio::time::timeout(QUERY_TIMEOUT, self.rt.spawn(f)).await {
-            Ok(joined) => joined
-                .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))
-                .and_then(|r| r),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer within {QUERY_TIMEOUT:?}"
-            ))),
-        };
-        let result = match &r {
-            Ok(Some(_)) => "found",
-            Ok(None) => "not_found",
-            Err(e) => {
-                tracing::warn!(error = %e, what, "store query failed");
-                "error"
-            }
-        };
-        self.health_after(r.is_ok());
-        METRICS
-            .store_queries
-            .with_label_values(&[what, result])
-            .inc();
-        r
-    }
-
-    /// Record a query's outcome: the store is down after a failure, up after a success
-    /// (each change logged once, and `hlsgate_store_up` set).
-    fn health_after(&self, ok: bool) {
-        let h = &self.health;
-        if ok {
-            if h.down.swap(false, Ordering::AcqRel) {
-                METRICS.store_up.set(1);
-                tracing::warn!("store answers again: store-backed viewers are checked as before");
-            }
-        } else {
-            h.next_probe
-                .store(crate::store::now_ms() + PROBE_EVERY_MS, Ordering::Release);
-            if !h.down.swap(true, Ordering::AcqRel) {
-                METRICS.store_up.set(0);
-                tracing::error!(
-                    "store unreachable: viewers already seen are admitted from the last answers (store.stale_if_error), the rest answered 503"
-                );
-            }
-        }
+                r
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))
+            .and_then(|r| r)
     }
 
     /// One store query behind `layer`: a hit costs the lookup alone (no allocation, none
@@ -260,19 +274,29 @@ impl StoreCache {
             return Ok(hit);
         }
         let owned = key.to_owned();
-        let got = layer
-            .fresh
-            .try_get_with(owned.clone(), async {
-                let answer = self
-                    .run(what, query(self.store.clone(), owned.clone()))
-                    .await?;
-                let v = make(answer);
-                if let Some(g) = &layer.good {
-                    g.insert(owned, v.clone());
+        let fetch = layer.fresh.try_get_with(owned.clone(), async {
+            let answer = self
+                .run(what, query(self.store.clone(), owned.clone()))
+                .await?;
+            let v = make(answer);
+            if let Some(g) = &layer.good {
+                g.insert(owned, v.clone());
+            }
+            Ok(v)
+        });
+        // With a last good answer at hand, a store that is slow to answer (frozen, before
+        // its query's timeout says so) does not hold the viewer: the good answer goes out
+        // after STALE_AFTER while the query runs on (in its own task, see `run`).
+        let got = match layer.good.as_ref().and_then(|g| g.get(key)) {
+            Some(good) => match tokio::time::timeout(STALE_AFTER, fetch).await {
+                Ok(got) => got,
+                Err(_) => {
+                    METRICS.store_stale_answers.inc();
+                    return Ok(good);
                 }
-                Ok(v)
-            })
-            .await;
+            },
+            None => fetch.await,
+        };
         match got {
             Err(e) => match layer.good.as_ref().and_then(|g| g.get(key)) {
                 Some(v) => {
