@@ -115,17 +115,7 @@ nginx -c "$RUN/faults-nginx.conf"
 trap 'nginx -c "$RUN/faults-nginx.conf" -s stop 2>/dev/null || true; cleanup' EXIT
 
 # wrk on URL for DURATION: "requests errors p99_ms" (errors: non-2xx + socket errors).
-measure() {
-    wrk -t1 -c"${CONNS:-32}" -d"${DURATION:-10s}" --timeout 10s --latency "$1" | awk '
-        / requests in / { req = $1 }
-        /Socket errors/ { gsub(/,/, ""); sock = $4 + $6 + $8 + $10 }
-        /Non-2xx/ { bad = $5 }
-        /^ +99%/ { v = $2; ms = v + 0;
-                   if (v ~ /us$/) ms = v / 1000; else if (v ~ /ms$/) ms = v + 0;
-                   else if (v ~ /s$/) ms = v * 1000;
-                   p99 = ms }
-        END { printf "%d %d %.1f\n", req, bad + sock, p99 }'
-}
+measure() { wrk -t1 -c"${CONNS:-32}" -d"${DURATION:-10s}" --timeout 10s --latency "$1" | wrk_figures; }
 
 H_PL=$(hlsgate_url f index.m3u8)
 Q="md5=$MD5&expires=$EXPIRES"

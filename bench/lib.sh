@@ -97,6 +97,18 @@ run_wrk() { # url [wrk args...] -> "req/s p99_ms"
         /Non-2xx/ { bad = $4 }
         END { if (bad) { print "ERR non-2xx " bad; exit 1 } printf "%s %.2f\n", rps, p99 }'
 }
+# wrk --latency output on stdin -> "requests non-2xx+socket-errors p99_ms".
+wrk_figures() {
+    awk '
+        / requests in / { req = $1 }
+        /Socket errors/ { gsub(/,/, ""); sock = $4 + $6 + $8 + $10 }
+        /Non-2xx/ { bad = $5 }
+        /^ +99%/ { v = $2; ms = v + 0;
+                   if (v ~ /us$/) ms = v / 1000; else if (v ~ /ms$/) ms = v + 0;
+                   else if (v ~ /s$/) ms = v * 1000;
+                   p99 = ms }
+        END { printf "%d %d %.1f\n", req, bad + sock, p99 }'
+}
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 # A B [C ...] A B ...: ROUNDS rounds of run_wrk on each URL in turn, each round printed;

@@ -87,14 +87,7 @@ for mode in $MODES; do
     wait "$WRK" || true
     sleep 3
     after=$(curl -s -A "$UA" -o /dev/null -w '%{http_code}' "$UNSEEN")
-    read -r req bad p99 < <(awk '
-        / requests in / { req = $1 }
-        /Non-2xx/ { bad = $5 }
-        /^ +99%/ { v = $2; ms = v + 0;
-                   if (v ~ /us$/) ms = v / 1000; else if (v ~ /ms$/) ms = v + 0;
-                   else if (v ~ /s$/) ms = v * 1000;
-                   p99 = ms }
-        END { printf "%d %d %.1f\n", req, bad, p99 }' "$RUN/wrk-$mode.txt")
+    read -r req bad p99 < <(wrk_figures <"$RUN/wrk-$mode.txt")
     answers=$(awk '{print $1}' "$RUN/unseen-$mode.txt" | sort | uniq -c | awk '{printf "%s×%s ", $1, $2}')
     slowest=$(awk '{ if ($2 > m) m = $2 } END { printf "%.1f", m * 1000 }' "$RUN/unseen-$mode.txt")
     printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s |\n' "$mode" "$req" "$bad" "$p99" "${answers% }" "$slowest" "$after" "$during" "$(store_up)"
