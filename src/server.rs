@@ -56,17 +56,34 @@ const HANDOVER: Duration = Duration::from_secs(5);
 /// How often TLS certificate files are looked at for a renewal.
 const CERT_CHECK: Duration = Duration::from_secs(10);
 
-/// Read the config and its token key file.
+/// Read the config and its token key file (created when missing).
 pub fn load(path: &Path) -> anyhow::Result<(Config, Keyring)> {
     let cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
-    let keyring = Keyring::load_or_create(&cfg.tokens.secret_file).map_err(|e| {
-        anyhow!(
-            "{}: tokens.secret_file: {} ({e})",
-            path.display(),
-            cfg.tokens.secret_file.display()
-        )
-    })?;
+    let keyring = key_file(path, &cfg, true)?;
     Ok((cfg, keyring))
+}
+
+/// The token keys of `cfg` (read from `path`); `create`: make the key file when it is
+/// missing (a start), or never (a reload: a new key would fail every token outstanding).
+fn key_file(path: &Path, cfg: &Config, create: bool) -> anyhow::Result<Keyring> {
+    let file = &cfg.tokens.secret_file;
+    let keyring = if create {
+        Keyring::load_or_create(file)
+    } else {
+        Keyring::load(file)
+    };
+    keyring.map_err(|e| {
+        anyhow!(
+            "{}: tokens.secret_file: {} ({e}){}",
+            path.display(),
+            file.display(),
+            if create {
+                ""
+            } else {
+                "; a reload never creates key files"
+            }
+        )
+    })
 }
 
 /// The listeners a role opens, with the config keys that name them.
@@ -102,10 +119,15 @@ impl Start {
     /// The config at `path` and its key file, with this start's overrides.
     pub fn load(&self, path: &Path) -> anyhow::Result<(Config, Keyring)> {
         let (mut cfg, keyring) = load(path)?;
+        self.apply(&mut cfg);
+        Ok((cfg, keyring))
+    }
+
+    /// This start's overrides of what the config file says.
+    fn apply(&self, cfg: &mut Config) {
         if let Some(s) = &self.upgrade_socket {
             cfg.edge.upgrade_socket = s.clone();
         }
-        Ok((cfg, keyring))
     }
 }
 
@@ -320,7 +342,6 @@ fn fixed_keys_changed(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 impl Control {
-    /// `SIGHUP`: read the config again; apply it, or refuse it and keep the old one.
     /// The config a SIGHUP would apply, or why not. Stricter than a start: an empty file is
     /// refused (not all defaults), so is one that drops every static stream the running
     /// config serves, and the key file must exist (a reload never creates one: a new key
@@ -336,9 +357,7 @@ impl Control {
             ));
         }
         let mut cfg = Config::load(path).map_err(|e| anyhow!("{e}"))?;
-        if let Some(s) = &self.start.upgrade_socket {
-            cfg.edge.upgrade_socket = s.clone();
-        }
+        self.start.apply(&mut cfg);
         let before = self.cfg.lock().streams.len();
         if before > 0 && cfg.streams.is_empty() {
             return Err(anyhow!(
@@ -347,16 +366,11 @@ impl Control {
                 path.display()
             ));
         }
-        let keyring = Keyring::load(&cfg.tokens.secret_file).map_err(|e| {
-            anyhow!(
-                "{}: tokens.secret_file: {} ({e}); a reload never creates key files",
-                path.display(),
-                cfg.tokens.secret_file.display()
-            )
-        })?;
+        let keyring = key_file(path, &cfg, false)?;
         Ok((cfg, keyring))
     }
 
+    /// `SIGHUP`: read the config again; apply it, or refuse it and keep the old one.
     fn reload(&self) {
         sd_notify("RELOADING=1");
         match self.reloaded() {

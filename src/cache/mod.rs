@@ -14,7 +14,7 @@
 pub mod lock;
 mod store;
 
-pub use store::{FreshHit, Reservation, SegmentStore, UNKNOWN_LENGTH_RESERVE};
+pub use store::{FreshHit, Reservation, SegmentStore};
 
 use crate::media::Kind;
 use pingora_cache::cache_control::CacheControl;

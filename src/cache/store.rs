@@ -23,7 +23,13 @@ type BinaryMeta = (Vec<u8>, Vec<u8>);
 
 /// What a fill of unknown length (a chunked playlist) reserves of the in-flight share;
 /// only bytes past it are counted as they arrive.
-pub const UNKNOWN_LENGTH_RESERVE: u64 = 1 << 20;
+const UNKNOWN_LENGTH_RESERVE: u64 = 1 << 20;
+
+/// The bytes a fill of `resp` reserves: its `Content-Length`, or
+/// [`UNKNOWN_LENGTH_RESERVE`].
+fn reserve_len(resp: &ResponseHeader) -> u64 {
+    super::content_length(resp).unwrap_or(UNKNOWN_LENGTH_RESERVE)
+}
 
 /// Bytes of the in-flight share held for one fill, for as long as the request filling it
 /// lasts (see [`SegmentStore::try_reserve`]); given back on drop.
@@ -117,7 +123,8 @@ pub struct FreshHit {
     pub header: ResponseHeader,
     pub body: Bytes,
     pub created: SystemTime,
-    /// Past its freshness (served only while its origin fails).
+    /// Past its freshness (answered only while its origin's failure is remembered or a
+    /// background refresh runs).
     pub stale: bool,
 }
 
@@ -189,6 +196,12 @@ impl SegmentStore {
     /// Bytes of objects still arriving from origins.
     pub fn inflight_bytes(&self) -> u64 {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Reserve the in-flight share a fill of `resp` is about to take (see
+    /// [`SegmentStore::try_reserve`]).
+    pub fn reserve_for(&'static self, resp: &ResponseHeader) -> Option<Reservation> {
+        self.try_reserve(reserve_len(resp))
     }
 
     /// Reserve `len` bytes of the in-flight share for a fill about to start (its
@@ -573,8 +586,7 @@ impl Storage for SegmentStore {
             object,
             tag: id.to_be_bytes(),
             bytes: 0,
-            reserved: super::content_length(meta.response_header())
-                .unwrap_or(UNKNOWN_LENGTH_RESERVE),
+            reserved: reserve_len(meta.response_header()),
             extra: 0,
             finished: false,
         }))

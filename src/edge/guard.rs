@@ -112,12 +112,10 @@ impl<A> Guarded<A> {
         let t = Duration::from_millis(self.limits.header_timeout_ms.load(Ordering::Relaxed));
         match tokio::time::timeout(t, acceptor.tls_handshake(Plain(session))).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "TLS handshake failed");
-                METRICS.denials.with_label_values(&["tls_handshake"]).inc();
-                None
-            }
-            Err(_) => {
+            failed => {
+                if let Ok(Err(e)) = failed {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                }
                 METRICS.denials.with_label_values(&["tls_handshake"]).inc();
                 None
             }
@@ -298,6 +296,67 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
     }
 }
 
+/// The traits of Pingora's `IO` that a wrapper of a `Stream` (in its field `$field`) passes
+/// to the stream as they are: shutdown, identity, TLS facts, digests.
+macro_rules! delegate_stream_digests {
+    ($t:ty, $field:tt) => {
+        #[async_trait]
+        impl Shutdown for $t {
+            async fn shutdown(&mut self) {
+                Shutdown::shutdown(&mut *self.$field).await
+            }
+        }
+
+        impl UniqueID for $t {
+            fn id(&self) -> UniqueIDType {
+                self.$field.id()
+            }
+        }
+
+        impl Ssl for $t {
+            fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+                self.$field.get_ssl()
+            }
+            fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+                self.$field.get_ssl_digest()
+            }
+            fn selected_alpn_proto(&self) -> Option<ALPN> {
+                self.$field.selected_alpn_proto()
+            }
+        }
+
+        impl GetTimingDigest for $t {
+            fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+                self.$field.get_timing_digest()
+            }
+            fn get_read_pending_time(&self) -> Duration {
+                self.$field.get_read_pending_time()
+            }
+            fn get_write_pending_time(&self) -> Duration {
+                self.$field.get_write_pending_time()
+            }
+        }
+
+        impl GetProxyDigest for $t {
+            fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+                self.$field.get_proxy_digest()
+            }
+            fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+                self.$field.set_proxy_digest(digest)
+            }
+        }
+
+        impl GetSocketDigest for $t {
+            fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+                self.$field.get_socket_digest()
+            }
+            fn set_socket_digest(&mut self, digest: SocketDigest) {
+                self.$field.set_socket_digest(digest)
+            }
+        }
+    };
+}
+
 /// A connection as Pingora's listener gave it, as a type the TLS acceptor takes.
 #[derive(Debug)]
 struct Plain(Stream);
@@ -338,44 +397,7 @@ impl AsyncWrite for Plain {
     }
 }
 
-#[async_trait]
-impl Shutdown for Plain {
-    async fn shutdown(&mut self) {
-        Shutdown::shutdown(&mut *self.0).await
-    }
-}
-
-impl UniqueID for Plain {
-    fn id(&self) -> UniqueIDType {
-        self.0.id()
-    }
-}
-
-impl Ssl for Plain {}
-
-impl GetTimingDigest for Plain {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.0.get_timing_digest()
-    }
-}
-
-impl GetProxyDigest for Plain {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.0.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.0.set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for Plain {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.0.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.0.set_socket_digest(digest)
-    }
-}
+delegate_stream_digests!(Plain, 0);
 
 #[async_trait]
 impl Peek for Plain {}
@@ -564,60 +586,7 @@ impl AsyncWrite for HeaderDeadline {
     }
 }
 
-#[async_trait]
-impl Shutdown for HeaderDeadline {
-    async fn shutdown(&mut self) {
-        Shutdown::shutdown(&mut *self.inner).await
-    }
-}
-
-impl UniqueID for HeaderDeadline {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for HeaderDeadline {
-    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for HeaderDeadline {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for HeaderDeadline {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for HeaderDeadline {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest)
-    }
-}
+delegate_stream_digests!(HeaderDeadline, inner);
 
 /// Peeking reads the bytes for real, into `early`, and `poll_read` hands them out first.
 /// Each read goes into a buffer on the stack of that one poll, so a connection waiting for

@@ -391,9 +391,10 @@ pub fn add_services(
     proxy.server_options = Some(opts);
     proxy.handle_init_modules();
     let mut app = guard::Guarded::new(Arc::new(proxy), limits.clone(), access);
-    if let (Some(tls), Some(certs)) = (&cfg.edge.tls, certs) {
-        // The TLS listener is a plain one for Pingora: the guard does the handshake (see
-        // `guard`), counted against edge.max_connections and bounded by header_timeout.
+    // The TLS listener is a plain one for Pingora: the guard does the handshake (see
+    // `guard`), counted against edge.max_connections and bounded by header_timeout.
+    let tls = cfg.edge.tls.as_ref().zip(certs);
+    if let Some((tls, certs)) = tls {
         app = app.with_tls(tls.listen.port(), certs.settings(true));
     }
     let mut svc = pingora_core::services::listening::Service::new("hlsgate edge".into(), app);
@@ -405,8 +406,7 @@ pub fn add_services(
     // buffer, and rustls into its own, so the L4 one only copied bytes twice.
     let l4 = L4BufferSettings::default().read(0);
     svc.add_listener(ListenerConfig::tcp(cfg.edge.listen.to_string()).l4_buffer(l4));
-    if let (Some(tls), Some(certs)) = (&cfg.edge.tls, certs) {
-        let _ = certs;
+    if let Some((tls, _)) = tls {
         svc.add_listener(ListenerConfig::tcp(tls.listen.to_string()).l4_buffer(l4));
     }
     server.add_service(svc);

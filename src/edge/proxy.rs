@@ -549,50 +549,46 @@ impl EdgeProxy {
         };
         let st = self.state();
         let now = std::time::SystemTime::now();
-        let hit = st.store.hit(&bin, now, true);
-        if hit.as_ref().is_none_or(|h| h.stale) {
-            // Not fresh: answered here only while the origin's last failure for this object
-            // is remembered (`cache.error_ttl`): with the stale copy, or the same error, and
-            // no origin request; or, stale, while a background refresh fetches it.
-            // Otherwise the cache path asks the origin.
+        let Some(hit) = st.store.hit(&bin, now, true) else {
+            // Nothing stored: answered here only while the origin's last failure for this
+            // object is remembered (`cache.error_ttl`), with the same error and no origin
+            // request. Otherwise the cache path asks the origin.
             let Some((code, message)) = st.failed.get(&bin) else {
-                if hit.is_some() && st.refreshing.contains_key(&bin) {
-                    return self.answer_hit(session, ctx, bin, hit, "updating").await;
-                }
                 return Ok(false);
             };
-            if hit.is_none() {
-                drop(st);
-                ctx.status = code;
-                ctx.failure = Some(message);
-                ctx.early_hit = Some("failed");
-                respond::error(session, code, message, &ctx.cors).await?;
-                return Ok(true);
-            }
-        }
-        let label = if hit.as_ref().is_some_and(|h| h.stale) {
-            "stale"
-        } else {
+            drop(st);
+            ctx.status = code;
+            ctx.failure = Some(message);
+            ctx.early_hit = Some("failed");
+            respond::error(session, code, message, &ctx.cors).await?;
+            return Ok(true);
+        };
+        // A stale copy is answered here only while the origin's failure is remembered, or
+        // while a background refresh fetches it; otherwise the cache path refreshes it.
+        let label = if !hit.stale {
             "hit"
+        } else if st.failed.contains_key(&bin) {
+            "stale"
+        } else if st.refreshing.contains_key(&bin) {
+            "updating"
+        } else {
+            return Ok(false);
         };
         drop(st);
-        self.answer_hit(session, ctx, bin, hit, label).await
+        self.answer_hit(session, ctx, bin, hit, now, label).await
     }
 
-    /// Answer `hit` (see `serve_fresh_hit`), counted under the cache result `label`.
+    /// Answer `hit`, found at `now` (see `serve_fresh_hit`), counted under the cache
+    /// result `label`.
     async fn answer_hit(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         bin: pingora_cache::key::HashBinary,
-        hit: Option<crate::cache::FreshHit>,
+        hit: crate::cache::FreshHit,
+        now: std::time::SystemTime,
         label: &'static str,
     ) -> Result<bool> {
-        let Some(hit) = hit else {
-            return Ok(false);
-        };
-        let now = std::time::SystemTime::now();
-        let st = self.state();
         let state = if hit.stale { "STALE" } else { "HIT" };
         let mut resp = hit.header;
         if resp.status != http::StatusCode::OK {
@@ -625,7 +621,6 @@ impl EdgeProxy {
             resp.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
             hit.body
         };
-        drop(st); // not held across the writes' awaits
         ctx.status = 200;
         ctx.from_cache = true;
         ctx.early_hit = Some(label);
@@ -846,8 +841,7 @@ impl ProxyHttp for EdgeProxy {
         if matches!(decided, RespCacheable::Cacheable(_)) {
             // The fill's room is taken now, before the viewer's header goes out: a body
             // the cache cannot hold is passed through whole, never cut half way.
-            let len = content_length(resp).unwrap_or(crate::cache::UNKNOWN_LENGTH_RESERVE);
-            match st.store.try_reserve(len) {
+            match st.store.reserve_for(resp) {
                 Some(r) => ctx.reserved = Some(r),
                 None => {
                     return Ok(RespCacheable::Uncacheable(

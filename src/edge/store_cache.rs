@@ -189,11 +189,6 @@ impl StoreCache {
         }
     }
 
-    /// Whether the store answered its last query (or probe).
-    pub fn store_up(&self) -> bool {
-        !self.health.down.load(Ordering::Relaxed)
-    }
-
     /// The store's runtime (its pools belong to it).
     pub fn rt(&self) -> &Handle {
         &self.rt
@@ -284,28 +279,19 @@ impl StoreCache {
             }
             Ok(v)
         });
-        // With a last good answer at hand, a store that is slow to answer (frozen, before
-        // its query's timeout says so) does not hold the viewer: the good answer goes out
-        // after STALE_AFTER while the query runs on (in its own task, see `run`).
-        let got = match layer.good.as_ref().and_then(|g| g.get(key)) {
-            Some(good) => match tokio::time::timeout(STALE_AFTER, fetch).await {
-                Ok(got) => got,
-                Err(_) => {
-                    METRICS.store_stale_answers.inc();
-                    return Ok(good);
-                }
-            },
-            None => fetch.await,
+        let Some(good) = layer.good.as_ref().and_then(|g| g.get(key)) else {
+            return fetch.await;
         };
-        match got {
-            Err(e) => match layer.good.as_ref().and_then(|g| g.get(key)) {
-                Some(v) => {
-                    METRICS.store_stale_answers.inc();
-                    Ok(v)
-                }
-                None => Err(e),
-            },
-            ok => ok,
+        // With a last good answer at hand, a store that fails, or is slow to answer
+        // (frozen, before its query's timeout says so), does not hold the viewer: the good
+        // answer goes out, after STALE_AFTER at most, while the query runs on (in its own
+        // task, see `run`).
+        match tokio::time::timeout(STALE_AFTER, fetch).await {
+            Ok(Ok(v)) => Ok(v),
+            _ => {
+                METRICS.store_stale_answers.inc();
+                Ok(good)
+            }
         }
     }
 
