@@ -860,7 +860,9 @@ crate::both!(
 /// The store goes away (its PostgreSQL database is dropped under a running `serve`):
 /// a viewer the edge has already admitted keeps playing for `store.stale_if_error` (default
 /// 60 s); one it has never seen is answered 503 at once (the store is known down: no query
-/// waits), as is the admin; `hlsgate_store_up` says 0; a static stream plays on. With
+/// waits), as is the admin; `hlsgate_store_up` says 0; a static stream plays on. A second
+/// `hlsgate edge` on the same store and key file that admitted the viewer too holds the
+/// same way, and refuses the never-seen one at once too. With
 /// `store.stale_if_error: 0s` every store-backed viewer is refused (fail closed).
 #[test]
 fn a_store_outage_keeps_seen_viewers_and_refuses_the_rest_at_once() {
@@ -869,17 +871,20 @@ fn a_store_outage_keeps_seen_viewers_and_refuses_the_rest_at_once() {
             Backend::Postgres,
             &format!("streams:\n  static: {{ url: \"{}\" }}\n", ts_url()),
         );
-        add_config_keys(
-            &w.config,
-            "store",
-            &format!("  stale_if_error: \"{stale}\"\n"),
-        );
+        let stale_key = format!("  stale_if_error: \"{stale}\"\n");
+        add_config_keys(&w.config, "store", &stale_key);
         let h = w.serve();
+        // A second edge on the same store and key file: it decides from what it has read.
+        let (edge2_cfg, p2) =
+            write_config_with(w.dir.path(), "edge2.yaml", "2s", &w.db.url, "streams: {}\n");
+        add_config_keys(&edge2_cfg, "store", &stale_key);
+        let _edge2 = Hlsgate::start("edge", &edge2_cfg, p2.edge);
         let (a, e) = (w.ports.admin, w.ports.edge);
         let jwt = login(a, "olga", "olga-password");
         let id = add_stream(a, &jwt, &ts_url());
         let seen = playback_path(a, &jwt, id);
         assert_eq!(play_status(e, &seen), 200);
+        assert_eq!(play_status(p2.edge, &seen), 200);
         // Another login's URL, issued before the outage but never played.
         let unseen = playback_path(a, &login(a, "olga", "olga-password"), id);
         let stateless = path_of(&h.token_url(&["--stream", "static"]));
@@ -898,9 +903,11 @@ fn a_store_outage_keeps_seen_viewers_and_refuses_the_rest_at_once() {
             std::thread::sleep(Duration::from_millis(200));
         }
         assert!(slowest < Duration::from_secs(1), "{slowest:?}");
-        for _ in 0..3 {
+        // The second edge, which admitted the same viewer before, holds the same way.
+        assert_eq!(play_status(p2.edge, &seen), want, "second edge");
+        for edge in [e, e, p2.edge, p2.edge] {
             let t = Instant::now();
-            let r = get(e, &unseen, &[("User-Agent", PLAYER)]).unwrap();
+            let r = get(edge, &unseen, &[("User-Agent", PLAYER)]).unwrap();
             assert_eq!(
                 (r.status, r.text()),
                 (503, r#"{"error":"store unavailable"}"#.into())
