@@ -23,13 +23,8 @@ use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::listeners::tls::{Acceptor, TlsSettings};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::tls::SslDigest;
 use pingora_core::protocols::Stream;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
+use pingora_core::protocols::{Peek, ALPN};
 use pingora_core::server::ShutdownWatch;
 use std::future::Future;
 use std::pin::Pin;
@@ -218,12 +213,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             }
             return None;
         }
-        if let Some((_, acceptor)) = tls {
-            session = self.handshake(acceptor, session).await?;
-        }
+        let h2 = if let Some((_, acceptor)) = tls {
+            let tls = self.handshake(acceptor, session).await?;
+            let h2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
+            session = Box::new(super::packed::Packed::new(tls, h2));
+            h2
+        } else {
+            false
+        };
         // HTTP/2 (ALPN h2) is Pingora's own: its frames are not HTTP/1 header lines, and
         // h2 bounds its idle connections itself (`h2_idle_timeout`). So is h2c, were it on.
-        let h2 = matches!(session.selected_alpn_proto(), Some(ALPN::H2));
         let h2c = self.inner.server_options().is_some_and(|o| o.h2c);
         if h2 || h2c {
             return self.inner.process_new(session, shutdown).await;
@@ -300,62 +299,72 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
 /// to the stream as they are: shutdown, identity, TLS facts, digests.
 macro_rules! delegate_stream_digests {
     ($t:ty, $field:tt) => {
-        #[async_trait]
-        impl Shutdown for $t {
+        #[async_trait::async_trait]
+        impl pingora_core::protocols::Shutdown for $t {
             async fn shutdown(&mut self) {
-                Shutdown::shutdown(&mut *self.$field).await
+                pingora_core::protocols::Shutdown::shutdown(&mut *self.$field).await
             }
         }
 
-        impl UniqueID for $t {
-            fn id(&self) -> UniqueIDType {
+        impl pingora_core::protocols::UniqueID for $t {
+            fn id(&self) -> pingora_core::protocols::UniqueIDType {
                 self.$field.id()
             }
         }
 
-        impl Ssl for $t {
+        impl pingora_core::protocols::Ssl for $t {
             fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
                 self.$field.get_ssl()
             }
-            fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+            fn get_ssl_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::tls::SslDigest>> {
                 self.$field.get_ssl_digest()
             }
-            fn selected_alpn_proto(&self) -> Option<ALPN> {
+            fn selected_alpn_proto(&self) -> Option<pingora_core::protocols::ALPN> {
                 self.$field.selected_alpn_proto()
             }
         }
 
-        impl GetTimingDigest for $t {
-            fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        impl pingora_core::protocols::GetTimingDigest for $t {
+            fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
                 self.$field.get_timing_digest()
             }
-            fn get_read_pending_time(&self) -> Duration {
+            fn get_read_pending_time(&self) -> std::time::Duration {
                 self.$field.get_read_pending_time()
             }
-            fn get_write_pending_time(&self) -> Duration {
+            fn get_write_pending_time(&self) -> std::time::Duration {
                 self.$field.get_write_pending_time()
             }
         }
 
-        impl GetProxyDigest for $t {
-            fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        impl pingora_core::protocols::GetProxyDigest for $t {
+            fn get_proxy_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
                 self.$field.get_proxy_digest()
             }
-            fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+            fn set_proxy_digest(
+                &mut self,
+                digest: pingora_core::protocols::raw_connect::ProxyDigest,
+            ) {
                 self.$field.set_proxy_digest(digest)
             }
         }
 
-        impl GetSocketDigest for $t {
-            fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        impl pingora_core::protocols::GetSocketDigest for $t {
+            fn get_socket_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::SocketDigest>> {
                 self.$field.get_socket_digest()
             }
-            fn set_socket_digest(&mut self, digest: SocketDigest) {
+            fn set_socket_digest(&mut self, digest: pingora_core::protocols::SocketDigest) {
                 self.$field.set_socket_digest(digest)
             }
         }
     };
 }
+pub(crate) use delegate_stream_digests;
 
 /// A connection as Pingora's listener gave it, as a type the TLS acceptor takes.
 #[derive(Debug)]

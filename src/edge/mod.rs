@@ -12,6 +12,7 @@ pub mod external;
 pub mod file;
 pub mod guard;
 pub mod modes;
+mod packed;
 pub mod proxy;
 pub mod respond;
 pub mod shield;
