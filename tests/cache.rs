@@ -56,6 +56,13 @@ fn harness() -> &'static Harness {
             "#EXTM3U\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:4.0,\nseg1.ts\n#EXT-X-ENDLIST\n",
         )
         .unwrap();
+        // A live playlist (fresh for 1 s) whose origin revalidates it (ETag, 304).
+        std::fs::write(
+            root.join("c/tagged.m3u8"),
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n#EXTINF:2.0,\nseg7.ts\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("c/tagged.headers"), "ETag: \"v1\"\r\n").unwrap();
         // No newline after the last URI: its rewriting must not wait for one.
         std::fs::write(
             root.join("c/m.m3u8"),
@@ -274,6 +281,52 @@ fn playlists_are_cached_once_and_rewritten_per_viewer() {
     assert_eq!(h.origin.hits("GET /c/index.m3u8 ") - before, 2);
     // The viewer's token never reaches the origin.
     assert!(h.origin.requests().iter().all(|l| !l.contains(&token(&a))));
+}
+
+/// A live playlist its origin revalidates (304 Not Modified) is fresh again after each
+/// background refresh, and goes on being refreshed: it is never served stale for longer
+/// than one refresh takes. (It was: after the first 304 the object stayed stale, and each
+/// background refresh that followed asked the origin nothing, so viewers got the stale
+/// copy, "updating", until the refresh's one-minute bound ran out.)
+#[test]
+fn a_revalidated_live_playlist_is_fresh_again_and_refreshed_again() {
+    let h = harness();
+    let p = path_for(h, "c", "tagged", "tagged.m3u8");
+    let asked = || h.origin.hits("GET /c/tagged.m3u8 ");
+    let first = fetch(h, &p, "tagged", &[]);
+    assert_eq!((first.status, first.header("X-Cache")), (200, Some("MISS")));
+    for round in 1..=3 {
+        std::thread::sleep(Duration::from_millis(1300));
+        let r = fetch(h, &p, "tagged", &[]);
+        assert_eq!(
+            (r.status, r.header("X-Cache")),
+            (200, Some("STALE")),
+            "round {round}: stale, answered at once"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while asked() < 1 + round {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no background revalidation"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let r = fetch(h, &p, "tagged", &[]);
+        assert_eq!(
+            (r.status, r.header("X-Cache")),
+            (200, Some("HIT")),
+            "round {round}: fresh again after the 304"
+        );
+        assert_eq!(r.text(), first.text());
+        assert!(
+            r.header("Age")
+                .is_some_and(|a| a.parse::<u64>().unwrap() <= 1),
+            "round {round}: the age counts from the revalidation: {:?}",
+            r.header("Age")
+        );
+    }
+    assert_eq!(asked(), 4, "one fetch and three revalidations");
 }
 
 /// A cached playlist whose URIs are all relative comes out byte for byte for viewers

@@ -151,6 +151,62 @@ fn node(edge_keys: &str) -> Node {
     }
 }
 
+/// A stale live playlist asked for over HTTP/2 is refreshed in the background, as over
+/// HTTP/1.1. (It was not: the refresh is a Pingora subrequest made from the viewer's
+/// request written as HTTP/1.1, whose URI is the path alone, while the viewer's h2 request
+/// had the whole URI; the refresh found nothing it was admitted to fetch and was refused,
+/// and every h2 viewer got the stale copy, "updating", until the refresh's one-minute
+/// bound ran out: a live stream frozen for a minute at a time.)
+#[test]
+fn a_stale_live_playlist_asked_over_h2_is_refreshed_in_the_background() {
+    let n = node("");
+    let ca = n.dir.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    // fresh for 1 s (half its target duration), then stale-while-revalidate
+    std::fs::write(
+        n.dir.join("origin/ts/live.m3u8"),
+        "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:3\n#EXTINF:2.0,\nseg3.ts\n",
+    )
+    .unwrap();
+    let p = path(&n.h.token_url(&["--stream", "ts", "--ttl", "600"]));
+    let p = format!("{}/live.m3u8", p.rsplit_once('/').unwrap().0);
+    let t = n.tls;
+    let url = format!("https://localhost:{t}{p}");
+    let resolve = format!("localhost:{t}:127.0.0.1");
+    let get = || {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", "--http2", "--cacert", ca])
+            .args(["--resolve", &resolve, "-o", "/dev/null", "-D", "-", &url])
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(head.starts_with("http/2 200"), "{head}");
+        let cache = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-cache: "))
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        cache
+    };
+    let asked = || n._origin.hits("GET /ts/live.m3u8 ");
+    assert_eq!(get(), "miss");
+    for round in 1..=2 {
+        std::thread::sleep(Duration::from_millis(1300));
+        assert_eq!(get(), "stale", "round {round}: answered at once");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while asked() < 1 + round {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the background refresh never asked the origin"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(get(), "hit", "round {round}: fresh again");
+    }
+}
+
 #[test]
 fn tls_speaks_h2_and_http1_picks_certificates_by_sni_and_takes_renewals() {
     let n = node("");

@@ -60,9 +60,12 @@ struct Entry {
 /// compresses the header (zstd), and decoding it on every hit costs more than cloning it.
 struct Fields {
     fresh_until: SystemTime,
-    /// When the object was stored (its identity for `EdgeState::verbatim`; Age counts from
-    /// it).
+    /// When the object was stored: its identity for `EdgeState::verbatim` (a 304
+    /// revalidation keeps it).
     created: SystemTime,
+    /// When the origin last gave or confirmed it (a 304 revalidation moves it): `Age`
+    /// counts from it (RFC 9111 §4.2.3).
+    epoch: SystemTime,
     stale_while_revalidate: u32,
     stale_if_error: u32,
     header: ResponseHeader,
@@ -82,6 +85,7 @@ impl Fields {
         Fields {
             fresh_until: meta.fresh_until(),
             created: meta.created(),
+            epoch: meta.epoch(),
             stale_while_revalidate: meta.stale_while_revalidate_sec(),
             stale_if_error: meta.stale_if_error_sec(),
             header,
@@ -90,13 +94,17 @@ impl Fields {
     }
 
     fn meta(&self) -> CacheMeta {
-        CacheMeta::new(
+        let mut meta = CacheMeta::new(
             self.fresh_until,
             self.created,
             self.stale_while_revalidate,
             self.stale_if_error,
             self.header.clone(),
-        )
+        );
+        if self.epoch != self.created {
+            meta.set_epoch_override(self.epoch);
+        }
+        meta
     }
 }
 
@@ -123,6 +131,8 @@ pub struct FreshHit {
     pub header: ResponseHeader,
     pub body: Bytes,
     pub created: SystemTime,
+    /// When the origin last gave or confirmed it: `Age` counts from it.
+    pub epoch: SystemTime,
     /// Past its freshness (answered only while its origin's failure is remembered or a
     /// background refresh runs).
     pub stale: bool,
@@ -195,6 +205,7 @@ impl SegmentStore {
             header: e.meta.header.clone(),
             body: e.body.clone(),
             created: e.meta.created,
+            epoch: e.meta.epoch,
             stale: !fresh,
         })
     }

@@ -56,8 +56,8 @@ pub struct EdgeState {
     /// stale copy or the same answer at once, instead of each trying the failing origin
     /// again (nginx's `proxy_cache_lock` + `use_stale`, for failures too).
     pub failed: moka::sync::Cache<pingora_cache::key::HashBinary, (u16, &'static str)>,
-    /// Stale objects being refreshed in the background, by the request URI of the viewer
-    /// whose request started it: what that viewer was admitted to fetch, for the refresh
+    /// Stale objects being refreshed in the background, by the path and query of the
+    /// request of the viewer whose request started it (`proxy::refresh_key`): what that viewer was admitted to fetch, for the refresh
     /// (a Pingora subrequest with a copy of that request) to fetch without admitting
     /// anyone again.
     pub refreshes: moka::sync::Cache<String, Arc<Refresh>>,

@@ -149,6 +149,16 @@ fn keep_origin_headers(resp: &mut ResponseHeader, vary: bool) {
 /// The request's authority: the `Host` header, or HTTP/2's `:authority` (which browsers
 /// send instead of `Host`). A `Host` that is not even text is kept as a control byte, so
 /// that admission refuses it (400) rather than taking it for absent.
+/// The key of a background refresh in `EdgeState::refreshes`: the viewer's request's path
+/// and query. Not its whole URI: Pingora makes the refresh's request from the viewer's
+/// written as HTTP/1.1, whose URI is the path and query alone, while an h2 request's URI
+/// has the scheme and authority too.
+fn refresh_key(req: &RequestHeader) -> String {
+    req.uri
+        .path_and_query()
+        .map_or_else(|| req.uri.path().to_owned(), |p| p.as_str().to_owned())
+}
+
 fn request_authority(req: &RequestHeader) -> Option<&str> {
     match req.headers.get(http::header::HOST) {
         Some(v) => Some(v.to_str().unwrap_or("\u{0}")),
@@ -207,7 +217,7 @@ impl EdgeProxy {
             // Pingora's background refresh of a stale object (see `should_serve_stale`):
             // it fetches what the viewer who started it was admitted to, nothing else.
             ctx.background = true;
-            let uri = session.req_header().uri.to_string();
+            let uri = refresh_key(session.req_header());
             let Some(r) = st.refreshes.remove(&uri) else {
                 ctx.status = 403;
                 respond::error(session, 403, "no refresh", &ctx.cors).await?;
@@ -595,7 +605,7 @@ impl EdgeProxy {
             return Ok(false);
         }
         // As Pingora's cache_hit_header: an Age, HTTP/1.1; the length is known here.
-        let age = now.duration_since(hit.created).map_or(0, |d| d.as_secs());
+        let age = now.duration_since(hit.epoch).map_or(0, |d| d.as_secs());
         resp.insert_header(http::header::AGE, age)?;
         resp.set_version(http::Version::HTTP_11);
         if !resp.headers.contains_key(http::header::CONTENT_LENGTH) {
@@ -912,8 +922,17 @@ impl ProxyHttp for EdgeProxy {
                 if let Some(key) = session.cache.maybe_cache_key() {
                     self.state().refreshing.insert(key.combined_bin(), ());
                 }
+                if session.is_http2() {
+                    // Pingora 0.9 makes the refresh's request by writing this one as
+                    // HTTP/1 text, its version as it is: "GET /… HTTP/2", which its own
+                    // HTTP/1 parser then refuses, and the refresh never runs (each h2
+                    // viewer got the stale copy until the refresh's bound ran out). The
+                    // viewer's request is answered from here on; its version is read no
+                    // more.
+                    session.req_header_mut().set_version(http::Version::HTTP_11);
+                }
                 self.state().refreshes.insert(
-                    session.req_header().uri.to_string(),
+                    refresh_key(session.req_header()),
                     Arc::new(super::Refresh {
                         stream,
                         kind: ctx.kind,

@@ -182,6 +182,18 @@ fn serve_conn(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>) -> std::io
         if let Ok(extra) = std::fs::read_to_string(file.with_extension("headers")) {
             cc.push_str(&extra);
         }
+        // An object whose `.headers` give it an `ETag` is revalidated as origins do: a
+        // request naming that tag gets 304 Not Modified.
+        let etag = cc
+            .lines()
+            .find_map(|l| l.strip_prefix("ETag:").map(str::trim));
+        if let (Some(tag), Some(asked)) = (etag, headers.get("if-none-match")) {
+            if asked.split(',').any(|t| t.trim() == tag) {
+                write!(w, "HTTP/1.1 304 Not Modified\r\n{cc}\r\n")?;
+                w.flush()?;
+                continue;
+            }
+        }
         let delay = path.contains("/delay/");
         if delay {
             std::thread::sleep(Duration::from_millis(300));
