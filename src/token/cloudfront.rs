@@ -23,9 +23,9 @@
 //! Pure: no I/O.
 
 use super::{ForeignGrant, TokenError};
+use aws_lc_rs::signature::{self, ParsedPublicKey};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use ring::signature::{self, UnparsedPublicKey};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,10 +48,24 @@ pub struct CloudFrontKeys {
 
 #[derive(Clone)]
 enum PublicKey {
-    /// PKCS#1 `RSAPublicKey` DER.
-    Rsa(Vec<u8>),
-    /// An uncompressed P-256 point.
-    P256(Vec<u8>),
+    /// Parsed once (AWS-LC): for RSA-SHA1 policies (botocore's signer) and RSA-SHA256.
+    Rsa {
+        sha1: ParsedPublicKey,
+        sha256: ParsedPublicKey,
+    },
+    /// An uncompressed P-256 point, parsed once.
+    P256(ParsedPublicKey),
+}
+
+impl PublicKey {
+    /// `der`: PKCS#1 `RSAPublicKey`.
+    fn rsa(der: &[u8]) -> Result<PublicKey, &'static str> {
+        let parse = |alg| ParsedPublicKey::new(alg, der).map_err(|_| "unusable RSA public key");
+        Ok(PublicKey::Rsa {
+            sha1: parse(&signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY)?,
+            sha256: parse(&signature::RSA_PKCS1_2048_8192_SHA256)?,
+        })
+    }
 }
 
 impl fmt::Debug for CloudFrontKeys {
@@ -240,16 +254,18 @@ fn public_key(pem: &str) -> Result<PublicKey, &'static str> {
         .collect();
     let der = STANDARD.decode(body).map_err(|_| "not a PEM")?;
     if pem.contains("BEGIN RSA PUBLIC KEY") {
-        return Ok(PublicKey::Rsa(der));
+        return PublicKey::rsa(&der);
     }
     const RSA: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01];
     const P256: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
     let (alg, bits) = spki(&der).ok_or("not a public key PEM (SPKI)")?;
     let has = |oid: &[u8]| alg.windows(oid.len()).any(|w| w == oid);
     if has(RSA) {
-        Ok(PublicKey::Rsa(bits.to_vec()))
+        PublicKey::rsa(bits)
     } else if has(P256) {
-        Ok(PublicKey::P256(bits.to_vec()))
+        ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, bits)
+            .map(PublicKey::P256)
+            .map_err(|_| "unusable P-256 public key")
     } else {
         Err("not an RSA or P-256 public key")
     }
@@ -339,24 +355,12 @@ impl CloudFrontKeys {
                 let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
                 return ring::hmac::verify(&key, msg, &sig).map_err(|_| TokenError::Forged);
             }
-            let alg: &dyn signature::VerificationAlgorithm;
             let key = match self.keys.get(s.key_pair_id).ok_or(TokenError::Forged)? {
-                PublicKey::Rsa(k) => {
-                    alg = if s.sha256 {
-                        &signature::RSA_PKCS1_2048_8192_SHA256
-                    } else {
-                        &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
-                    };
-                    k
-                }
-                PublicKey::P256(k) => {
-                    alg = &signature::ECDSA_P256_SHA256_ASN1;
-                    k
-                }
+                PublicKey::Rsa { sha256, .. } if s.sha256 => sha256,
+                PublicKey::Rsa { sha1, .. } => sha1,
+                PublicKey::P256(k) => k,
             };
-            UnparsedPublicKey::new(alg, key)
-                .verify(msg, &sig)
-                .map_err(|_| TokenError::Forged)
+            key.verify_sig(msg, &sig).map_err(|_| TokenError::Forged)
         };
         let native = s.key_pair_id.starts_with(NATIVE_PREFIX);
         let mut login = None;
