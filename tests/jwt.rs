@@ -332,6 +332,21 @@ fn forged_credentials_are_bounded_per_address_and_made_up_kids_cost_no_query() {
             r#"{"error":"too many failed credentials from this address"}"#
         );
     }
+    // Past the bound each answer waits for the next second: a flooding connection gets
+    // about the bound's worth of checks and one 429 a second, not as many as it can ask.
+    let started = std::time::Instant::now();
+    let mut answers = (0, 0);
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        match flooder(h, &p).0 {
+            401 => answers.0 += 1,
+            429 => answers.1 += 1,
+            s => panic!("{s}"),
+        }
+    }
+    assert!(
+        answers.0 <= 3 * 20 && (1..=4).contains(&answers.1),
+        "2 s of flooding: (401s, 429s) {answers:?}"
+    );
     // the next second the address is checked again, and a good token plays
     std::thread::sleep(std::time::Duration::from_millis(1_100));
     assert_eq!(flooder(h, &path("ts", "index.m3u8", &good)).0, 200);
