@@ -30,18 +30,26 @@ tls_url() { # http URL on port P -> https on port Q
     echo "$1" | sed -e "s#^http://127.0.0.1:$2/#https://127.0.0.1:$3/#"
 }
 
-# h2load: "req/s" (exit 1 if any request failed or was not 2xx)
-run_h2load() { # proto url
-    local args=(-t1 -c"$CONNS" -D"$DURATION")
-    if [ "$1" = h2 ]; then args+=(-m"$STREAMS"); else args+=(--h1 -m1); fi
-    h2load "${args[@]}" "$2" 2>&1 | awk '
+ticks() { local s=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && s=$((s + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$s"; }
+# h2load: "req/s protocol server-µs-per-request" (exit 1 if any request failed or was not
+# 2xx); the CPU (utime + stime) of the server processes `pids` over the run, per request.
+run_h2load() { # proto url pids...
+    local args=(-t1 -c"$CONNS" -D"$DURATION") proto=$1 url=$2 t0 t1
+    shift 2
+    if [ "$proto" = h2 ]; then args+=(-m"$STREAMS"); else args+=(--h1 -m1); fi
+    t0=$(ticks "$@")
+    h2load "${args[@]}" "$url" >"$RUN/h2load.txt" 2>&1 || true
+    t1=$(ticks "$@")
+    awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" '
         /^finished in/ { gsub(",", "", $4); rps = $4 }
-        /^requests:/ { failed = $10; errored = $12 }
+        /^requests:/ { done = $8; failed = $10; errored = $12 }
         /^status codes:/ { ok = $3; other = $5 + $7 + $9 }
         /Application protocol:/ { proto = $3 }
         END { if (failed + errored + other > 0 || ok == 0) { print "ERR failed=" failed " errored=" errored " non2xx=" other; exit 1 }
-              print rps, proto }'
+              printf "%s %s %.2f\n", rps, proto, t / hz * 1e6 / done }' "$RUN/h2load.txt"
 }
+# nginx's workers (its cache loader exits early)
+NGINX_PIDS=$(pgrep -f "nginx: worker" -P "$(cat "$RUN/secure-link.pid")" | tr '\n' ' ')
 
 RESULTS=$RUN/tls.txt
 : >"$RESULTS"
@@ -65,18 +73,18 @@ for sc in $SCENARIOS; do
         : >"$RUN/n.txt"; : >"$RUN/h.txt"; : >"$RUN/b.txt"
         echo ">> $sc over TLS $proto: h2load -t1 -c$CONNS -D$DURATION $([ $proto = h2 ] && echo "-m$STREAMS"), $ROUNDS rounds interleaved" >&2
         for r in $(seq "$ROUNDS"); do
-            n=$(run_h2load $proto "$NS"); echo "$n" >>"$RUN/n.txt"
-            h=$(run_h2load $proto "$HS"); echo "$h" >>"$RUN/h.txt"
-            b=$(run_h2load $proto "$BS"); echo "$b" >>"$RUN/b.txt"
-            echo "   round $r: nginx $n | hlsgate $h | bare $b   (req/s protocol)" >&2
+            # shellcheck disable=SC2086
+            n=$(run_h2load $proto "$NS" $NGINX_PIDS); echo "$n" >>"$RUN/n.txt"
+            h=$(run_h2load $proto "$HS" "$HLSGATE_PID"); echo "$h" >>"$RUN/h.txt"
+            b=$(run_h2load $proto "$BS" "$BARE_PID"); echo "$b" >>"$RUN/b.txt"
+            echo "   round $r: nginx $n | hlsgate $h | bare $b   (req/s protocol server-µs/req)" >&2
         done
-        echo "$sc $proto $(cut -d' ' -f1 "$RUN/n.txt" | median) $(cut -d' ' -f1 "$RUN/h.txt" | median)" \
-            "$(cut -d' ' -f1 "$RUN/b.txt" | median)" >>"$RESULTS"
+        med() { cut -d' ' -f"$2" "$RUN/$1.txt" | median; }
+        echo "$sc $proto $(med n 1) $(med h 1) $(med b 1) $(med n 3) $(med h 3) $(med b 3)" >>"$RESULTS"
     done
 done
 CIPHER=$(echo | openssl s_client -connect 127.0.0.1:18444 -alpn h2 2>/dev/null | awk '/Cipher is/ {print $NF; exit}')
 NCIPHER=$(echo | openssl s_client -connect 127.0.0.1:18443 -alpn h2 2>/dev/null | awk '/Cipher is/ {print $NF; exit}')
-printf '\n%-8s %-6s %14s %14s %8s %14s %10s\n' scenario proto 'nginx req/s' 'hlsgate req/s' ratio \
-    'bare req/s' 'bare/nginx'
-awk '{ printf "%-8s %-6s %14.1f %14.1f %7.2fx %14.1f %9.2fx\n", $1, $2, $3, $4, $4 / $3, $5, $5 / $3 }' "$RESULTS"
+printf '\n%-8s %-6s %12s %12s %12s %8s %8s %8s %22s\n' scenario proto 'nginx req/s' 'hlsgate' 'bare' 'h/nginx' 'h/bare' 'b/nginx' 'µs/req nginx/h/bare'
+awk '{ printf "%-8s %-6s %12.1f %12.1f %12.1f %7.2fx %8.2f %7.2fx %8.1f/%5.1f/%5.1f\n", $1, $2, $3, $4, $5, $4 / $3, $4 / $5, $5 / $3, $6, $7, $8 }' "$RESULTS"
 echo "(medians of $ROUNDS interleaved rounds; h2load -t1 -c$CONNS -D$DURATION, h2: -m$STREAMS; TLS 1.3, cipher hlsgate $CIPHER / nginx $NCIPHER, P-256 certificate; $(nproc) CPUs shared by h2load, both servers and the origin)"

@@ -66,7 +66,7 @@ pub struct EdgeState {
     /// remembered. Bounded in time by the origin timeouts, should a refresh never end.
     pub refreshing: moka::sync::Cache<pingora_cache::key::HashBinary, ()>,
     /// JWTs already verified, by their text: `(stream, grant)`. ES384 verification costs
-    /// about 0.8 ms on this kind of machine; a player presents the same JWT on every
+    /// about 0.2 ms (AWS-LC; 0.75 ms with ring); a player presents the same JWT on every
     /// playlist refresh, so it is verified once and its `exp` checked each time.
     /// The owner is the user whose registered key signed it (`None`: a configured key).
     pub jwt_seen: moka::sync::Cache<String, (String, crate::token::jwt::JwtGrant, Option<i64>)>,
