@@ -2,7 +2,7 @@
 
 use super::Policy;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::storage::{HandleHit, HandleMiss, MissFinishType};
@@ -444,15 +444,13 @@ fn stored_body(chunks: &[Bytes], len: usize) -> Bytes {
         [one] if placed(one) => return one.clone(),
         _ => {}
     }
-    if len < ALIGNED_BODY_MIN {
-        let mut b = BytesMut::with_capacity(len);
-        for c in chunks {
-            b.extend_from_slice(c);
-        }
-        return b.freeze();
-    }
-    let mut v = Vec::with_capacity(len + 4096);
-    let pad = (BODY_PAGE_OFFSET + 4096 - v.as_ptr() as usize % 4096) % 4096;
+    let long = len >= ALIGNED_BODY_MIN;
+    let mut v = Vec::with_capacity(if long { len + 4096 } else { len });
+    let pad = if long {
+        (BODY_PAGE_OFFSET + 4096 - v.as_ptr() as usize % 4096) % 4096
+    } else {
+        0
+    };
     v.resize(pad, 0);
     for c in chunks {
         v.extend_from_slice(c);

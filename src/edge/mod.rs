@@ -57,9 +57,9 @@ pub struct EdgeState {
     /// again (nginx's `proxy_cache_lock` + `use_stale`, for failures too).
     pub failed: moka::sync::Cache<pingora_cache::key::HashBinary, (u16, &'static str)>,
     /// Stale objects being refreshed in the background, by the path and query of the
-    /// request of the viewer whose request started it (`proxy::refresh_key`): what that viewer was admitted to fetch, for the refresh
-    /// (a Pingora subrequest with a copy of that request) to fetch without admitting
-    /// anyone again.
+    /// request that started it (`proxy::refresh_key`): what that viewer was admitted to
+    /// fetch, for the refresh (a Pingora subrequest with a copy of that request) to fetch
+    /// without admitting anyone again.
     pub refreshes: moka::sync::Cache<String, Arc<Refresh>>,
     /// Stale objects a background refresh is fetching now, by cache key: their viewers are
     /// answered the stale copy early (`serve_fresh_hit`), as while a failure is

@@ -146,9 +146,6 @@ fn keep_origin_headers(resp: &mut ResponseHeader, vary: bool) {
     }
 }
 
-/// The request's authority: the `Host` header, or HTTP/2's `:authority` (which browsers
-/// send instead of `Host`). A `Host` that is not even text is kept as a control byte, so
-/// that admission refuses it (400) rather than taking it for absent.
 /// The key of a background refresh in `EdgeState::refreshes`: the viewer's request's path
 /// and query. Not its whole URI: Pingora makes the refresh's request from the viewer's
 /// written as HTTP/1.1, whose URI is the path and query alone, while an h2 request's URI
@@ -159,6 +156,9 @@ fn refresh_key(req: &RequestHeader) -> String {
         .map_or_else(|| req.uri.path().to_owned(), |p| p.as_str().to_owned())
 }
 
+/// The request's authority: the `Host` header, or HTTP/2's `:authority` (which browsers
+/// send instead of `Host`). A `Host` that is not even text is kept as a control byte, so
+/// that admission refuses it (400) rather than taking it for absent.
 fn request_authority(req: &RequestHeader) -> Option<&str> {
     match req.headers.get(http::header::HOST) {
         Some(v) => Some(v.to_str().unwrap_or("\u{0}")),
