@@ -71,6 +71,39 @@ pub struct Metrics {
     sessions: Recent<Arc<str>>,
     /// Where `edge_connections` is read from (the edge's connection cap).
     connections: OnceLock<Arc<crate::edge::guard::Limits>>,
+    /// `requests{kind, "200"}` of each kind and `cache_lookups{"hit"}`, looked up once
+    /// (see [`Metrics::request`]).
+    answered: [OnceLock<IntCounter>; 4],
+    hits: OnceLock<IntCounter>,
+}
+
+impl Metrics {
+    /// Count an edge request of `kind` answered `status` (`hlsgate_requests_total`). Most
+    /// are 200s: theirs go through children looked up once, since `with_label_values`
+    /// hashes its values and takes a lock on every call.
+    pub fn request(&self, kind: crate::media::Kind, status: &'static str) {
+        if status == "200" {
+            self.answered[kind as usize]
+                .get_or_init(|| self.requests.with_label_values(&[kind.label(), status]))
+                .inc();
+        } else {
+            self.requests
+                .with_label_values(&[kind.label(), status])
+                .inc();
+        }
+    }
+
+    /// Count a cache lookup with `result` (`hlsgate_cache_requests_total`), hits (most
+    /// of them) as [`Metrics::request`] counts 200s.
+    pub fn cache_lookup(&self, result: &'static str) {
+        if result == "hit" {
+            self.hits
+                .get_or_init(|| self.cache_lookups.with_label_values(&[result]))
+                .inc();
+        } else {
+            self.cache_lookups.with_label_values(&[result]).inc();
+        }
+    }
 }
 
 /// Series labelled by stream, at most `limit` streams of them. A counter's label, once
@@ -345,6 +378,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             named: RwLock::new(HashMap::new()),
         },
         connections: OnceLock::new(),
+        answered: [const { OnceLock::new() }; 4],
+        hits: OnceLock::new(),
         sessions: Recent::new(Duration::from_secs(60), 1_000_000),
         registry: r,
     };

@@ -1142,3 +1142,46 @@ fn stalled_tls_handshakes_count_against_the_cap_and_time_out() {
     assert!(sample(&m, "hlsgate_auth_denials_total{reason=\"tls_handshake\"}") >= 20.0);
     assert!(!n.h.log_text().contains(" ERROR "), "{}", n.h.log_text());
 }
+
+/// A cached object's own headers are made on its first hit and kept with it, for the
+/// config they were made under: after a SIGHUP that changes what they depend on (here
+/// `origins.media_types`, so that the origin's `application/octet-stream` is no longer
+/// passed and the segment is labelled by its extension), the next hit of the same cached
+/// object carries the new config's header, without a new origin fetch.
+#[test]
+fn a_cached_objects_headers_follow_a_reload() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let origin = Origin::start(dir.join("origin"));
+    std::fs::create_dir_all(dir.join("origin/s")).unwrap();
+    std::fs::write(dir.join("origin/s/index.m3u8"), "#EXTM3U\n").unwrap();
+    std::fs::write(dir.join("origin/s/kept.ts"), vec![0x47u8; 188 * 10]).unwrap();
+    let o = origin.port;
+    let (config, ports) = write_config(
+        &dir,
+        "5s",
+        &format!("streams:\n  s: {{ url: \"http://127.0.0.1:{o}/s/index.m3u8\" }}\n"),
+    );
+    let mut h = Hlsgate::start("edge", &config, ports.edge);
+    let url = h.token_url(&["--stream", "s", "--ttl", "600"]);
+    let seg = path(&url).replace("index.m3u8", "kept.ts");
+    let fetch = || {
+        let r = get(ports.edge, &seg, &[]).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        (
+            r.header("X-Cache").unwrap_or("").to_owned(),
+            r.header("Content-Type").unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(fetch().1, "application/octet-stream");
+    assert_eq!(fetch(), ("HIT".into(), "application/octet-stream".into()));
+    let next = std::fs::read_to_string(&config).unwrap().replacen(
+        "origins:\n",
+        "origins:\n  media_types: [\"video/*\"]\n",
+        1,
+    );
+    std::fs::write(&config, next).unwrap();
+    h.signal("HUP");
+    wait_for(|| h.log_text().contains("config reloaded"), "reload");
+    assert_eq!(fetch(), ("HIT".into(), "video/mp2t".into()));
+    assert_eq!(origin.hits("/s/kept.ts"), 1, "{:?}", origin.requests());
+}

@@ -14,7 +14,7 @@
 pub mod lock;
 mod store;
 
-pub use store::{FreshHit, Reservation, SegmentStore};
+pub use store::{Derived, FreshHit, Reservation, SegmentStore};
 
 use crate::media::Kind;
 use pingora_cache::cache_control::CacheControl;

@@ -54,6 +54,31 @@ impl std::fmt::Debug for Reservation {
 struct Entry {
     meta: Fields,
     body: Bytes,
+    /// The answering code's own header for it, made on its first hit (see [`Derived`]).
+    derived: arc_swap::ArcSwapOption<Derived>,
+}
+
+impl Entry {
+    fn new(meta: Fields, body: Bytes) -> Entry {
+        Entry {
+            meta,
+            body,
+            derived: arc_swap::ArcSwapOption::empty(),
+        }
+    }
+}
+
+/// A response header the code answering hits made from an object's stored header (the
+/// edge's: origin headers filtered, media type checked, its fixed headers added), kept
+/// with the object so that it is built once per object rather than on every hit. `tag`
+/// names what it was made for (a configuration and a kind of request): a hit asking with
+/// another tag makes it again. A 304 revalidation stores a new object, so a new header.
+pub struct Derived {
+    pub tag: u64,
+    /// `None`: the object is not answered this way (the reader decided once).
+    pub header: Option<ResponseHeader>,
+    /// The object is a playlist (its body may be rewritten per viewer).
+    pub playlist: bool,
 }
 
 /// What a hit needs of an object's `CacheMeta`, kept decoded: Pingora's serialized form
@@ -126,9 +151,9 @@ struct Partial {
     progress: watch::Sender<Progress>,
 }
 
-/// See [`SegmentStore::fresh_hit`].
+/// See [`SegmentStore::hit`].
 pub struct FreshHit {
-    pub header: ResponseHeader,
+    entry: Arc<Entry>,
     pub body: Bytes,
     pub created: SystemTime,
     /// When the origin last gave or confirmed it: `Age` counts from it.
@@ -136,6 +161,28 @@ pub struct FreshHit {
     /// Past its freshness (answered only while its origin's failure is remembered or a
     /// background refresh runs).
     pub stale: bool,
+}
+
+impl FreshHit {
+    /// The object's stored response header.
+    pub fn header(&self) -> &ResponseHeader {
+        &self.entry.meta.header
+    }
+
+    /// The header derived from it for `tag`, made by `make` on the first hit with that
+    /// tag and kept with the object (see [`Derived`]).
+    pub fn derived(
+        &self,
+        tag: u64,
+        make: impl FnOnce(&ResponseHeader) -> Result<Derived>,
+    ) -> Result<Arc<Derived>> {
+        if let Some(d) = self.entry.derived.load_full().filter(|d| d.tag == tag) {
+            return Ok(d);
+        }
+        let d = Arc::new(make(&self.entry.meta.header)?);
+        self.entry.derived.store(Some(d.clone()));
+        Ok(d)
+    }
 }
 
 /// The segment cache. Create once and leak (`Storage` methods take `&'static self`).
@@ -190,7 +237,7 @@ impl SegmentStore {
     }
 
     /// A complete object under `key` (`CacheKey::combined_bin`) that is fresh at `now`, or
-    /// (with `stale_ok`) still within its `stale_if_error`: its stored header (a copy),
+    /// (with `stale_ok`) still within its `stale_if_error`: its stored header,
     /// body and creation time, for an answer that skips Pingora's cache phases
     /// (`EdgeProxy::serve_fresh_hit`). A still-arriving object is not one.
     pub fn hit(&self, key: &HashBinary, now: SystemTime, stale_ok: bool) -> Option<FreshHit> {
@@ -202,11 +249,11 @@ impl SegmentStore {
                     + std::time::Duration::from_secs(e.meta.stale_if_error.into())
                     > now);
         usable.then(|| FreshHit {
-            header: e.meta.header.clone(),
             body: e.body.clone(),
             created: e.meta.created,
             epoch: e.meta.epoch,
             stale: !fresh,
+            entry: e,
         })
     }
 
@@ -518,7 +565,7 @@ impl HandleMiss for SegmentMiss {
         let size = body.len();
         self.store
             .done
-            .insert(self.key, Arc::new(Entry { meta, body }));
+            .insert(self.key, Arc::new(Entry::new(meta, body)));
         // Evict now rather than on moka's schedule, so the bound holds while misses pour
         // in (inserts are misses: rare next to hits).
         self.store.done.run_pending_tasks();
@@ -662,10 +709,7 @@ impl Storage for SegmentStore {
         let Some(old) = self.done.get(&k) else {
             return Ok(false);
         };
-        let entry = Entry {
-            meta: Fields::of(meta),
-            body: old.body.clone(),
-        };
+        let entry = Entry::new(Fields::of(meta), old.body.clone());
         self.done.insert(k, Arc::new(entry));
         Ok(true)
     }

@@ -73,6 +73,13 @@ impl Cors {
 
     /// Write the answer (and `nosniff`: a browser must not run what an origin sent).
     pub fn apply(&self, h: &mut ResponseHeader) -> pingora_error::Result<()> {
+        self.apply_allow(h)?;
+        h.insert_header("X-Content-Type-Options", "nosniff")?;
+        Ok(())
+    }
+
+    /// Write the answer alone (the caller adds `nosniff`).
+    pub fn apply_allow(&self, h: &mut ResponseHeader) -> pingora_error::Result<()> {
         if let Some(a) = &self.allow {
             h.insert_header("Access-Control-Allow-Origin", a.as_ref())?;
             h.insert_header("Access-Control-Expose-Headers", EXPOSE)?;
@@ -83,7 +90,6 @@ impl Cors {
         if self.vary {
             h.append_header("Vary", "Origin")?;
         }
-        h.insert_header("X-Content-Type-Options", "nosniff")?;
         Ok(())
     }
 

@@ -155,10 +155,7 @@ impl Refused {
     }
 
     fn record(&self) {
-        METRICS
-            .requests
-            .with_label_values(&[crate::media::Kind::Other.label(), "400"])
-            .inc();
+        METRICS.request(crate::media::Kind::Other, "400");
         METRICS.denials.with_label_values(&["bad_request"]).inc();
         if let Some(log) = &self.access {
             log.log(&super::access::Entry {

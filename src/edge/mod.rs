@@ -91,7 +91,13 @@ pub struct EdgeState {
     pub external: Option<Arc<external::External>>,
     /// The key of the exchange cache's hash (random per process).
     pub exchange_key: [u8; 16],
+    /// Which state this is in the process (each config load makes a new one): what the
+    /// edge's headers kept with cached objects were made for (`cache::Derived::tag`).
+    pub generation: u64,
 }
+
+/// The next [`EdgeState::generation`].
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A cached object's identity (key and when it was stored) and the stream it is seen
 /// through (out-of-folder URIs depend on the stream's base).
@@ -161,6 +167,7 @@ impl EdgeState {
             &keyring.derive(crate::token::jwt::NATIVE_LABEL),
         ));
         EdgeState {
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cfg,
             keyring,
             streams,

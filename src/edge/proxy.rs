@@ -458,10 +458,18 @@ impl EdgeProxy {
         ))
     }
 
-    /// The headers of a cached playlist sent as it is (a verbatim one).
+    /// The headers of a cached playlist sent as it is (a verbatim one); already there when
+    /// the header came from [`EdgeProxy::hit_template`].
     fn verbatim_headers(resp: &mut ResponseHeader) -> Result<()> {
         resp.remove_header(&http::header::ACCEPT_RANGES);
-        resp.insert_header("Cache-Control", "private, no-cache")?;
+        if resp
+            .headers
+            .get(http::header::CACHE_CONTROL)
+            .map(|v| v.as_bytes())
+            != Some(b"private, no-cache")
+        {
+            resp.insert_header("Cache-Control", "private, no-cache")?;
+        }
         METRICS.playlist_rewrites.inc();
         Ok(())
     }
@@ -507,6 +515,16 @@ impl EdgeProxy {
         ctx: &Ctx,
         cache_state: Option<&'static str>,
     ) -> Result<()> {
+        self.object_headers(resp, ctx)?;
+        if !ctx.shield {
+            resp.insert_header("X-Content-Type-Options", "nosniff")?;
+        }
+        Self::viewer_headers(resp, ctx, cache_state)
+    }
+
+    /// The part of [`EdgeProxy::edge_headers`] that depends on the object alone: the
+    /// origin's allow-listed headers, its media type relabelled if need be.
+    fn object_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
         keep_origin_headers(resp, false);
         let ct = resp
             .headers
@@ -517,9 +535,19 @@ impl EdgeProxy {
                 resp.insert_header(http::header::CONTENT_TYPE, t)?;
             }
         }
+        Ok(())
+    }
+
+    /// The part of [`EdgeProxy::edge_headers`] that depends on the viewer and the moment:
+    /// the token, the CORS answer, `X-Cache` and the stale warning.
+    fn viewer_headers(
+        resp: &mut ResponseHeader,
+        ctx: &Ctx,
+        cache_state: Option<&'static str>,
+    ) -> Result<()> {
         if !ctx.shield {
             resp.insert_header(respond::NEW_TOKEN, ctx.token.as_str())?;
-            ctx.cors.apply(resp)?;
+            ctx.cors.apply_allow(resp)?;
         }
         if let Some(state) = cache_state {
             resp.insert_header("X-Cache", state)?;
@@ -589,7 +617,8 @@ impl EdgeProxy {
     }
 
     /// Answer `hit`, found at `now` (see `serve_fresh_hit`), counted under the cache
-    /// result `label`.
+    /// result `label`. The object's own part of the header is made on its first hit and
+    /// kept with it ([`EdgeProxy::hit_template`]); each hit adds `Age` and the viewer's.
     async fn answer_hit(
         &self,
         session: &mut Session,
@@ -599,24 +628,20 @@ impl EdgeProxy {
         now: std::time::SystemTime,
         label: &'static str,
     ) -> Result<bool> {
-        let state = if hit.stale { "STALE" } else { "HIT" };
-        let mut resp = hit.header;
-        if resp.status != http::StatusCode::OK {
+        let tag = (self.state().generation << 2) | ctx.kind as u64;
+        let head = hit.derived(tag, |stored| {
+            self.hit_template(stored, hit.body.len(), ctx, tag)
+        })?;
+        let Some(template) = &head.header else {
             return Ok(false);
-        }
-        // As Pingora's cache_hit_header: an Age, HTTP/1.1; the length is known here.
+        };
+        let mut resp = template.clone();
+        // As Pingora's cache_hit_header: an Age.
         let age = now.duration_since(hit.epoch).map_or(0, |d| d.as_secs());
         resp.insert_header(http::header::AGE, age)?;
-        resp.set_version(http::Version::HTTP_11);
-        if !resp.headers.contains_key(http::header::CONTENT_LENGTH) {
-            resp.remove_header(&http::header::TRANSFER_ENCODING);
-            resp.insert_header(http::header::CONTENT_LENGTH, hit.body.len())?;
-        }
-        self.edge_headers(&mut resp, ctx, Some(state))?;
-        let body = if ctx.kind == Kind::Playlist || is_playlist_response(&resp) {
-            if is_compressed(&resp) {
-                return Ok(false);
-            }
+        let state = if hit.stale { "STALE" } else { "HIT" };
+        Self::viewer_headers(&mut resp, ctx, Some(state))?;
+        let body = if head.playlist {
             let cached = || Some(hit.body.clone());
             match self.cached_playlist(ctx, &mut resp, bin, hit.created, cached)? {
                 CachedPlaylist::Verbatim => hit.body,
@@ -627,8 +652,6 @@ impl EdgeProxy {
                 }
             }
         } else {
-            // As `range_header_filter` on a cache hit with no Range: it may be asked in ranges.
-            resp.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
             hit.body
         };
         ctx.status = 200;
@@ -642,6 +665,47 @@ impl EdgeProxy {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(true)
+    }
+
+    /// What every viewer's answer from the cached object with header `stored` (and a
+    /// body of `len` bytes) shares, made once per object and config (`tag`): the stored
+    /// header as Pingora's `cache_hit_header` makes it (HTTP/1.1, a `Content-Length`), the
+    /// object's part of the edge's headers, `nosniff`, and for a playlist
+    /// `Cache-Control: private, no-cache` (each viewer's copy is their own), for anything
+    /// else `Accept-Ranges` (as `range_header_filter` on a hit: it may be asked in ranges).
+    /// No header (the cache path answers): a status other than 200, a compressed playlist.
+    fn hit_template(
+        &self,
+        stored: &ResponseHeader,
+        len: usize,
+        ctx: &Ctx,
+        tag: u64,
+    ) -> Result<crate::cache::Derived> {
+        let playlist = ctx.kind == Kind::Playlist || is_playlist_response(stored);
+        let mut d = crate::cache::Derived {
+            tag,
+            header: None,
+            playlist,
+        };
+        if stored.status != http::StatusCode::OK || playlist && is_compressed(stored) {
+            return Ok(d);
+        }
+        let mut resp = stored.clone();
+        resp.set_version(http::Version::HTTP_11);
+        if !resp.headers.contains_key(http::header::CONTENT_LENGTH) {
+            resp.remove_header(&http::header::TRANSFER_ENCODING);
+            resp.insert_header(http::header::CONTENT_LENGTH, len)?;
+        }
+        self.object_headers(&mut resp, ctx)?;
+        resp.insert_header("X-Content-Type-Options", "nosniff")?;
+        if playlist {
+            resp.remove_header(&http::header::ACCEPT_RANGES);
+            resp.insert_header("Cache-Control", "private, no-cache")?;
+        } else {
+            resp.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
+        }
+        d.header = Some(resp);
+        Ok(d)
     }
 
     /// A finished rewrite of a cached playlist that changed nothing: its next viewers get
@@ -1280,10 +1344,7 @@ impl ProxyHttp for EdgeProxy {
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
         let kind = ctx.kind.label();
-        METRICS
-            .requests
-            .with_label_values(&[kind, status_label(status)])
-            .inc();
+        METRICS.request(ctx.kind, status_label(status));
         if let Some(reason) = ctx.deny {
             METRICS.denials.with_label_values(&[reason]).inc();
         }
@@ -1295,11 +1356,11 @@ impl ProxyHttp for EdgeProxy {
             METRICS.origin_errors.with_label_values(&[kind]).inc();
         }
         let cache = if let Some(label) = ctx.early_hit {
-            METRICS.cache_lookups.with_label_values(&[label]).inc();
+            METRICS.cache_lookup(label);
             label
         } else if session.cache.enabled() || ctx.from_cache {
             let result = cache_state(session.cache.phase()).map_or("pass", |(_, label)| label);
-            METRICS.cache_lookups.with_label_values(&[result]).inc();
+            METRICS.cache_lookup(result);
             result
         } else {
             "-"
