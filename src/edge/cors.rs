@@ -81,8 +81,18 @@ impl Cors {
     /// Write the answer alone (the caller adds `nosniff`).
     pub fn apply_allow(&self, h: &mut ResponseHeader) -> pingora_error::Result<()> {
         if let Some(a) = &self.allow {
-            h.insert_header("Access-Control-Allow-Origin", a.as_ref())?;
-            h.insert_header("Access-Control-Expose-Headers", EXPOSE)?;
+            // (static values as they are: a `&str` value would be copied each time)
+            match a {
+                Cow::Borrowed(s) => h.insert_header(
+                    "Access-Control-Allow-Origin",
+                    http::HeaderValue::from_static(s),
+                )?,
+                Cow::Owned(s) => h.insert_header("Access-Control-Allow-Origin", s.as_str())?,
+            }
+            h.insert_header(
+                "Access-Control-Expose-Headers",
+                http::HeaderValue::from_static(EXPOSE),
+            )?;
             if self.credentials {
                 h.insert_header("Access-Control-Allow-Credentials", "true")?;
             }

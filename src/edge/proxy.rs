@@ -550,11 +550,14 @@ impl EdgeProxy {
             ctx.cors.apply_allow(resp)?;
         }
         if let Some(state) = cache_state {
-            resp.insert_header("X-Cache", state)?;
+            resp.insert_header("X-Cache", http::HeaderValue::from_static(state))?;
         }
         if cache_state == Some("STALE") {
             // RFC 9111 §5.5: a stale response says so.
-            resp.insert_header("Warning", "110 hlsgate \"Response is Stale\"")?;
+            resp.insert_header(
+                "Warning",
+                http::HeaderValue::from_static("110 hlsgate \"Response is Stale\""),
+            )?;
         }
         Ok(())
     }
