@@ -125,7 +125,7 @@ impl Grant {
     /// `origin_path` + `?origin_query`.
     pub fn origin_uri(&self) -> String {
         match &self.origin_query {
-            Some(q) => format!("{}?{q}", self.origin_path),
+            Some(q) => [self.origin_path.as_str(), "?", q].concat(),
             None => self.origin_path.clone(),
         }
     }
@@ -232,7 +232,7 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         Target::InBase(rel) if cap.is_some() && rel != stream.playlist => {
             return Err(rendition_refused)
         }
-        Target::InBase(rel) => (format!("{base}{rel}"), false),
+        Target::InBase(rel) => ([base.as_str(), rel].concat(), false),
         Target::Rendition { sig, rel } => {
             let scope = crate::playlist::rendition_scope(rel.as_bytes());
             let scope = std::str::from_utf8(scope).unwrap_or_default();
@@ -240,7 +240,7 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
                 Some(cap) if st.keyring.verify_rendition(stream_id, cap, scope, sig) => {}
                 _ => return Err(rendition_refused),
             }
-            (format!("{base}{rel}"), false)
+            ([base.as_str(), rel].concat(), false)
         }
         Target::Signed { sig, path } => {
             if matches!(stream.origin, Origin::File { .. })

@@ -92,12 +92,16 @@ impl Ctx {
     /// `EdgeState::failed` is keyed by it too.
     fn cache_primary(&self) -> Option<String> {
         let space = self.stream.as_ref()?.origin.space();
-        Some(format!(
-            "{}://{}{}",
-            space.scheme.unwrap_or("file"),
-            space.authority,
-            self.upstream_uri
-        ))
+        // (concatenated, not `format!`: this is on every cached answer's path)
+        Some(
+            [
+                space.scheme.unwrap_or("file"),
+                "://",
+                &space.authority,
+                &self.upstream_uri,
+            ]
+            .concat(),
+        )
     }
 
     /// The object's key in the segment cache (see `cache_primary`).
