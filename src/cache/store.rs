@@ -214,7 +214,9 @@ impl SegmentStore {
                 } else {
                     0
                 };
-                let w = k.len() + e.meta.weight + e.body.len() + placed + 64;
+                // (the header twice: the edge's own made from it on the first hit, see
+                // `Derived`, is about its size)
+                let w = k.len() + 2 * e.meta.weight + e.body.len() + placed + 64;
                 w.min(u32::MAX as usize) as u32
             })
             .build();

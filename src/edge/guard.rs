@@ -261,8 +261,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
         );
         let mut result = self.inner.process_new_http(session, shutdown).await;
         // One timer and one shutdown watch for the connection's life, not one of each per
-        // request: registering and dropping them for every wait cost about 2 µs a
-        // request on a kept-alive connection (a tenth of a cached playlist's answer).
+        // request: registering and dropping them for every wait cost about 1.4 µs a
+        // request on a kept-alive connection (7 % of a cached playlist's answer).
         let mut stop = shutdown.clone();
         let stopped = stop.changed();
         tokio::pin!(stopped);
