@@ -14,13 +14,23 @@ use std::time::{Duration, Instant};
 
 const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
 
-/// nginx with the RTMP module, in the foreground, killed on drop.
+/// nginx with the RTMP module, in the foreground, stopped on drop.
 struct Nginx {
     child: Child,
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM: the master stops its workers and exits (a SIGKILL'd master leaves its
+        // workers running, orphaned, past the test). SIGKILL only if it has not gone in 5 s.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
