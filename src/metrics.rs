@@ -82,27 +82,27 @@ impl Metrics {
     /// are 200s: theirs go through children looked up once, since `with_label_values`
     /// hashes its values and takes a lock on every call.
     pub fn request(&self, kind: crate::media::Kind, status: &'static str) {
-        if status == "200" {
-            self.answered[kind as usize]
-                .get_or_init(|| self.requests.with_label_values(&[kind.label(), status]))
-                .inc();
-        } else {
-            self.requests
-                .with_label_values(&[kind.label(), status])
-                .inc();
-        }
+        let kept = (status == "200").then(|| &self.answered[kind as usize]);
+        inc(&self.requests, &[kind.label(), status], kept);
     }
 
     /// Count a cache lookup with `result` (`hlsgate_cache_requests_total`), hits (most
     /// of them) as [`Metrics::request`] counts 200s.
     pub fn cache_lookup(&self, result: &'static str) {
-        if result == "hit" {
-            self.hits
-                .get_or_init(|| self.cache_lookups.with_label_values(&[result]))
-                .inc();
-        } else {
-            self.cache_lookups.with_label_values(&[result]).inc();
-        }
+        inc(
+            &self.cache_lookups,
+            &[result],
+            (result == "hit").then_some(&self.hits),
+        );
+    }
+}
+
+/// Increment `vec`'s child for `values`, through `kept` (looked up on its first use and
+/// kept there) when given.
+fn inc(vec: &IntCounterVec, values: &[&str], kept: Option<&OnceLock<IntCounter>>) {
+    match kept {
+        Some(cell) => cell.get_or_init(|| vec.with_label_values(values)).inc(),
+        None => vec.with_label_values(values).inc(),
     }
 }
 

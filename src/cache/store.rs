@@ -164,12 +164,7 @@ pub struct FreshHit {
 }
 
 impl FreshHit {
-    /// The object's stored response header.
-    pub fn header(&self) -> &ResponseHeader {
-        &self.entry.meta.header
-    }
-
-    /// The header derived from it for `tag`, made by `make` on the first hit with that
+    /// The header derived from the object's stored one for `tag`, made by `make` on the first hit with that
     /// tag and kept with the object (see [`Derived`]).
     pub fn derived(
         &self,
