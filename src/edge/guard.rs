@@ -496,21 +496,40 @@ impl HeaderDeadline {
         }
     }
 
-    /// Follow the header state over bytes just read.
-    fn scan(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            match (self.phase, b) {
+    /// Follow the header state over bytes just read: line by line (`memchr` finds each
+    /// line end; only a line's first bytes are looked at to see whether it is empty).
+    fn scan(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.phase {
                 // stray line ends between requests (RFC 9112 §2.2)
-                (Phase::Idle, b'\r' | b'\n') => {}
-                (Phase::Idle, _) => {
-                    self.started = Instant::now();
-                    self.armed = false;
-                    self.phase = Phase::Header { line_empty: false };
+                Phase::Idle => match bytes.iter().position(|&b| b != b'\r' && b != b'\n') {
+                    None => return,
+                    Some(i) => {
+                        self.started = Instant::now();
+                        self.armed = false;
+                        self.phase = Phase::Header { line_empty: false };
+                        bytes = &bytes[i + 1..];
+                    }
+                },
+                Phase::Header { line_empty } => {
+                    let end = memchr::memchr(b'\n', bytes);
+                    let line = &bytes[..end.unwrap_or(bytes.len())];
+                    let empty = line_empty && line.iter().all(|&b| b == b'\r');
+                    match end {
+                        None => {
+                            self.phase = Phase::Header { line_empty: empty };
+                            return;
+                        }
+                        Some(i) => {
+                            self.phase = if empty {
+                                Phase::Idle
+                            } else {
+                                Phase::Header { line_empty: true }
+                            };
+                            bytes = &bytes[i + 1..];
+                        }
+                    }
                 }
-                (Phase::Header { line_empty: true }, b'\n') => self.phase = Phase::Idle,
-                (Phase::Header { .. }, b'\n') => self.phase = Phase::Header { line_empty: true },
-                (Phase::Header { .. }, b'\r') => {}
-                (Phase::Header { .. }, _) => self.phase = Phase::Header { line_empty: false },
             }
         }
     }
@@ -668,6 +687,57 @@ mod tests {
     fn dl() -> HeaderDeadline {
         // scan() does no I/O; any connected stream will do.
         pair().0
+    }
+
+    /// The header state machine a byte at a time: what `scan` must agree with.
+    fn scan_bytewise(mut phase: Phase, bytes: &[u8]) -> (Phase, usize) {
+        let mut starts = 0;
+        for &b in bytes {
+            phase = match (phase, b) {
+                (Phase::Idle, b'\r' | b'\n') => Phase::Idle,
+                (Phase::Idle, _) => {
+                    starts += 1;
+                    Phase::Header { line_empty: false }
+                }
+                (Phase::Header { line_empty: true }, b'\n') => Phase::Idle,
+                (Phase::Header { .. }, b'\n') => Phase::Header { line_empty: true },
+                (p @ Phase::Header { .. }, b'\r') => p,
+                (Phase::Header { .. }, _) => Phase::Header { line_empty: false },
+            };
+        }
+        (phase, starts)
+    }
+
+    #[tokio::test]
+    async fn the_line_scan_agrees_with_the_bytewise_state_machine() {
+        // Requests made of the bytes that matter (CR, LF, others), cut into reads at
+        // arbitrary points: the same phase after every read, and a header's clock started
+        // exactly when a request begins.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut d = dl();
+        for _ in 0..3000 {
+            let len = (next() % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match next() % 5 {
+                    0 | 1 => b'\n',
+                    2 => b'\r',
+                    _ => b'a',
+                })
+                .collect();
+            let before = d.phase;
+            let t0 = d.started;
+            let (want, starts) = scan_bytewise(before, &bytes);
+            std::thread::sleep(Duration::from_micros(2));
+            d.scan(&bytes);
+            assert_eq!(d.phase, want, "{before:?} then {bytes:?}");
+            assert_eq!(d.started != t0, starts > 0, "{before:?} then {bytes:?}");
+        }
     }
 
     #[tokio::test]
