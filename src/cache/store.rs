@@ -75,8 +75,10 @@ impl Entry {
 /// another tag makes it again. A 304 revalidation stores a new object, so a new header.
 pub struct Derived {
     pub tag: u64,
-    /// `None`: the object is not answered this way (the reader decided once).
-    pub header: Option<ResponseHeader>,
+    /// `None`: the object is not answered this way (the reader decided once). Kept as
+    /// plain parts (no second map of the names' case): a hit sets its few headers straight
+    /// into the map.
+    pub header: Option<http::response::Parts>,
     /// The object is a playlist (its body may be rewritten per viewer).
     pub playlist: bool,
 }

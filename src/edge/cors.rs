@@ -15,8 +15,11 @@
 //! - `OPTIONS` preflights of edge routes are answered 204 with the allowed methods and the
 //!   headers a player may send.
 
+use super::respond::{Field, Fields};
 use crate::token::cloudfront::wildcard_match;
 use crate::token::jwt::Rules;
+use http::HeaderValue;
+use pingora_error::OrErr;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::borrow::Cow;
@@ -79,26 +82,35 @@ impl Cors {
     }
 
     /// Write the answer alone (the caller adds `nosniff`).
-    pub fn apply_allow(&self, h: &mut ResponseHeader) -> pingora_error::Result<()> {
+    pub fn apply_allow(&self, h: &mut impl Fields) -> pingora_error::Result<()> {
+        const ALLOW_ORIGIN: Field =
+            Field::new("Access-Control-Allow-Origin", "access-control-allow-origin");
+        const EXPOSE_HEADERS: Field = Field::new(
+            "Access-Control-Expose-Headers",
+            "access-control-expose-headers",
+        );
+        const ALLOW_CREDENTIALS: Field = Field::new(
+            "Access-Control-Allow-Credentials",
+            "access-control-allow-credentials",
+        );
+        const VARY: Field = Field::new("Vary", "vary");
         if let Some(a) = &self.allow {
             // (static values as they are: a `&str` value would be copied each time)
-            match a {
-                Cow::Borrowed(s) => h.insert_header(
-                    "Access-Control-Allow-Origin",
-                    http::HeaderValue::from_static(s),
+            let v = match a {
+                Cow::Borrowed(s) => HeaderValue::from_static(s),
+                Cow::Owned(s) => HeaderValue::from_str(s).or_err(
+                    pingora_error::ErrorType::InvalidHTTPHeader,
+                    "invalid Origin value",
                 )?,
-                Cow::Owned(s) => h.insert_header("Access-Control-Allow-Origin", s.as_str())?,
-            }
-            h.insert_header(
-                "Access-Control-Expose-Headers",
-                http::HeaderValue::from_static(EXPOSE),
-            )?;
+            };
+            ALLOW_ORIGIN.set(h, v)?;
+            EXPOSE_HEADERS.set(h, HeaderValue::from_static(EXPOSE))?;
             if self.credentials {
-                h.insert_header("Access-Control-Allow-Credentials", "true")?;
+                ALLOW_CREDENTIALS.set(h, HeaderValue::from_static("true"))?;
             }
         }
         if self.vary {
-            h.append_header("Vary", "Origin")?;
+            VARY.add(h, HeaderValue::from_static("Origin"))?;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::{CacheKey, CachePhase, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::RangeType;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
@@ -195,14 +195,17 @@ async fn resolve(
 /// Request headers that reach the origin (besides `Host` and the edge's own
 /// `User-Agent`): conditional requests for revalidation and `Range`. Nothing else a
 /// viewer sends can shape what the origin answers, and so what is cached for everyone.
-const FORWARDED_HEADERS: [&str; 6] = [
-    "range",
-    "if-none-match",
-    "if-modified-since",
-    "if-match",
-    "if-unmodified-since",
-    "if-range",
+const FORWARDED_HEADERS: [http::HeaderName; 6] = [
+    http::header::RANGE,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+    http::header::IF_RANGE,
 ];
+
+/// (a name, not a `&str`: a lookup by `&str` parses the name first)
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// The `User-Agent` the edge sends to origins.
 const EDGE_UA: &str = concat!("hlsgate/", env!("CARGO_PKG_VERSION"));
@@ -256,7 +259,7 @@ impl EdgeProxy {
             peer,
             forwarded_for: req
                 .headers
-                .get_all("x-forwarded-for")
+                .get_all(X_FORWARDED_FOR)
                 .iter()
                 .map(|v| v.as_bytes())
                 .collect(),
@@ -283,7 +286,7 @@ impl EdgeProxy {
                 .unwrap_or(""),
         };
         if facts.path.starts_with(shield::PREFIX) {
-            let header = req.headers.get(shield::HEADER).map(|v| v.as_bytes());
+            let header = req.headers.get(shield::HEADER_NAME).map(|v| v.as_bytes());
             let admitted = shield::admit(
                 &st.keyring,
                 facts.method,
@@ -545,21 +548,25 @@ impl EdgeProxy {
     /// The part of [`EdgeProxy::edge_headers`] that depends on the viewer and the moment:
     /// the token, the CORS answer, `X-Cache` and the stale warning.
     fn viewer_headers(
-        resp: &mut ResponseHeader,
+        resp: &mut impl respond::Fields,
         ctx: &Ctx,
         cache_state: Option<&'static str>,
     ) -> Result<()> {
+        const X_CACHE: respond::Field = respond::Field::new("X-Cache", "x-cache");
+        const WARNING: respond::Field = respond::Field::new("Warning", "warning");
         if !ctx.shield {
-            resp.insert_header(respond::NEW_TOKEN, ctx.token.as_str())?;
+            let token = http::HeaderValue::from_str(&ctx.token)
+                .or_err(ErrorType::InvalidHTTPHeader, "invalid token value")?;
+            respond::NEW_TOKEN_FIELD.set(resp, token)?;
             ctx.cors.apply_allow(resp)?;
         }
         if let Some(state) = cache_state {
-            resp.insert_header("X-Cache", http::HeaderValue::from_static(state))?;
+            X_CACHE.set(resp, http::HeaderValue::from_static(state))?;
         }
         if cache_state == Some("STALE") {
             // RFC 9111 §5.5: a stale response says so.
-            resp.insert_header(
-                "Warning",
+            WARNING.set(
+                resp,
                 http::HeaderValue::from_static("110 hlsgate \"Response is Stale\""),
             )?;
         }
@@ -581,7 +588,7 @@ impl EdgeProxy {
             || req.method != http::Method::GET
             || FORWARDED_HEADERS
                 .iter()
-                .any(|h| req.headers.contains_key(*h))
+                .any(|h| req.headers.contains_key(h))
             || !ctx
                 .stream
                 .as_ref()
@@ -642,12 +649,17 @@ impl EdgeProxy {
         let Some(template) = &head.header else {
             return Ok(false);
         };
-        let mut resp = template.clone();
+        let mut parts = template.clone();
         // As Pingora's cache_hit_header: an Age.
         let age = now.duration_since(hit.epoch).map_or(0, |d| d.as_secs());
-        resp.insert_header(http::header::AGE, age)?;
+        parts
+            .headers
+            .insert(http::header::AGE, http::HeaderValue::from(age));
         let state = if hit.stale { "STALE" } else { "HIT" };
-        Self::viewer_headers(&mut resp, ctx, Some(state))?;
+        Self::viewer_headers(&mut parts, ctx, Some(state))?;
+        // Names go out as Pingora writes a header without case: the common ones titled,
+        // the others in lower case (field names are case-insensitive).
+        let mut resp = ResponseHeader::from(parts);
         let body = if head.playlist {
             let cached = || Some(hit.body.clone());
             match self.cached_playlist(ctx, &mut resp, bin, hit.created, cached)? {
@@ -711,7 +723,7 @@ impl EdgeProxy {
         } else {
             resp.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
         }
-        d.header = Some(resp);
+        d.header = Some(resp.as_owned_parts());
         Ok(d)
     }
 
@@ -1187,7 +1199,7 @@ impl ProxyHttp for EdgeProxy {
         let drop: Vec<http::HeaderName> = req
             .headers
             .keys()
-            .filter(|n| !FORWARDED_HEADERS.contains(&n.as_str()))
+            .filter(|n| !FORWARDED_HEADERS.contains(n))
             .cloned()
             .collect();
         for name in drop {

@@ -3,11 +3,69 @@
 
 use super::cors::Cors;
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 /// The header that hands a viewer their current token (seed behaviour).
 pub const NEW_TOKEN: &str = "X-New-Token";
+
+/// A header name as the edge writes it: `titled` into a Pingora header (which keeps its
+/// names' case), `name` straight into the map of plain `http` parts (the answers made from
+/// a cached object's kept header, see `EdgeProxy::hit_template`: Pingora's `insert_header`
+/// parses the name back from its bytes on every call and keeps a second map of the case).
+pub struct Field {
+    pub titled: &'static str,
+    pub name: HeaderName,
+}
+
+impl Field {
+    pub const fn new(titled: &'static str, lower: &'static str) -> Field {
+        Field {
+            titled,
+            name: HeaderName::from_static(lower),
+        }
+    }
+
+    /// Set this header to `value`.
+    pub fn set(&self, h: &mut impl Fields, value: HeaderValue) -> pingora_error::Result<()> {
+        h.put(self, value, false)
+    }
+
+    /// Add `value` to this header's values.
+    pub fn add(&self, h: &mut impl Fields, value: HeaderValue) -> pingora_error::Result<()> {
+        h.put(self, value, true)
+    }
+}
+
+/// A response header the edge adds [`Field`]s to.
+pub trait Fields {
+    fn put(&mut self, f: &Field, value: HeaderValue, add: bool) -> pingora_error::Result<()>;
+}
+
+impl Fields for ResponseHeader {
+    fn put(&mut self, f: &Field, value: HeaderValue, add: bool) -> pingora_error::Result<()> {
+        if add {
+            self.append_header(f.titled, value).map(|_| ())
+        } else {
+            self.insert_header(f.titled, value)
+        }
+    }
+}
+
+impl Fields for http::response::Parts {
+    fn put(&mut self, f: &Field, value: HeaderValue, add: bool) -> pingora_error::Result<()> {
+        if add {
+            self.headers.append(f.name.clone(), value);
+        } else {
+            self.headers.insert(f.name.clone(), value);
+        }
+        Ok(())
+    }
+}
+
+/// `X-New-Token` as a [`Field`].
+pub const NEW_TOKEN_FIELD: Field = Field::new(NEW_TOKEN, "x-new-token");
 
 /// Write a complete JSON error response. Content-Length is always set so the connection can
 /// be reused.

@@ -25,6 +25,8 @@ use std::sync::Arc;
 pub const PREFIX: &str = "/_shield/";
 /// The request header carrying the edge's authorisation.
 pub const HEADER: &str = "x-hlsgate-shield";
+/// [`HEADER`] as a name, for lookups (by `&str` the name is parsed first).
+pub const HEADER_NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 /// Seconds an authorisation is valid for.
 pub const LIFETIME: u32 = 60;
 /// The furthest in the future an authorisation's expiry may be (clock skew between hosts).
