@@ -21,35 +21,36 @@ struct Cli {
 enum Command {
     /// Edge, admin and metrics in one process: the single-node default.
     Serve {
-        #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[command(flatten)]
         run: RunFlags,
     },
     /// The edge alone (a CDN node; several share one store).
     Edge {
-        #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[command(flatten)]
         run: RunFlags,
     },
     /// The admin sidecar alone.
     Admin {
-        #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         #[command(flatten)]
         run: RunFlags,
     },
     /// Validate a config: exit 0, or exit 2 naming the file, key and problem.
     CheckConfig {
-        #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Print a signed playback URL for a stream's playlist.
     Token {
-        #[arg(short = 'c', long = "config", default_value = "conf/hlsgate.yaml")]
-        config: PathBuf,
-        /// Stream id (a key of `streams` in the config).
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The stream: a key of `streams` in the config, or the number of a stream users
+        /// registered through the admin (its `streamID`, looked up in the store).
         #[arg(long)]
         stream: String,
         /// Bind the token to this client IP (with the configured prefix length).
@@ -58,12 +59,64 @@ enum Command {
         /// Bind the token to this exact User-Agent.
         #[arg(long)]
         ua: Option<String>,
-        /// Lifetime in seconds (default: tokens.ttl). An unbound token and every renewal
-        /// of it stop working then; one bound to both --ip and --ua is renewed for that
-        /// viewer until tokens.session_ttl.
-        #[arg(long)]
+        /// Lifetime: seconds, or a duration as the config writes them ("90s", "5m", "2h";
+        /// default: tokens.ttl). An unbound token and every renewal of it stop working
+        /// then; one bound to both --ip and --ua is renewed for that viewer until
+        /// tokens.session_ttl.
+        #[arg(long, value_parser = parse_ttl)]
         ttl: Option<u32>,
     },
+}
+
+/// Where the config is read from.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The YAML config file [default: conf/hlsgate.yaml in the current folder, else
+    /// /etc/hlsgate/hlsgate.yaml]. Relative paths in it are relative to the current folder.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The checkout's config, then the package's.
+const DEFAULT_CONFIGS: [&str; 2] = ["conf/hlsgate.yaml", "/etc/hlsgate/hlsgate.yaml"];
+
+impl ConfigArg {
+    /// The file given, or the first default that exists; an error naming every place
+    /// looked at when none does.
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.config {
+            return Ok(p.clone());
+        }
+        DEFAULT_CONFIGS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                let here = std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                anyhow!(
+                    "no config given and none at {} (in {here}) or {}: run it from the \
+                     checkout's folder or pass -c FILE",
+                    DEFAULT_CONFIGS[0],
+                    DEFAULT_CONFIGS[1]
+                )
+            })
+    }
+}
+
+/// `--ttl`: whole seconds, or a duration as in the config (`humantime`: "5m", "1h 30m").
+fn parse_ttl(s: &str) -> Result<u32, String> {
+    let secs = match s.trim().parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{e} (seconds, or a duration such as 90s, 5m, 2h)"))?
+            .as_secs(),
+    };
+    if secs == 0 {
+        return Err("must be at least 1 second".into());
+    }
+    u32::try_from(secs).map_err(|_| "longer than 136 years".into())
 }
 
 #[derive(clap::Args)]
@@ -101,35 +154,45 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} static stream{})",
-                    config.display(),
-                    c.streams.len(),
-                    if c.streams.len() == 1 { "" } else { "s" }
-                );
-                ExitCode::SUCCESS
+        Command::CheckConfig { config } => {
+            let path = match config.path() {
+                Ok(p) => p,
+                Err(e) => return report(Err(e)),
+            };
+            match Config::load(&path) {
+                Ok(_) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Token {
             config,
             stream,
             ip,
             ua,
             ttl,
-        } => report(print_token(&config, &stream, ip, ua, ttl)),
-        Command::Serve { config, run } => start(&config, Role::Serve, run),
-        Command::Edge { config, run } => start(&config, Role::Edge, run),
-        Command::Admin { config, run } => start(&config, Role::Admin, run),
+        } => report(
+            config
+                .path()
+                .and_then(|c| print_token(&c, &stream, ip, ua, ttl)),
+        ),
+        Command::Serve { config, run } => start(config, Role::Serve, run),
+        Command::Edge { config, run } => start(config, Role::Edge, run),
+        Command::Admin { config, run } => start(config, Role::Admin, run),
     }
 }
 
-fn start(config: &Path, role: Role, flags: RunFlags) -> ExitCode {
+fn start(config: ConfigArg, role: Role, flags: RunFlags) -> ExitCode {
+    let config = match config.path() {
+        Ok(p) => p,
+        Err(e) => return report(Err(e)),
+    };
+    let config = config.as_path();
     let start = hlsgate::server::Start {
         upgrade: flags.upgrade,
         upgrade_socket: flags.upgrade_socket,
@@ -170,10 +233,19 @@ fn print_token(
     ttl: Option<u32>,
 ) -> anyhow::Result<()> {
     let (cfg, keyring) = hlsgate::server::load(path)?;
-    let s = cfg
-        .streams
-        .get(stream)
-        .ok_or_else(|| anyhow!("unknown stream {stream:?} (not in {})", path.display()))?;
+    // A static stream by its name, or a registered one by its number (from the store).
+    let (id, playlist) = match cfg.streams.get(stream) {
+        Some(s) => (s.id.clone(), s.playlist.clone()),
+        None => match stream.parse::<i64>().ok().filter(|n| *n > 0) {
+            Some(n) => (n.to_string(), store_stream(&cfg, n)?.endpoint),
+            None => {
+                return Err(anyhow!(
+                    "unknown stream {stream:?}: not in {}'s streams, and not a stream number",
+                    path.display()
+                ))
+            }
+        },
+    };
     let now = token::unix_now();
     let fully_bound = ip.is_some() && ua.is_some();
     // `--ttl` means what it says for a URL anyone could use: an unbound token and anything
@@ -187,7 +259,7 @@ fn print_token(
         ttl
     };
     let grant = Grant {
-        stream: s.id.clone(),
+        stream: id.clone(),
         session: token::new_session_id(),
         exp: now.saturating_add(ttl),
         session_exp: now.saturating_add(session_ttl),
@@ -203,11 +275,28 @@ fn print_token(
         hlsgate::playback::url(
             &cfg.admin.public_edge_url,
             &keyring.issue(&grant),
-            &s.id,
-            &s.playlist
+            &id,
+            &playlist
         )
     );
     Ok(())
+}
+
+/// Registered stream `id`, read from the config's store.
+fn store_stream(cfg: &Config, id: i64) -> anyhow::Result<hlsgate::store::StreamRecord> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let store = hlsgate::store::open(&cfg.store_url)
+            .await
+            .map_err(|e| anyhow!("the store: {e}"))?;
+        store
+            .stream(id)
+            .await
+            .map_err(|e| anyhow!("the store: {e}"))?
+            .ok_or_else(|| anyhow!("unknown stream {id}: no such stream in the store"))
+    })
 }
 
 fn init_logging() {

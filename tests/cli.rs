@@ -31,7 +31,7 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
 fn shipped_config_checks_ok() {
     let (code, out, _) = run(&["check-config"]);
     assert_eq!(code, 0);
-    assert!(out.contains("conf/hlsgate.yaml: ok"), "{out}");
+    assert_eq!(out.trim(), "conf/hlsgate.yaml: ok");
 }
 
 #[test]
@@ -295,4 +295,91 @@ fn the_folders_hlsgate_creates_are_its_users_only() {
         let mode = std::fs::metadata(d.join(sub)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "{sub}");
     }
+}
+
+/// `hlsgate token` as README's walkthroughs run it: a registered stream by its number (from
+/// the store) plays through the edge; `--ttl` takes the config's durations ("5m") and
+/// refuses nonsense; with no `-c` outside the checkout, one line says where it looked.
+#[test]
+fn token_knows_store_streams_and_durations_and_the_default_config_is_explained() {
+    use common::{add_stream_as, get, login_as, path_of, write_config, Hlsgate, Origin};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("origin");
+    std::fs::create_dir_all(root.join("live")).unwrap();
+    std::fs::write(
+        root.join("live/index.m3u8"),
+        "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nseg0.ts\n",
+    )
+    .unwrap();
+    let origin = Origin::start(root);
+    let (config, ports) = write_config(dir.path(), "5s", "");
+    let g = Hlsgate::start("serve", &config, ports.edge);
+    let jwt = login_as("cli-test", ports.admin, "cliuser");
+    let url = format!("http://127.0.0.1:{}/live/index.m3u8", origin.port);
+    let id = add_stream_as("cli-test", ports.admin, &jwt, &url);
+
+    let cfg = config.display().to_string();
+    let (code, out, err) = run(&[
+        "token",
+        "-c",
+        &cfg,
+        "--stream",
+        &id.to_string(),
+        "--ttl",
+        "5m",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let u = out.trim();
+    assert!(u.ends_with(&format!("/{id}/index.m3u8")), "{u}");
+    let r = get(g.port, &path_of(u), &[]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("#EXTM3U"), "{}", r.text());
+
+    // a stream number the store does not have, and lifetimes that are no lifetimes
+    let (code, _, err) = run(&["token", "-c", &cfg, "--stream", "999"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown stream 999"), "{err}");
+    for bad in ["0", "5x", "0s"] {
+        let (code, _, err) = run(&["token", "-c", &cfg, "--stream", "1", "--ttl", bad]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("--ttl"), "{err}");
+    }
+    // seconds as before, and a duration ends when it says (the token's expiry is in it:
+    // an unbound URL made with --ttl 1s is refused once it has passed)
+    let (code, out, _) = run(&[
+        "token",
+        "-c",
+        &cfg,
+        "--stream",
+        &id.to_string(),
+        "--ttl",
+        "1s",
+    ]);
+    assert_eq!(code, 0);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = get(g.port, &path_of(out.trim()), &[]).unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    // no -c, run from a folder without conf/: the places looked at, on one line
+    let out = Command::new(bin())
+        .args(["check-config"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if std::path::Path::new("/etc/hlsgate/hlsgate.yaml").exists() {
+        assert!(out.status.success(), "{err}");
+    } else {
+        assert!(!out.status.success());
+        assert!(
+            err.contains("conf/hlsgate.yaml")
+                && err.contains("/etc/hlsgate/hlsgate.yaml")
+                && err.contains("-c FILE"),
+            "{err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let (code, out, _) = run(&["check-config"]);
+    assert_eq!((code, out.trim()), (0, "conf/hlsgate.yaml: ok"));
+    drop(g);
 }
