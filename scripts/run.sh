@@ -5,6 +5,8 @@
 #   scripts/run.sh                  # in the foreground: Ctrl-C stops it
 #   scripts/run.sh --background     # returns once it listens; log in data/hlsgate.log
 #   scripts/run.sh --stop           # stops the one --background started
+#   scripts/run.sh --reload         # applies an edited config to it (SIGHUP to the PID in
+#                                   # data/hlsgate.pid) and says whether it was taken
 #   scripts/run.sh -c my.yaml       # any other config (either way)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,7 @@ for a in "$@"; do
     case $a in
     --background) mode=background ;;
     --stop) mode=stop ;;
+    --reload) mode=reload ;;
     *) args+=("$a") ;;
     esac
 done
@@ -33,6 +36,32 @@ if [ $mode = stop ]; then
         echo ">> no hlsgate started by scripts/run.sh --background is running" >&2
     fi
     exit 0
+fi
+
+if [ $mode = reload ]; then
+    if ! { [ -s $PIDFILE ] && kill -0 "$(cat $PIDFILE)" 2>/dev/null; }; then
+        echo "!! no hlsgate started by scripts/run.sh --background is running" >&2
+        exit 1
+    fi
+    pattern='config reloaded|config reload refused'
+    before=$(grep -cE "$pattern" $LOG || true)
+    kill -HUP "$(cat $PIDFILE)"
+    for _ in $(seq 100); do
+        now=$(grep -cE "$pattern" $LOG || true)
+        if [ "$now" -gt "$before" ]; then
+            line=$(grep -E "$pattern" $LOG | tail -1)
+            if echo "$line" | grep -q refused; then
+                echo "!! the config was refused; hlsgate keeps the previous one:" >&2
+                echo "$line" >&2
+                exit 1
+            fi
+            echo ">> config reloaded (pid $(cat $PIDFILE))" >&2
+            exit 0
+        fi
+        sleep 0.1
+    done
+    echo "!! hlsgate did not report the reload within 10 s; see $LOG" >&2
+    exit 1
 fi
 
 need_build
