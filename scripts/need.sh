@@ -50,7 +50,7 @@ need_cargo_deb() {
     need_cargo
     if ! cargo deb --version >/dev/null 2>&1; then
         echo ">> cargo-deb is missing: installing it from crates.io (cargo install cargo-deb, a few minutes)" >&2
-        cargo install --locked --quiet cargo-deb >&2
+        cargo install --locked cargo-deb >&2
     fi
     need dpkg-deb dpkg
     need systemd-analyze systemd

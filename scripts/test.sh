@@ -26,5 +26,5 @@ need_rtmp
 need_cargo_deb
 need_postgres
 cargo fmt --check
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --all-targets -- -D warnings
 cargo test --all-targets

@@ -27,7 +27,9 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
 
 /// Build the package (release build) and return its path.
 fn build_deb() -> PathBuf {
-    let (ok, _, err) = run(Command::new("bash")
+    // (as an operator runs it: a release build under cargo's test variables would be
+    // rebuilt by the next plain `cargo build --release`, and this one by that)
+    let (ok, _, err) = run(shell_env(&mut Command::new("bash"))
         .arg(repo().join("scripts/package.sh"))
         .current_dir(repo()));
     assert!(ok, "scripts/package.sh failed:\n{err}");

@@ -7,6 +7,8 @@
 //! `target/` does not work: the two source paths' builds invalidate each other's
 //! dependencies and every run rebuilt for 3 minutes.)
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -55,18 +57,8 @@ fn every_runnable_readme_block_runs_and_prints_what_it_shows() {
     let mut cmd = Command::new("python3");
     cmd.args(["scripts/readme.py", "README.md"])
         .current_dir(&copy);
-    // The environment a reader's shell has: without what cargo sets for a test (CARGO_*,
-    // RUSTC*, ...). Dependencies' build scripts watch some of these, and a build in the copy
-    // that saw them would be rebuilt by the next one that does not (and back: 3 minutes).
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if (k.starts_with("CARGO") && k != "CARGO_HOME")
-            || (k.starts_with("RUST") && !k.starts_with("RUSTUP"))
-            || k == "OUT_DIR"
-        {
-            cmd.env_remove(k.as_ref());
-        }
-    }
+    // (a build in the copy under cargo's test variables would be rebuilt by a reader's)
+    common::shell_env(&mut cmd);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "README.md's runnable blocks:\n{err}");

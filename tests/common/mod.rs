@@ -336,6 +336,23 @@ pub fn ffmpeg_play_opts(
 
 // ---- hlsgate -----------------------------------------------------------------------------
 
+/// `cmd` with the environment of a reader's shell rather than a test's: without what cargo
+/// sets for a test (CARGO_*, RUSTC*, OUT_DIR, ...). Dependencies' build scripts watch some of
+/// these, so a release build made under them is rebuilt by the next plain `cargo build`
+/// (and the other way round): 3 minutes each time a test and a person take turns.
+pub fn shell_env(cmd: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if (k.starts_with("CARGO") && k != "CARGO_HOME")
+            || (k.starts_with("RUST") && !k.starts_with("RUSTUP"))
+            || k == "OUT_DIR"
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    cmd
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_hlsgate")
 }
