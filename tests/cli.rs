@@ -319,15 +319,9 @@ fn token_knows_store_streams_and_durations_and_the_default_config_is_explained()
     let id = add_stream_as("cli-test", ports.admin, &jwt, &url);
 
     let cfg = config.display().to_string();
-    let (code, out, err) = run(&[
-        "token",
-        "-c",
-        &cfg,
-        "--stream",
-        &id.to_string(),
-        "--ttl",
-        "5m",
-    ]);
+    let sid = id.to_string();
+    let token_for = |ttl: &str| run(&["token", "-c", &cfg, "--stream", &sid, "--ttl", ttl]);
+    let (code, out, err) = token_for("5m");
     assert_eq!(code, 0, "{err}");
     let u = out.trim();
     assert!(u.ends_with(&format!("/{id}/index.m3u8")), "{u}");
@@ -346,15 +340,7 @@ fn token_knows_store_streams_and_durations_and_the_default_config_is_explained()
     }
     // seconds as before, and a duration ends when it says (the token's expiry is in it:
     // an unbound URL made with --ttl 1s is refused once it has passed)
-    let (code, out, _) = run(&[
-        "token",
-        "-c",
-        &cfg,
-        "--stream",
-        &id.to_string(),
-        "--ttl",
-        "1s",
-    ]);
+    let (code, out, _) = token_for("1s");
     assert_eq!(code, 0);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let r = get(g.port, &path_of(out.trim()), &[]).unwrap();
