@@ -217,6 +217,8 @@ struct FileEdge {
     #[serde(deserialize_with = "duration")]
     header_timeout: Duration,
     max_connections: usize,
+    /// Connections one client address (an IPv6 /64) may hold open at once (0: no cap).
+    max_connections_per_ip: usize,
     /// Distinct client addresses one token session may come from (0: no check).
     token_max_ips: usize,
     /// Refuse (403) a session past `token_max_ips`, not only count it.
@@ -276,6 +278,7 @@ impl Default for FileEdge {
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
             max_connections: 20_000,
+            max_connections_per_ip: 0,
             token_max_ips: 0,
             max_failed_verifications: 20,
             token_block_shared: false,
@@ -533,6 +536,9 @@ pub struct Edge {
     pub header_timeout: Duration,
     /// Most viewer connections open at once; past it new ones get 503.
     pub max_connections: usize,
+    /// `edge.max_connections_per_ip`: most open at once from one address (IPv6: one /64);
+    /// past it that address's new ones get 503 (0: no cap).
+    pub max_connections_per_ip: usize,
     /// `edge.token_max_ips`: distinct addresses one token session may use (0: off).
     pub token_max_ips: usize,
     /// `edge.max_failed_verifications`: failed credential checks per client address and
@@ -1081,6 +1087,7 @@ impl Config {
                 idle_timeout: f.edge.idle_timeout,
                 header_timeout: f.edge.header_timeout,
                 max_connections: f.edge.max_connections,
+                max_connections_per_ip: f.edge.max_connections_per_ip,
                 token_max_ips: f.edge.token_max_ips,
                 max_failed_verifications: f.edge.max_failed_verifications,
                 token_block_shared: f.edge.token_block_shared,

@@ -244,6 +244,7 @@ pub fn run(path: &Path, role: Role, start: Start, loaded: (Config, Keyring)) -> 
             cfg.edge.header_timeout,
             cfg.edge.idle_timeout,
         );
+        limits.set_per_ip(cfg.edge.max_connections_per_ip);
         METRICS.count_connections(limits.clone());
         METRICS.streams.set_limit(cfg.metrics_stream_labels);
         edge::add_services(&mut server, &live, &limits, edge_certs.as_ref(), access);
@@ -390,6 +391,7 @@ impl Control {
                         cfg.edge.header_timeout,
                         cfg.edge.idle_timeout,
                     );
+                    limits.set_per_ip(cfg.edge.max_connections_per_ip);
                 }
                 METRICS.streams.set_limit(cfg.metrics_stream_labels);
                 if let Some((admin, _)) = &self.admin {

@@ -905,6 +905,68 @@ fn f11_trickled_headers_are_cut_off_and_connections_are_capped() {
     assert!(e.denials("connection_limit") >= 1.0);
 }
 
+/// A connection to the edge from `source` (a loopback alias such as 127.0.0.2).
+fn connect_from(source: &str, port: u16) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let s = sock
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+            .unwrap();
+        let s = s.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    })
+}
+
+/// One address cannot take the whole connection cap: past `edge.max_connections_per_ip`
+/// its new connections get 503 while another address still gets in, and its count drops as
+/// its connections close.
+#[test]
+fn f11b_one_address_cannot_take_the_connection_cap() {
+    let origin = HostileOrigin::start(usual);
+    let e = edge_with(
+        &origin,
+        "  max_connections: 50\n  max_connections_per_ip: 3\n",
+        "",
+        "edge",
+    );
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| connect_from("127.0.0.1", e.ports.edge))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let read_all = |mut s: TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let out = read_all(connect_from("127.0.0.1", e.ports.edge));
+    assert!(out.starts_with("HTTP/1.1 503"), "{out:?}");
+    assert!(e.denials("ip_connection_limit") >= 1.0);
+    // another address is not held back by the first one's connections
+    let mut other = connect_from("127.0.0.2", e.ports.edge);
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = read_all(other);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    // the first address's count drops as its connections close
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = connect_from("127.0.0.1", e.ports.edge);
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = read_all(again);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+}
+
 // ---- 13: ranges -----------------------------------------------------------------------------
 
 #[test]

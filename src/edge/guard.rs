@@ -2,7 +2,9 @@
 //! HTTP app ([`Guarded`], a `ServerApp` wrapping the proxy):
 //!
 //! - a cap on open connections (`edge.max_connections`): past it, a new connection is
-//!   answered 503 and closed at once;
+//!   answered 503 and closed at once; and one per client address
+//!   (`edge.max_connections_per_ip`, an IPv6 /64 counting as one address), so that one
+//!   client cannot take the whole cap;
 //! - a deadline for a whole request header (`edge.header_timeout`). Pingora times each
 //!   read of a request header (60 s), not the header: a client trickling one byte a
 //!   second keeps a connection and its buffers forever (slowloris). [`HeaderDeadline`]
@@ -45,6 +47,9 @@ pub struct Limits {
     /// `edge.idle_timeout`: how long a kept-alive HTTP/1 connection may wait for its next
     /// request.
     pub idle_timeout_ms: AtomicU64,
+    /// `edge.max_connections_per_ip` (0: no cap) and the connections open per address.
+    pub per_ip_max: AtomicUsize,
+    per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 impl Limits {
@@ -60,6 +65,31 @@ impl Limits {
             .store(header_timeout.as_millis() as u64, Ordering::Relaxed);
         self.idle_timeout_ms
             .store(idle_timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_per_ip(&self, max: usize) {
+        self.per_ip_max.store(max, Ordering::Relaxed);
+    }
+
+    /// Count a connection from `ip` (IPv6 by its /64): `None` when that address already
+    /// holds the cap. The count drops when the guard does.
+    fn admit_ip(&self, ip: std::net::IpAddr) -> Option<IpGuard<'_>> {
+        let max = self.per_ip_max.load(Ordering::Relaxed);
+        let key = match ip {
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            std::net::IpAddr::V6(v6) => std::net::IpAddr::V4(v6.to_ipv4_mapped()?),
+            v4 => v4,
+        };
+        let mut m = self.per_ip.lock();
+        let n = m.entry(key).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard { limits: self, key })
     }
 
     /// Connections open now.
@@ -195,20 +225,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             .tls
             .as_ref()
             .filter(|(port, _)| accepted_on(&session, *port));
+        let peer = session
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // (counted only while the cap is on: no map of every address otherwise)
+        let per_ip = match peer.filter(|_| l.per_ip_max.load(Ordering::Relaxed) > 0) {
+            Some(ip) => match l.admit_ip(ip) {
+                Some(g) => Some(g),
+                None => return refuse(session, tls.is_none(), "ip_connection_limit").await,
+            },
+            None => None,
+        };
+        let _per_ip = per_ip;
         if open > l.max.load(Ordering::Relaxed) {
-            METRICS
-                .denials
-                .with_label_values(&["connection_limit"])
-                .inc();
-            if tls.is_none() {
-                // (A TLS client could not read a plain answer: it is only closed.)
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let _ = session.write_all(BUSY).await;
-                    let _ = session.flush().await;
-                })
-                .await;
-            }
-            return None;
+            return refuse(session, tls.is_none(), "connection_limit").await;
         }
         let h2 = if let Some((_, acceptor)) = tls {
             let tls = self.handshake(acceptor, session).await?;
@@ -227,9 +257,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let t = Duration::from_millis(l.header_timeout_ms.load(Ordering::Relaxed));
         let refused = Refused {
             access: self.access.clone(),
-            client: session
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
+            client: peer,
             tls: session.get_ssl_digest().is_some(),
             started: Instant::now(),
         };
@@ -431,7 +459,39 @@ delegate_stream_digests!(Plain, 0);
 #[async_trait]
 impl Peek for Plain {}
 
+/// A connection past a cap: counted under `reason`, answered 503 and closed. (A TLS client
+/// could not read a plain answer: it is only closed.)
+async fn refuse(mut session: Stream, plain: bool, reason: &str) -> Option<Stream> {
+    METRICS.denials.with_label_values(&[reason]).inc();
+    if plain {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = session.write_all(BUSY).await;
+            let _ = session.flush().await;
+        })
+        .await;
+    }
+    None
+}
+
 struct OpenGuard<'a>(&'a AtomicUsize);
+
+/// One connection counted against its address (see [`Limits::admit_ip`]).
+struct IpGuard<'a> {
+    limits: &'a Limits,
+    key: std::net::IpAddr,
+}
+
+impl Drop for IpGuard<'_> {
+    fn drop(&mut self) {
+        let mut m = self.limits.per_ip.lock();
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
