@@ -23,9 +23,11 @@ for a in "$@"; do
 done
 PIDFILE=data/hlsgate.pid
 LOG=data/hlsgate.log
+# Whether the hlsgate --background started is running.
+running() { [ -s $PIDFILE ] && kill -0 "$(cat $PIDFILE)" 2>/dev/null; }
 
 if [ $mode = stop ]; then
-    if [ -s $PIDFILE ] && kill -0 "$(cat $PIDFILE)" 2>/dev/null; then
+    if running; then
         pid=$(cat $PIDFILE)
         kill -TERM "$pid"
         for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -39,7 +41,7 @@ if [ $mode = stop ]; then
 fi
 
 if [ $mode = reload ]; then
-    if ! { [ -s $PIDFILE ] && kill -0 "$(cat $PIDFILE)" 2>/dev/null; }; then
+    if ! running; then
         echo "!! no hlsgate started by scripts/run.sh --background is running" >&2
         exit 1
     fi
@@ -73,7 +75,7 @@ if [ $mode = foreground ]; then
     exec target/release/hlsgate serve "${args[@]}"
 fi
 
-if [ -s $PIDFILE ] && kill -0 "$(cat $PIDFILE)" 2>/dev/null; then
+if running; then
     echo "!! already running (pid $(cat $PIDFILE)); scripts/run.sh --stop first" >&2
     exit 1
 fi

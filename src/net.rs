@@ -52,6 +52,16 @@ pub fn client_ip<'a>(
     client
 }
 
+/// What per-client budgets count `ip` as: the address for IPv4 (and IPv4 written as IPv6),
+/// its /64 for IPv6 (one subscriber usually holds a whole /64, so a per-address budget
+/// would be no budget).
+pub fn subscriber(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        v4 => v4,
+    }
+}
+
 /// Loopback, private, link-local (cloud metadata lives at 169.254.169.254), CGNAT,
 /// unspecified, multicast, broadcast, documentation/benchmark ranges, and IPv6's
 /// equivalents: addresses an edge must not be turned against. IPv6 forms that carry an

@@ -239,12 +239,7 @@ pub fn run(path: &Path, role: Role, start: Start, loaded: (Config, Keyring)) -> 
             keyring.clone(),
             Some(directory.clone()),
         )));
-        let limits = Limits::new(
-            cfg.edge.max_connections,
-            cfg.edge.header_timeout,
-            cfg.edge.idle_timeout,
-        );
-        limits.set_per_ip(cfg.edge.max_connections_per_ip);
+        let limits = Limits::new(&cfg.edge);
         METRICS.count_connections(limits.clone());
         METRICS.streams.set_limit(cfg.metrics_stream_labels);
         edge::add_services(&mut server, &live, &limits, edge_certs.as_ref(), access);
@@ -386,12 +381,7 @@ impl Control {
                 if let Some((live, limits)) = &self.edge {
                     let next = live.load().renewed(cfg.clone(), keyring.clone());
                     live.store(Arc::new(next));
-                    limits.set(
-                        cfg.edge.max_connections,
-                        cfg.edge.header_timeout,
-                        cfg.edge.idle_timeout,
-                    );
-                    limits.set_per_ip(cfg.edge.max_connections_per_ip);
+                    limits.set(&cfg.edge);
                 }
                 METRICS.streams.set_limit(cfg.metrics_stream_labels);
                 if let Some((admin, _)) = &self.admin {

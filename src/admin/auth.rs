@@ -169,15 +169,11 @@ impl RateLimiter {
     }
 }
 
-/// The limiter key of a client address: the address for IPv4, its /64 for IPv6 (one
-/// subscriber usually holds a whole /64, so per-address budgets would be no budget).
+/// The limiter key of a client address (see [`crate::net::subscriber`]).
 pub fn client_key(ip: std::net::IpAddr) -> String {
-    match ip.to_canonical() {
+    match crate::net::subscriber(ip) {
         std::net::IpAddr::V4(v4) => format!("ip {v4}"),
-        std::net::IpAddr::V6(v6) => {
-            let net = u128::from(v6) & (u128::MAX << 64);
-            format!("ip {}/64", std::net::Ipv6Addr::from(net))
-        }
+        std::net::IpAddr::V6(net) => format!("ip {net}/64"),
     }
 }
 

@@ -166,8 +166,8 @@ pub struct FreshHit {
 }
 
 impl FreshHit {
-    /// The header derived from the object's stored one for `tag`, made by `make` on the first hit with that
-    /// tag and kept with the object (see [`Derived`]).
+    /// The header derived from the object's stored one for `tag`, made by `make` on the
+    /// first hit with that tag and kept with the object (see [`Derived`]).
     pub fn derived(
         &self,
         tag: u64,

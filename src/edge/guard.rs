@@ -53,36 +53,30 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(max: usize, header_timeout: Duration, idle_timeout: Duration) -> Arc<Limits> {
+    pub fn new(edge: &crate::config::Edge) -> Arc<Limits> {
         let l = Arc::new(Limits::default());
-        l.set(max, header_timeout, idle_timeout);
+        l.set(edge);
         l
     }
 
-    pub fn set(&self, max: usize, header_timeout: Duration, idle_timeout: Duration) {
-        self.max.store(max, Ordering::Relaxed);
+    /// Take `edge`'s bounds (at start and on every reload).
+    pub fn set(&self, edge: &crate::config::Edge) {
+        self.max.store(edge.max_connections, Ordering::Relaxed);
+        self.per_ip_max
+            .store(edge.max_connections_per_ip, Ordering::Relaxed);
         self.header_timeout_ms
-            .store(header_timeout.as_millis() as u64, Ordering::Relaxed);
-        self.idle_timeout_ms
-            .store(idle_timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+            .store(edge.header_timeout.as_millis() as u64, Ordering::Relaxed);
+        self.idle_timeout_ms.store(
+            edge.idle_timeout.as_millis().max(1) as u64,
+            Ordering::Relaxed,
+        );
     }
 
-    pub fn set_per_ip(&self, max: usize) {
-        self.per_ip_max.store(max, Ordering::Relaxed);
-    }
-
-    /// Count a connection from `ip` (IPv6 by its /64): `None` when that address already
-    /// holds the cap. The count drops when the guard does.
+    /// Count a connection from `ip` (IPv6 by its /64, see [`crate::net::subscriber`]):
+    /// `None` when that address already holds the cap. The count drops when the guard does.
     fn admit_ip(&self, ip: std::net::IpAddr) -> Option<IpGuard<'_>> {
         let max = self.per_ip_max.load(Ordering::Relaxed);
-        let key = match ip {
-            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let s = v6.segments();
-                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            std::net::IpAddr::V6(v6) => std::net::IpAddr::V4(v6.to_ipv4_mapped()?),
-            v4 => v4,
-        };
+        let key = crate::net::subscriber(ip);
         let mut m = self.per_ip.lock();
         let n = m.entry(key).or_insert(0);
         if max > 0 && *n >= max {
@@ -229,14 +223,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         // (counted only while the cap is on: no map of every address otherwise)
-        let per_ip = match peer.filter(|_| l.per_ip_max.load(Ordering::Relaxed) > 0) {
+        let _per_ip = match peer.filter(|_| l.per_ip_max.load(Ordering::Relaxed) > 0) {
             Some(ip) => match l.admit_ip(ip) {
                 Some(g) => Some(g),
                 None => return refuse(session, tls.is_none(), "ip_connection_limit").await,
             },
             None => None,
         };
-        let _per_ip = per_ip;
         if open > l.max.load(Ordering::Relaxed) {
             return refuse(session, tls.is_none(), "connection_limit").await;
         }
