@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A config problem: `FILE: KEY: PROBLEM`.
@@ -107,7 +108,15 @@ struct FileConfig {
     cache: FileCache,
     hooks: FileHooks,
     auth: FileAuth,
+    geoip: Option<FileGeoIp>,
     streams: BTreeMap<String, FileStream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGeoIp {
+    /// A MaxMind-format country database (`.mmdb`).
+    database: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -442,6 +451,12 @@ struct FileStream {
     /// Most viewer sessions at once, across every edge sharing the store (0: no cap).
     #[serde(default)]
     max_viewers: u32,
+    /// Cloudflare-style access rules (`crate::rules`).
+    #[serde(default)]
+    access_rules: Vec<crate::rules::RuleDoc>,
+    /// Pages the stream may be embedded in (`crate::rules::Referers`).
+    #[serde(default)]
+    referers: Vec<String>,
 }
 
 /// Check a TLS listener's files now (a typo is a start-up error, not a failed handshake).
@@ -490,6 +505,8 @@ pub struct Config {
     pub hooks: Hooks,
     /// `auth.external`: the platform's playback-authorisation handler (Nimble-style).
     pub external: Option<External>,
+    /// `geoip.database`, read (country access rules).
+    pub geoip: Option<Arc<crate::geoip::GeoIp>>,
 }
 
 /// `auth.external`.
@@ -1011,9 +1028,27 @@ impl Config {
             origins.media_types.push(t);
         }
 
+        let geoip = match &f.geoip {
+            Some(g) => {
+                Some(crate::geoip::GeoIp::open(&g.database).map_err(|p| err("geoip.database", p))?)
+            }
+            None => None,
+        };
         let mut streams = BTreeMap::new();
         for (id, s) in f.streams {
             let key = format!("streams.{id}.url");
+            let access = crate::rules::AccessRules::from_docs(&s.access_rules)
+                .map_err(|p| err(&format!("streams.{id}.access_rules"), p))?;
+            if access.needs_country() && geoip.is_none() {
+                return Err(err(
+                    &format!("streams.{id}.access_rules"),
+                    "a rule names countries: set geoip.database (a MaxMind-format .mmdb)".into(),
+                ));
+            }
+            let access = (!access.is_empty()).then(|| Arc::new(access));
+            let referers = crate::rules::Referers::parse(&s.referers)
+                .map_err(|p| err(&format!("streams.{id}.referers"), p))?
+                .map(Arc::new);
             if !valid_stream_id(&id) {
                 return Err(err(
                     &format!("streams.{id}"),
@@ -1070,6 +1105,8 @@ impl Config {
                     owner: None,
                     auth,
                     max_viewers: s.max_viewers,
+                    access,
+                    referers,
                 },
             );
         }
@@ -1139,6 +1176,7 @@ impl Config {
             cache_lock_timeout: f.cache.lock_timeout,
             streams,
             external,
+            geoip,
             hooks: Hooks {
                 rtmp_relay: f.hooks.rtmp_relay,
                 rtmp_publish_url: f.hooks.rtmp_publish_url.trim_end_matches('/').to_owned(),

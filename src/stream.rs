@@ -216,6 +216,10 @@ pub struct Stream {
     pub auth: Option<Vec<crate::token::Mode>>,
     /// `streams.NAME.max_viewers`: most viewer sessions at once across the edges (0: no cap).
     pub max_viewers: u32,
+    /// `access_rules`: where viewers may watch from (`None`: anywhere).
+    pub access: Option<std::sync::Arc<crate::rules::AccessRules>>,
+    /// `referers`: the pages its players may be embedded in (`None`: any).
+    pub referers: Option<std::sync::Arc<crate::rules::Referers>>,
 }
 
 impl Stream {

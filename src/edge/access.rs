@@ -4,7 +4,7 @@
 //! waiting, lines are dropped and counted in `hlsgate_access_log_dropped_total`).
 //!
 //! ```text
-//! 2026-11-26T14:25:35.123Z 203.0.113.7 GET /api/hls/<token>/demo/index.m3u8 200 1423 0.41ms stream=demo kind=playlist cache=hit deny=- proto=h1 host=edge.example:8080
+//! 2026-11-26T14:25:35.123Z 203.0.113.7 GET /api/hls/<token>/demo/index.m3u8 200 1423 0.41ms stream=demo kind=playlist cache=hit deny=- proto=h1 country=DE host=edge.example:8080
 //! ```
 //!
 //! Tokens never appear: the path-mode token is replaced by `<token>` and the query (where
@@ -59,8 +59,17 @@ pub struct Entry<'a> {
     /// `h1`, `h2`.
     pub proto: &'a str,
     pub tls: bool,
+    /// The viewer's country (`geoip.database`), when it was looked up.
+    pub country: Option<crate::rules::Country>,
     /// The request's authority (`Host`, or `:authority` on HTTP/2) as sent; `-` if none.
     pub host: &'a str,
+}
+
+/// `DE`, or `-` when unknown.
+fn country_text(c: &Option<crate::rules::Country>) -> &str {
+    c.as_ref()
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .unwrap_or("-")
 }
 
 thread_local! {
@@ -233,7 +242,7 @@ fn text(s: &mut String, e: &Entry<'_>) {
     push_path(s, e.path, true);
     let _ = writeln!(
         s,
-        " {} {} {:.2}ms stream={} kind={} cache={} deny={} proto={}{} host=",
+        " {} {} {:.2}ms stream={} kind={} cache={} deny={} proto={}{} country={} host=",
         e.status,
         e.bytes,
         e.duration.as_secs_f64() * 1000.0,
@@ -243,6 +252,7 @@ fn text(s: &mut String, e: &Entry<'_>) {
         e.deny,
         e.proto,
         if e.tls { "+tls" } else { "" },
+        country_text(&e.country),
     );
     // The line ends with the host, escaped like the path: a `Host` cannot split it.
     s.pop();
@@ -267,6 +277,7 @@ fn json(s: &mut String, e: &Entry<'_>) {
         "deny": e.deny,
         "proto": e.proto,
         "tls": e.tls,
+        "country": country_text(&e.country),
         "host": e.host,
     });
     let _ = writeln!(s, "{v}");
@@ -302,6 +313,7 @@ mod tests {
             deny: "-",
             proto: "h2",
             tls: true,
+            country: Some(*b"DE"),
             host: "edge.example",
         }
     }
@@ -337,7 +349,7 @@ mod tests {
     fn text_lines_cannot_be_split_or_forged() {
         let l = text_of(&entry("/a b\n200 fake"));
         assert_eq!(l.matches('\n').count(), 1, "{l}");
-        assert!(l.contains(" /a%20b%0A200%20fake 200 1423 0.41ms stream=demo kind=playlist cache=hit deny=- proto=h2+tls host=edge.example\n"), "{l}");
+        assert!(l.contains(" /a%20b%0A200%20fake 200 1423 0.41ms stream=demo kind=playlist cache=hit deny=- proto=h2+tls country=DE host=edge.example\n"), "{l}");
         let mut e = entry("/a");
         e.host = "x\ny 200";
         let l = text_of(&e);

@@ -20,6 +20,7 @@ use crate::media::Kind;
 use crate::net::client_ip;
 use crate::origin::Origin;
 use crate::playback::{self, Query, Route, Target};
+use crate::rules::Country;
 use crate::stream::Stream;
 use crate::token::jwt::Rules;
 use crate::token::{
@@ -61,6 +62,8 @@ pub struct Denial {
     pub status: u16,
     pub reason: &'static str,
     pub message: &'static str,
+    /// The viewer's country, when it was looked up before the refusal (the access log).
+    pub country: Option<Country>,
 }
 
 impl Denial {
@@ -69,7 +72,13 @@ impl Denial {
             status,
             reason,
             message,
+            country: None,
         }
+    }
+
+    /// This refusal, made knowing the viewer's country.
+    pub fn from_country(self, country: Option<Country>) -> Denial {
+        Denial { country, ..self }
     }
 
     /// The store could not be asked what a decision needs (fail closed).
@@ -119,6 +128,8 @@ pub struct Grant {
     pub rules: Option<Arc<Rules>>,
     /// The viewer's address (trusted proxies applied).
     pub ip: IpAddr,
+    /// The viewer's country, when the edge has a country database (`geoip.database`).
+    pub country: Option<Country>,
 }
 
 impl Grant {
@@ -222,6 +233,7 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         Checked::Redecided(g) => Some(g),
         Checked::Redirect(to) => return Ok(Admission::Redirect(to)),
     };
+    let country = check_place(st, req, &stream, &verified.scope, ip)?;
     let rules = verified.scope.rules.clone();
     let cap = rules.as_ref().and_then(|r| r.max_height);
     let base = &stream.origin.space().base;
@@ -292,7 +304,49 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         session: verified.session,
         rules,
         ip,
+        country,
     }))
+}
+
+/// Where the viewer is and which page embeds the player: the stream's access rules, then
+/// the credential's (both must allow, so a credential only narrows its stream's), then the
+/// stream's `referers`. Answers the viewer's country when the edge has a database (for the
+/// access log). Rules naming countries on an edge without a database cannot be decided:
+/// refused (fail closed).
+fn check_place(
+    st: &EdgeState,
+    req: &Request<'_>,
+    stream: &Stream,
+    scope: &Scope,
+    ip: IpAddr,
+) -> Result<Option<Country>, Denial> {
+    let country = st.cfg.geoip.as_ref().map(|g| g.country(ip));
+    for rules in [stream.access.as_deref(), scope.access.as_deref()]
+        .into_iter()
+        .flatten()
+    {
+        if rules.needs_country() && country.is_none() {
+            return Err(Denial::new(
+                403,
+                "country",
+                "country rules apply but this edge has no country database",
+            ));
+        }
+        rules
+            .check(ip, &mut || country.unwrap_or(crate::rules::UNKNOWN))
+            .map_err(|r| Denial::new(403, r.reason(), r.message()).from_country(country))?;
+    }
+    if stream
+        .referers
+        .as_ref()
+        .is_some_and(|r| !r.allows(req.referer))
+    {
+        return Err(
+            Denial::new(403, "referer", "not allowed from this page (Referer)")
+                .from_country(country),
+        );
+    }
+    Ok(country)
 }
 
 /// The native token a request without one is admitted with: the first foreign mode whose
@@ -369,7 +423,7 @@ async fn exchange(
         return Err(Denial::new(
             401,
             "malformed",
-            "token rules too long (allowed origins and viewer id)",
+            "token rules too long (allowed origins, viewer id, access rules)",
         ));
     };
     let v = st.keyring.verify(&token, viewer).map_err(Denial::token)?;
@@ -717,6 +771,68 @@ mod tests {
             Err(d) => (d.status, d.reason),
             Ok(a) => panic!("admitted: {a:?}"),
         }
+    }
+
+    #[test]
+    fn access_rules_of_stream_and_credential_both_apply_and_referers_are_checked() {
+        let cfg = Config::parse(
+            "origins:\n  allow: [\"127.0.0.1:9000\"]\nstreams:\n  s1:\n    url: \"http://127.0.0.1:9000/live/s1/index.m3u8\"\n    access_rules:\n      - {type: ip.src, ip: [\"192.0.2.0/25\"], action: allow}\n      - {type: any, action: block}\n    referers: [\"*.example.com\", none]\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let keyring = Keyring::from_text(
+            "1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n",
+        )
+        .unwrap();
+        let st = EdgeState::new(Arc::new(cfg), Arc::new(keyring), None);
+        let with_access = |json: serde_json::Value| {
+            let access = crate::rules::AccessRules::from_json(&json).unwrap();
+            st.keyring.issue(&TokenGrant {
+                stream: "s1".into(),
+                session: [7; 16],
+                exp: NOW + 100,
+                session_exp: NOW + 100,
+                binding: Binding::default(),
+                stored_session: false,
+                scope: Scope {
+                    access: Some(Arc::new(access)),
+                    ..Scope::path()
+                },
+            })
+        };
+        let t = token(&st, "s1", NOW + 100, NOW + 100, false);
+        let p = format!("/api/hls/{t}/s1/index.m3u8");
+        let mut r = req(&p, None);
+        grant(&st, &r);
+        // The stream's rules: 192.0.2.200 is outside its allowed network.
+        r.peer = "192.0.2.200".parse().unwrap();
+        assert_eq!(denied(&st, &r), (403, "network"));
+        r.peer = "192.0.2.1".parse().unwrap();
+        // Referers: a listed page, none, and another page.
+        r.referer = "https://www.example.com/watch";
+        grant(&st, &r);
+        r.referer = "https://evil.test/";
+        assert_eq!(denied(&st, &r), (403, "referer"));
+        r.referer = "";
+        // A credential's rules narrow the stream's...
+        let narrow = with_access(serde_json::json!([
+            {"type": "ip.src", "ip": ["192.0.2.1"], "action": "block"}
+        ]));
+        let p = format!("/api/hls/{narrow}/s1/index.m3u8");
+        assert_eq!(denied(&st, &req(&p, None)), (403, "network"));
+        // ...and never widen them: allowing everything still leaves the stream's block.
+        let wide = with_access(serde_json::json!([{"type": "any", "action": "allow"}]));
+        let p = format!("/api/hls/{wide}/s1/index.m3u8");
+        let mut r = req(&p, None);
+        grant(&st, &r);
+        r.peer = "198.51.100.1".parse().unwrap();
+        assert_eq!(denied(&st, &r), (403, "network"));
+        // Country rules on an edge without a database cannot be decided: refused.
+        let by_country = with_access(serde_json::json!([
+            {"type": "ip.geoip.country", "country": ["DE"], "action": "block"}
+        ]));
+        let p = format!("/api/hls/{by_country}/s1/index.m3u8");
+        assert_eq!(denied(&st, &req(&p, None)), (403, "country"));
     }
 
     #[test]

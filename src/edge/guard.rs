@@ -195,6 +195,7 @@ impl Refused {
                 deny: "bad_request",
                 proto: "h1",
                 tls: self.tls,
+                country: None,
                 host: "-",
             });
         }

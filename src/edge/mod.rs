@@ -163,6 +163,9 @@ impl EdgeState {
                 v
             })
         });
+        if let Some(g) = &cfg.geoip {
+            g.watch();
+        }
         let jwt_keys = cfg.tokens.jwt.merged(&crate::token::jwt::native_public(
             &keyring.derive(crate::token::jwt::NATIVE_LABEL),
         ));

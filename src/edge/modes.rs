@@ -38,6 +38,7 @@ impl Foreign {
                 mode,
                 login: g.login,
                 key: g.key.map(|kid| KeyRef { kid, owner: None }),
+                access: g.access,
                 ..Scope::default()
             },
         }
@@ -126,6 +127,7 @@ fn jwt(f: &Facts<'_, '_>) -> Option<Result<Foreign, TokenError>> {
             }),
             rules: g.rules.clone(),
             external: None,
+            access: g.access.clone(),
         },
     }))
 }

@@ -41,6 +41,8 @@ pub struct Ctx {
     rewriter: Option<Rewriter<EdgeUris>>,
     status: u16,
     deny: Option<&'static str>,
+    /// The viewer's country (`geoip.database`), for the access log.
+    country: Option<crate::rules::Country>,
     /// Why the edge failed the request, for the JSON answer of `fail_to_proxy`.
     failure: Option<&'static str>,
     /// The body comes from the segment cache (a hit or a stale hit).
@@ -354,6 +356,7 @@ impl EdgeProxy {
         };
         METRICS.saw_session(g.session, &g.stream.id);
         ctx.viewer = Some((g.session, g.ip));
+        ctx.country = g.country;
         ctx.cors = std::mem::take(&mut ctx.cors).with_rules(g.rules.as_deref(), facts.origin);
         ctx.rules = g.rules.clone();
         ctx.kind = g.kind;
@@ -382,6 +385,7 @@ impl EdgeProxy {
     async fn deny(&self, session: &mut Session, ctx: &mut Ctx, d: Denial) -> Result<bool> {
         ctx.status = d.status;
         ctx.deny = Some(d.reason);
+        ctx.country = d.country.or(ctx.country);
         respond::error(session, d.status, d.message, &ctx.cors).await?;
         Ok(true)
     }
@@ -871,6 +875,7 @@ impl ProxyHttp for EdgeProxy {
             rewriter: None,
             status: 0,
             deny: None,
+            country: None,
             failure: None,
             from_cache: false,
             fetch_start: None,
@@ -1402,6 +1407,7 @@ impl ProxyHttp for EdgeProxy {
                 deny: ctx.deny.or(e.map(|e| e.etype().as_str())).unwrap_or("-"),
                 proto: if session.is_http2() { "h2" } else { "h1" },
                 tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+                country: ctx.country,
                 host: request_authority(req).unwrap_or("-"),
             });
         }

@@ -110,6 +110,8 @@ pub fn admit(
             owner: None,
             auth: None,
             max_viewers: 0,
+            access: None,
+            referers: None,
         }),
         origin_path: origin_path.to_owned(),
         upstream_uri,

@@ -418,6 +418,8 @@ pub fn to_stream(r: &StreamRecord) -> Option<Stream> {
         owner: Some(r.user_id),
         auth: None,
         max_viewers: 0,
+        access: None,
+        referers: None,
     })
 }
 

@@ -162,6 +162,10 @@ struct Statement {
     /// of the admin ends them.
     #[serde(rename = "hlsgate:Session")]
     login: Option<String>,
+    /// Access rules the edge's own cookies carry (read only from those), in
+    /// [`crate::rules`]' shape: they narrow the stream's.
+    #[serde(rename = "hlsgate:AccessRules")]
+    access: Option<Vec<crate::rules::RuleDoc>>,
 }
 
 #[derive(Deserialize)]
@@ -364,6 +368,7 @@ impl CloudFrontKeys {
         };
         let native = s.key_pair_id.starts_with(NATIVE_PREFIX);
         let mut login = None;
+        let mut access = None;
         let signed: Vec<u8>;
         let exp = if let Some(p) = s.policy {
             let text = decode(p).ok_or(TokenError::Malformed)?;
@@ -395,6 +400,11 @@ impl CloudFrontKeys {
             }
             if let (true, Some(hex)) = (native, &st.login) {
                 login = Some(crate::store::session_bytes(hex).ok_or(TokenError::Malformed)?);
+            }
+            if let (true, Some(docs)) = (native, &st.access) {
+                let a = crate::rules::AccessRules::from_docs(docs)
+                    .map_err(|_| TokenError::Malformed)?;
+                access = (!a.is_empty()).then(|| std::sync::Arc::new(a));
             }
             if let Some(ip) = &c.ip {
                 let net: ipnet::IpNet = ip
@@ -429,6 +439,7 @@ impl CloudFrontKeys {
         let mut g = ForeignGrant::new(exp, &[b"cloudfront", s.key_pair_id.as_bytes(), &signed]);
         g.key = Some(s.key_pair_id.to_owned());
         g.login = login;
+        g.access = access;
         Ok(g)
     }
 }
@@ -498,6 +509,16 @@ pub fn with_login(policy: &str, login: &str) -> String {
     let mut v: serde_json::Value = serde_json::from_str(policy).unwrap_or_default();
     if let Some(st) = v["Statement"].get_mut(0) {
         st["hlsgate:Session"] = serde_json::Value::from(login);
+    }
+    v.to_string()
+}
+
+/// `policy` (one statement) carrying access rules (JSON, [`crate::rules`]' shape), which
+/// the edge applies when its own cookies are used.
+pub fn with_access_rules(policy: &str, rules: &serde_json::Value) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(policy).unwrap_or_default();
+    if let Some(st) = v["Statement"].get_mut(0) {
+        st["hlsgate:AccessRules"] = rules.clone();
     }
     v.to_string()
 }

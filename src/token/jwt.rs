@@ -60,6 +60,8 @@ pub struct JwtGrant {
     /// The login session the edge's own playback tokens name (`hlsgate:sid`): logging
     /// out ends them. Read only from tokens signed with the edge's own keys.
     pub login: Option<[u8; 16]>,
+    /// The `accessRules` claim: where the viewer may watch from (they narrow the stream's).
+    pub access: Option<std::sync::Arc<crate::rules::AccessRules>>,
 }
 
 /// The claim naming the login session in the edge's own playback tokens.
@@ -105,6 +107,9 @@ struct Claims {
     max_resolution: Option<String>,
     #[serde(default, rename = "hlsgate:sid")]
     login: Option<String>,
+    /// Cloudflare Stream's `accessRules` (see [`crate::rules`]).
+    #[serde(default, rename = "accessRules")]
+    access_rules: Option<Vec<crate::rules::RuleDoc>>,
 }
 
 impl Claims {
@@ -317,12 +322,20 @@ fn grant(claims: Claims, kid: String, token: &str, stream: &str) -> Result<JwtGr
         }
         _ => None,
     };
+    // Rules the edge cannot read would be rules it cannot apply: the token is refused.
+    let access = match &claims.access_rules {
+        Some(docs) => {
+            crate::rules::AccessRules::from_docs(docs).map_err(|_| TokenError::Malformed)?
+        }
+        None => Default::default(),
+    };
     Ok(JwtGrant {
         exp: claims.exp.min(u32::MAX as u64) as u32,
         session,
         rules: claims.rules()?.map(std::sync::Arc::new),
         kid,
         login,
+        access: (!access.is_empty()).then(|| std::sync::Arc::new(access)),
     })
 }
 

@@ -106,6 +106,9 @@ pub struct Scope {
     pub rules: Option<std::sync::Arc<jwt::Rules>>,
     /// An external handler's allow: asked again once `cache_ttl` has passed since.
     pub external: Option<ExternalGrant>,
+    /// The credential's access rules (a JWT's `accessRules`, the edge's own cookies'
+    /// policy): applied on top of the stream's, so they only ever narrow them.
+    pub access: Option<std::sync::Arc<crate::rules::AccessRules>>,
 }
 
 /// The key a credential was verified with.
@@ -133,6 +136,7 @@ const SCOPE_KEY: u8 = 2;
 const SCOPE_OWNER: u8 = 3;
 const SCOPE_RULES: u8 = 4;
 const SCOPE_EXTERNAL: u8 = 5;
+const SCOPE_ACCESS: u8 = 6;
 
 impl Scope {
     /// The scope of a path-mode token.
@@ -181,6 +185,11 @@ impl Scope {
             v.push(u8::from(e.fail_open));
             field(&mut out, SCOPE_EXTERNAL, &v);
         }
+        if let Some(a) = &self.access {
+            let mut v = Vec::new();
+            a.encode(&mut v);
+            field(&mut out, SCOPE_ACCESS, &v);
+        }
         (out.len() <= MAX_SCOPE).then_some(out)
     }
 
@@ -218,6 +227,9 @@ impl Scope {
                         decided_at: u32::from_be_bytes([*a, *b, *c, *d]),
                         fail_open: *f != 0,
                     });
+                }
+                SCOPE_ACCESS => {
+                    s.access = Some(std::sync::Arc::new(crate::rules::AccessRules::decode(v)?))
                 }
                 _ => return None,
             }
@@ -296,6 +308,8 @@ pub struct ForeignGrant {
     pub key: Option<String>,
     /// The login session the credential names (the edge's own cookies).
     pub login: Option<[u8; 16]>,
+    /// The access rules the credential carries (the edge's own cookies' policy).
+    pub access: Option<std::sync::Arc<crate::rules::AccessRules>>,
 }
 
 impl ForeignGrant {
@@ -308,6 +322,7 @@ impl ForeignGrant {
             session: session_of(signed),
             key: None,
             login: None,
+            access: None,
         }
     }
 }
@@ -927,6 +942,14 @@ mod tests {
                 decided_at: 77,
                 fail_open: true,
             }),
+            access: Some(std::sync::Arc::new(
+                crate::rules::AccessRules::from_json(&serde_json::json!([
+                    {"type": "ip.geoip.country", "country": ["US"], "action": "block"},
+                    {"type": "ip.src", "ip": ["192.0.2.0/24", "2001:db8::/48"], "action": "allow"},
+                    {"type": "any", "action": "block"}
+                ]))
+                .unwrap(),
+            )),
         }
     }
 
