@@ -111,12 +111,12 @@ as_postgres() {
 # does not package (Akamai's EdgeAuth library).
 need_pyvenv() {
     local venv=target/pyvenv
-    "$venv/bin/python" -c "import akamai.edgeauth, jwt, botocore, cryptography" >/dev/null 2>&1 && return 0
+    "$venv/bin/python" -c "import akamai.edgeauth, jwt, botocore, cryptography, mmdb_writer" >/dev/null 2>&1 && return 0
     need_pymod ensurepip python3-venv
-    echo ">> installing akamai-edgeauth, PyJWT, cryptography and botocore (PyPI) into $venv" >&2
-    /usr/bin/python3 -m venv "$venv" >&2
+    echo ">> installing akamai-edgeauth, PyJWT, cryptography, botocore and mmdb-writer (PyPI) into $venv" >&2
+    [ -x "$venv/bin/pip" ] || /usr/bin/python3 -m venv "$venv" >&2
     "$venv/bin/pip" install -q --disable-pip-version-check "akamai-edgeauth==0.3.2" \
-        "PyJWT[crypto]>=2.8,<3" "botocore>=1.34,<2" >&2
+        "PyJWT[crypto]>=2.8,<3" "botocore>=1.34,<2" "mmdb-writer==0.2.7" >&2
 }
 
 # A browser player for tests/browser.rs: Debian's chromium, node + npm, and the pinned npm

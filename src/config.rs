@@ -311,6 +311,10 @@ struct FileAdmin {
     max_sessions_per_user: u32,
     /// Streams one user may have (0: no cap).
     max_streams_per_user: u32,
+    /// Viewer sessions at once for one account's credentials, across the edges (0: no cap).
+    max_screens_per_user: u32,
+    /// What a screen past the limit gets: `refuse` (403 `screens`) or `end_oldest`.
+    screens_full: ScreensFull,
     login_attempts_per_ip: u32,
     login_attempts_per_user: u32,
     #[serde(deserialize_with = "nets")]
@@ -328,6 +332,8 @@ impl Default for FileAdmin {
             cookie_domain: None,
             max_sessions_per_user: 10,
             max_streams_per_user: 100,
+            max_screens_per_user: 0,
+            screens_full: ScreensFull::Refuse,
             login_attempts_per_ip: 20,
             login_attempts_per_user: 10,
             trusted_proxies: Vec::new(),
@@ -605,6 +611,12 @@ pub struct Admin {
     pub max_sessions_per_user: u32,
     /// `admin.max_streams_per_user`: streams one user may have (0: no cap).
     pub max_streams_per_user: u32,
+    /// `admin.max_screens_per_user`: viewer sessions at once across every edge sharing the
+    /// store, for the credentials issued to one account (0: no cap; a user may set a lower
+    /// one of their own).
+    pub max_screens_per_user: u32,
+    /// `admin.screens_full`: what the screen past the limit gets.
+    pub screens_full: ScreensFull,
     /// Login (and register) attempts a minute from one client IP; 0: no limit.
     pub login_attempts_per_ip: u32,
     /// Login attempts a minute for one username; 0: no limit.
@@ -616,6 +628,18 @@ pub struct Admin {
     pub trusted_backends: Vec<IpNet>,
     /// `admin.tls`.
     pub tls: Option<Tls>,
+}
+
+/// `admin.screens_full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScreensFull {
+    /// The new viewer session is refused: 403 `screens`.
+    #[default]
+    Refuse,
+    /// The account's oldest viewer session is ended (403 `screens` on its next request)
+    /// and the new one plays.
+    EndOldest,
 }
 
 #[derive(Debug, Clone)]
@@ -1141,6 +1165,8 @@ impl Config {
                 cookie_domain: f.admin.cookie_domain,
                 max_sessions_per_user: f.admin.max_sessions_per_user,
                 max_streams_per_user: f.admin.max_streams_per_user,
+                max_screens_per_user: f.admin.max_screens_per_user,
+                screens_full: f.admin.screens_full,
                 login_attempts_per_ip: f.admin.login_attempts_per_ip,
                 login_attempts_per_user: f.admin.login_attempts_per_user,
                 trusted_proxies: f.admin.trusted_proxies,

@@ -716,6 +716,8 @@ fn openapi_lists_every_route(backend: Backend) {
         ("/api/streams/{id}/key", "post"),
         ("/api/viewers", "get"),
         ("/api/viewers/{id}", "delete"),
+        ("/api/screens", "get"),
+        ("/api/screens", "put"),
         ("/hooks/rtmp/on_publish", "post"),
         ("/hooks/rtmp/on_update", "post"),
     ] {

@@ -56,6 +56,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/viewers/revoke", post(super::playback::revoke_viewer))
         .route("/api/viewers", get(super::playback::list_viewers))
         .route("/api/viewers/{id}", delete(super::playback::delete_viewer))
+        .route(
+            "/api/screens",
+            get(super::playback::list_screens).put(super::playback::set_screens),
+        )
         .route("/api/streams/{id}/key", post(super::publish::new_key))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -415,6 +419,69 @@ fn stream_json(s: &StreamRecord) -> Value {
         "BaseURL": s.base_url,
         "EndPoint": s.endpoint,
         "UserID": s.user_id,
+        "accessRules": stored_rules(&s.access_rules),
+        "referers": stored_rules(&s.referers),
+    })
+}
+
+/// A stored JSON list (access rules, referrers) as JSON; `[]` when none.
+fn stored_rules(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| json!([]))
+}
+
+/// A stream's `accessRules` and `referers` as sent, checked, in the form they are stored:
+/// `None` for each one not sent.
+fn check_rules(
+    st: &AdminState,
+    access: Option<&Value>,
+    referers: Option<&Vec<String>>,
+) -> Result<(Option<String>, Option<String>), ApiError> {
+    let access = match access {
+        None => None,
+        Some(Value::Null) => Some(String::new()),
+        Some(v) => {
+            let r = crate::rules::AccessRules::from_json(v).map_err(bad)?;
+            if r.needs_country() && st.cfg().geoip.is_none() {
+                return Err(bad(
+                    "country rules need a country database (geoip.database) on the edges",
+                ));
+            }
+            Some(if r.is_empty() {
+                String::new()
+            } else {
+                r.to_json().to_string()
+            })
+        }
+    };
+    let referers = match referers {
+        None => None,
+        Some(list) => Some(match crate::rules::Referers::parse(list).map_err(bad)? {
+            Some(r) => json!(r.to_list()).to_string(),
+            None => String::new(),
+        }),
+    };
+    Ok((access, referers))
+}
+
+/// Store what [`check_rules`] let through for the user's stream `s`.
+async fn store_rules(
+    st: &AdminState,
+    s: StreamRecord,
+    (access, referers): (Option<String>, Option<String>),
+) -> Result<StreamRecord, ApiError> {
+    if access.is_none() && referers.is_none() {
+        return Ok(s);
+    }
+    let access = access.unwrap_or_else(|| s.access_rules.clone());
+    let referers = referers.unwrap_or_else(|| s.referers.clone());
+    st.store
+        .set_stream_rules(s.user_id, s.id, &access, &referers, now_ms())
+        .await?;
+    st.changes.stream_changed(s.id).await;
+    Ok(StreamRecord {
+        access_rules: access,
+        referers,
+        ..s
     })
 }
 
@@ -450,15 +517,22 @@ async fn list_streams(State(st): St, headers: HeaderMap) -> ApiResult {
 }
 
 #[derive(Deserialize)]
-struct UrlBody {
-    url: String,
+struct StreamBody {
+    /// Required to create a stream; an update without it keeps the URL.
+    url: Option<String>,
+    #[serde(rename = "accessRules")]
+    access_rules: Option<Value>,
+    referers: Option<Vec<String>>,
 }
 
 async fn create_stream(State(st): St, headers: HeaderMap, body: Body) -> ApiResult {
     let c = caller(&st, &headers).await?;
-    let b: UrlBody = parse(body)?;
-    let (base, endpoint) = check_origin_url(&st, &b.url).await?;
+    let b: StreamBody = parse(body)?;
+    let url = b.url.as_deref().ok_or_else(|| bad("url is required"))?;
+    let rules = check_rules(&st, b.access_rules.as_ref(), b.referers.as_ref())?;
+    let (base, endpoint) = check_origin_url(&st, url).await?;
     let s = create_own_stream(&st, c.user_id, &base, &endpoint, now_ms()).await?;
+    let s = store_rules(&st, s, rules).await?;
     Ok((StatusCode::CREATED, Json(stream_view(&st, &s).await?)).into_response())
 }
 
@@ -518,14 +592,20 @@ async fn update_stream(
 ) -> ApiResult {
     let c = caller(&st, &headers).await?;
     let id = path_id(&id)?;
-    let b: UrlBody = parse(body)?;
-    let (base, endpoint) = check_origin_url(&st, &b.url).await?;
-    let s = st
-        .store
-        .update_stream(c.user_id, id, &base, &endpoint, now_ms())
-        .await?
-        .ok_or_else(stream_not_found)?;
+    let b: StreamBody = parse(body)?;
+    let rules = check_rules(&st, b.access_rules.as_ref(), b.referers.as_ref())?;
+    let s = match &b.url {
+        Some(url) => {
+            let (base, endpoint) = check_origin_url(&st, url).await?;
+            st.store
+                .update_stream(c.user_id, id, &base, &endpoint, now_ms())
+                .await?
+                .ok_or_else(stream_not_found)?
+        }
+        None => user_stream(&st, c.user_id, id).await?,
+    };
     st.changes.stream_changed(id).await;
+    let s = store_rules(&st, s, rules).await?;
     Ok(Json(stream_view(&st, &s).await?).into_response())
 }
 

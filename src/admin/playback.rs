@@ -122,6 +122,21 @@ struct TokenRequest {
     strict_origin: bool,
     #[serde(rename = "maxResolution")]
     max_resolution: Option<String>,
+    /// Access rules ([`crate::rules`]) the token carries: they narrow the stream's.
+    #[serde(rename = "accessRules")]
+    access_rules: Option<Value>,
+}
+
+/// Access rules a user asks to put in a credential, checked and normalised (`None`: none).
+fn credential_rules(st: &super::AdminState, v: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    let r = crate::rules::AccessRules::from_json(v).map_err(bad)?;
+    if r.needs_country() && st.cfg().geoip.is_none() {
+        return Err(bad(
+            "country rules need a country database (geoip.database) on the edges",
+        ));
+    }
+    Ok((!r.is_empty()).then(|| r.to_json()))
 }
 
 /// The caller's stream named by `streamID`, when what is issued for it ends (unix
@@ -182,6 +197,9 @@ pub async fn playback_token(State(st): St, headers: HeaderMap, body: Body) -> Ap
         }
         claims["aws:maximum-resolution"] = json!(r);
     }
+    if let Some(r) = credential_rules(&st, b.access_rules.as_ref())? {
+        claims["accessRules"] = r;
+    }
     let (kid, private, _) = jwt::native_keys(&st.keyring().derive(jwt::NATIVE_LABEL))
         .into_iter()
         .next()
@@ -215,10 +233,11 @@ fn cookie(st: &super::AdminState, name: &str, value: &str, max_age: u32) -> Stri
     c
 }
 
-/// `GET /api/stream-cookies?streamID=N[&kind=live|recording]`: the three CloudFront-format
-/// cookies (custom policy `http*://EDGE/hls/N/*`, signed with the edge's own key) for one of
-/// the caller's streams, and the cookie-mode playlist URL. `live` and `recording` (the
-/// seed's two endpoints) open the same stream path.
+/// `GET /api/stream-cookies?streamID=N[&kind=live|recording][&accessRules=JSON]`: the three
+/// CloudFront-format cookies (custom policy `http*://EDGE/hls/N/*`, signed with the edge's
+/// own key) for one of the caller's streams, and the cookie-mode playlist URL. `live` and
+/// `recording` (the seed's two endpoints) open the same stream path. `accessRules`
+/// (percent-encoded JSON) go into the policy and narrow the stream's.
 pub async fn stream_cookies(State(st): St, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
     let q = q.unwrap_or_default();
     let param = |name: &str| {
@@ -233,12 +252,25 @@ pub async fn stream_cookies(State(st): St, headers: HeaderMap, RawQuery(q): RawQ
     if id.is_none() {
         return Err(bad("streamID must be a positive integer"));
     }
+    let access = match param("accessRules") {
+        Some(text) => {
+            let text = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|_| bad("accessRules: a JSON list of rules"))?;
+            credential_rules(&st, Some(&v))?
+        }
+        None => None,
+    };
     let (s, exp, login) = own_stream_in_session(&st, &headers, &id).await?;
     let edge = &st.cfg().admin.public_edge_url;
     let authority = edge.split_once("://").map_or(edge.as_str(), |(_, a)| a);
     let policy = cloudfront::custom_policy(&format!("http*://{authority}/hls/{}/*", s.id), exp);
     // Logging out (or the session ending) ends these cookies on every edge.
     let policy = cloudfront::with_login(&policy, &login);
+    let policy = match &access {
+        Some(r) => cloudfront::with_access_rules(&policy, r),
+        None => policy,
+    };
     let derived = st.keyring().derive(cloudfront::NATIVE_LABEL);
     let (kid, secret) = derived.first().ok_or_else(|| bad("no cookie key"))?;
     let (p, sig, kp) = cloudfront::sign_native(&policy, *kid, secret);
@@ -308,7 +340,10 @@ pub async fn list_viewers(State(st): St, headers: HeaderMap, RawQuery(q): RawQue
     let (s, _) = own_stream(&st, &headers, &id).await?;
     let viewers: Vec<Value> = st
         .store
-        .viewers(&s.id.to_string(), now_ms() - 30_000)
+        .viewers(
+            &s.id.to_string(),
+            now_ms() - crate::edge::viewers::LIVE_FOR.as_millis() as i64,
+        )
         .await?
         .into_iter()
         .map(|v| {
@@ -343,4 +378,70 @@ pub async fn delete_viewer(State(st): St, headers: HeaderMap, Path(id): Path<Str
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/screens`: the caller's screens — the viewer sessions playing with credentials
+/// issued to their account (on every edge sharing the store), and those ended lately to
+/// make room for a newer one (`endedReason: "screens"`) — with the limit that applies:
+/// `max` (0: none), from `admin.max_screens_per_user` and the user's own lower one.
+pub async fn list_screens(State(st): St, headers: HeaderMap) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let cfg = st.cfg();
+    let own = st.store.user_max_screens(c.user_id).await?;
+    let since = now_ms() - crate::edge::viewers::LIVE_FOR.as_millis() as i64;
+    let (mut live, mut ended) = (Vec::new(), Vec::new());
+    for a in st.store.account_sessions(c.user_id, since).await? {
+        let v = &a.session;
+        let mut j = json!({
+            "id": v.id,
+            "streamID": v.stream_id,
+            "ip": v.ip,
+            "userAgent": v.user_agent,
+            "firstSeen": v.first_seen / 1000,
+            "lastSeen": v.last_seen / 1000,
+            "edge": v.edge,
+        });
+        match a.ended_at {
+            None => live.push(j),
+            Some(at) => {
+                j["endedAt"] = json!(at / 1000);
+                j["endedReason"] = json!(a.ended_reason.as_deref().unwrap_or("deleted"));
+                ended.push(j);
+            }
+        }
+    }
+    let full = match cfg.admin.screens_full {
+        crate::config::ScreensFull::Refuse => "refuse",
+        crate::config::ScreensFull::EndOldest => "end_oldest",
+    };
+    Ok(Json(json!({
+        "max": crate::store::effective_screens(cfg.admin.max_screens_per_user, own.map(i64::from)),
+        "configured": cfg.admin.max_screens_per_user,
+        "own": own,
+        "whenFull": full,
+        "screens": live,
+        "ended": ended,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScreensBody {
+    /// The user's own limit; `null` (or 0): the configured one.
+    max: Option<u32>,
+}
+
+/// `PUT /api/screens {"max": N}`: set the caller's own screen limit. It only ever lowers
+/// `admin.max_screens_per_user` (a user cannot buy themselves more screens); `null` or 0
+/// goes back to the configured one. Answers as `GET /api/screens`.
+pub async fn set_screens(State(st): St, headers: HeaderMap, body: Body) -> ApiResult {
+    let c = caller(&st, &headers).await?;
+    let b: ScreensBody = parse(body)?;
+    let max = b.max.filter(|n| *n > 0);
+    if max.is_some_and(|n| n > 1000) {
+        return Err(bad("max: 1 to 1000 screens, or null"));
+    }
+    st.store.set_user_max_screens(c.user_id, max).await?;
+    list_screens(State(st), headers).await
 }

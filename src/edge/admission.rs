@@ -196,12 +196,18 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
             (tok, st.keyring.verify(tok, &viewer).map_err(Denial::token)?)
         }
     };
-    if st
-        .viewers
-        .as_ref()
-        .is_some_and(|v| v.is_revoked(&verified.session))
-    {
-        return Err(Denial::new(403, "viewer_deleted", "viewer session ended"));
+    match st.viewers.as_ref().and_then(|v| v.ended(&verified.session)) {
+        None => {}
+        Some(super::viewers::Ended::Deleted) => {
+            return Err(Denial::new(403, "viewer_deleted", "viewer session ended"))
+        }
+        Some(super::viewers::Ended::Screens) => {
+            return Err(Denial::new(
+                403,
+                "screens",
+                "viewer session ended: a newer screen of this account took its place",
+            ))
+        }
     }
     if st.shared(verified.session, viewer.ip) && st.cfg.edge.token_block_shared {
         return Err(Denial::new(
@@ -234,6 +240,7 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         Checked::Redirect(to) => return Ok(Admission::Redirect(to)),
     };
     let country = check_place(st, req, &stream, &verified.scope, ip)?;
+    screens(st, &verified, &viewer).await?;
     let rules = verified.scope.rules.clone();
     let cap = rules.as_ref().and_then(|r| r.max_height);
     let base = &stream.origin.space().base;
@@ -306,6 +313,63 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         ip,
         country,
     }))
+}
+
+/// Screens per account (`admin.max_screens_per_user`): a viewer session new to this edge,
+/// whose credential was issued to an account (a login session's user, or the user whose
+/// registered key signed it), takes one of the account's screens in the store, where
+/// every edge counts them. Past the limit it is refused (403 `screens`), or, with
+/// `admin.screens_full: end_oldest`, the account's oldest sessions are ended to make room.
+async fn screens(st: &EdgeState, v: &Verified, viewer: &Viewer<'_>) -> Result<(), Denial> {
+    let admin = &st.cfg.admin;
+    let (Some(viewers), Some(d)) = (&st.viewers, &st.directory) else {
+        return Ok(());
+    };
+    if admin.max_screens_per_user == 0 || viewers.is_known(&v.session) {
+        return Ok(());
+    }
+    let login = v.scope.login.or(v.stored_session().then_some(v.session));
+    let account = match login {
+        Some(l) => match d.session(l).await {
+            Ok(s) => s.map(|s| s.user_id),
+            Err(_) => return Err(Denial::STORE_DOWN),
+        },
+        None => v.scope.key.as_ref().and_then(|k| k.owner),
+    };
+    let Some(account) = account else {
+        return Ok(());
+    };
+    let now = crate::store::now_ms();
+    let row = crate::store::ViewerSession {
+        id: crate::store::session_hex(&v.session),
+        stream_id: viewer.stream.to_owned(),
+        ip: viewer.ip.to_string(),
+        user_agent: viewer.ua.chars().take(512).collect(),
+        edge: viewers.edge().to_owned(),
+        first_seen: now,
+        last_seen: now,
+        bytes: 0,
+        account: Some(account),
+    };
+    let claim = crate::store::ScreenClaim {
+        account,
+        default_max: admin.max_screens_per_user,
+        end_oldest: admin.screens_full == crate::config::ScreensFull::EndOldest,
+        since: now - super::viewers::LIVE_FOR.as_millis() as i64,
+        now,
+    };
+    match d.claim_screen(row, claim).await {
+        Ok(crate::store::Screens::Taken { ended }) => {
+            viewers.end(&ended, super::viewers::Ended::Screens);
+            Ok(())
+        }
+        Ok(crate::store::Screens::Full { .. }) => Err(Denial::new(
+            403,
+            "screens",
+            "every screen of this account is in use: stop playing on another device",
+        )),
+        Err(_) => Err(Denial::STORE_DOWN),
+    }
 }
 
 /// Where the viewer is and which page embeds the player: the stream's access rules, then

@@ -295,6 +295,21 @@ impl StoreCache {
         }
     }
 
+    /// Take a screen of an account for a viewer session ([`Store::claim_screen`]): never
+    /// cached, and refused (an error) while the store is down.
+    pub async fn claim_screen(
+        &self,
+        row: crate::store::ViewerSession,
+        claim: crate::store::ScreenClaim,
+    ) -> Result<crate::store::Screens, StoreError> {
+        let store = self.store.clone();
+        self.run("claim_screen", async move {
+            store.claim_screen(&row, &claim).await.map(Some)
+        })
+        .await?
+        .ok_or_else(|| StoreError::Unavailable("no answer".into()))
+    }
+
     /// A stream of the store by its numeric id.
     pub async fn stream(&self, id: i64) -> Result<Option<Arc<Stream>>, Arc<StoreError>> {
         self.cached(
@@ -346,7 +361,7 @@ impl StoreCache {
             stream,
             "viewer_count",
             |store, s| async move {
-                let since = crate::store::now_ms() - 30_000;
+                let since = crate::store::now_ms() - super::viewers::LIVE_FOR.as_millis() as i64;
                 store.count_viewers(&s, since).await.map(Some)
             },
             |n| n.unwrap_or(0),
@@ -405,12 +420,27 @@ impl StoreCache {
     }
 }
 
-/// The edge's stream for a stored record; `None` (not found) if its URL no longer parses.
+/// The edge's stream for a stored record; `None` (not found) if its URL or its rules no
+/// longer parse (rules this edge cannot read are rules it cannot apply: fail closed).
 pub fn to_stream(r: &StreamRecord) -> Option<Stream> {
     let (origin, playlist) = Origin::from_playlist_url(&r.url()).ok()?;
     if matches!(origin, Origin::File { .. }) {
         return None; // only http(s) origins are accepted from users
     }
+    let access = match r.access_rules.as_str() {
+        "" => None,
+        text => {
+            let v: serde_json::Value = serde_json::from_str(text).ok()?;
+            Some(Arc::new(crate::rules::AccessRules::from_json(&v).ok()?))
+        }
+    };
+    let referers = match r.referers.as_str() {
+        "" => None,
+        text => {
+            let list: Vec<String> = serde_json::from_str(text).ok()?;
+            crate::rules::Referers::parse(&list).ok()?.map(Arc::new)
+        }
+    };
     Some(Stream {
         id: r.id.to_string(),
         origin,
@@ -418,8 +448,8 @@ pub fn to_stream(r: &StreamRecord) -> Option<Stream> {
         owner: Some(r.user_id),
         auth: None,
         max_viewers: 0,
-        access: None,
-        referers: None,
+        access,
+        referers,
     })
 }
 

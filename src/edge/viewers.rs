@@ -11,8 +11,21 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long after its last request a viewer session still counts as watching (the viewer
+/// list, stream caps, screens).
+pub const LIVE_FOR: Duration = Duration::from_secs(30);
+
 /// How often reports are written and revocations read.
 const PERIOD: Duration = Duration::from_secs(1);
+
+/// Why a viewer session was ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// `DELETE /api/viewers/{id}`.
+    Deleted,
+    /// A newer screen of its account took its place (`admin.screens_full: end_oldest`).
+    Screens,
+}
 
 struct Seen {
     stream: String,
@@ -27,7 +40,8 @@ pub struct Viewers {
     /// This edge's name in the reports (`edge.listen`).
     edge: String,
     pending: Mutex<HashMap<[u8; 16], Seen>>,
-    revoked: moka::sync::Cache<[u8; 16], ()>,
+    /// Ended sessions, and whether for a newer screen of their account.
+    revoked: moka::sync::Cache<[u8; 16], Ended>,
     /// Sessions this edge served in the last 30 s (a viewer cap admits them again).
     known: Recent<Mark>,
 }
@@ -37,7 +51,7 @@ impl Viewers {
         Viewers {
             edge,
             pending: Mutex::new(HashMap::new()),
-            known: Recent::new(Duration::from_secs(30), 1_000_000),
+            known: Recent::new(LIVE_FOR, 1_000_000),
             revoked: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(Duration::from_secs(366 * 86400))
@@ -75,14 +89,29 @@ impl Viewers {
         }
     }
 
+    /// This edge's name in the reports.
+    pub fn edge(&self) -> &str {
+        &self.edge
+    }
+
     /// Whether this edge served the session in the last 30 s.
     pub fn is_known(&self, session: &[u8; 16]) -> bool {
         self.known.contains(session, crate::store::now_ms())
     }
 
-    /// Whether the admin deleted this viewer session.
-    pub fn is_revoked(&self, session: &[u8; 16]) -> bool {
-        self.revoked.contains_key(session)
+    /// Whether (and why) the viewer session was ended.
+    pub fn ended(&self, session: &[u8; 16]) -> Option<Ended> {
+        self.revoked.get(session)
+    }
+
+    /// Sessions this edge ended itself (a claimed screen's oldest ones): refused here at
+    /// once, on other edges once they read the store.
+    pub fn end(&self, sessions: &[String], why: Ended) {
+        for id in sessions {
+            if let Some(b) = session_bytes(id) {
+                self.revoked.insert(b, why);
+            }
+        }
     }
 
     /// Report and poll every [`PERIOD`] on `rt` (the store's runtime), for good.
@@ -109,6 +138,7 @@ impl Viewers {
                         first_seen: s.first,
                         last_seen: s.last,
                         bytes: s.bytes.min(i64::MAX as u64) as i64,
+                        account: None,
                     })
                     .collect();
                 if !batch.is_empty() {
@@ -121,9 +151,13 @@ impl Viewers {
                 let poll_from = since - 5_000;
                 match store.revoked_viewer_sessions(poll_from).await {
                     Ok(rows) => {
-                        for (id, at) in rows {
+                        for (id, at, why) in rows {
                             if let Some(b) = session_bytes(&id) {
-                                self.revoked.insert(b, ());
+                                let why = match why.as_deref() {
+                                    Some("screens") => Ended::Screens,
+                                    _ => Ended::Deleted,
+                                };
+                                self.revoked.insert(b, why);
                             }
                             since = since.max(at);
                         }

@@ -49,6 +49,10 @@ pub struct StreamRecord {
     pub endpoint: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Access rules, a JSON list in [`crate::rules`]' shape (empty: none).
+    pub access_rules: String,
+    /// Allowed referrers, a JSON list of strings (empty: any).
+    pub referers: String,
 }
 
 impl StreamRecord {
@@ -152,8 +156,73 @@ pub trait Store: Send + Sync + 'static {
     async fn viewer_stream(&self, id: &str) -> Result<Option<String>>;
     /// Revoke a viewer session; false when it is unknown or already revoked.
     async fn revoke_viewer_session(&self, id: &str, now: i64) -> Result<bool>;
-    /// Viewer sessions revoked at or after `since`: `(id, revoked_at)`.
-    async fn revoked_viewer_sessions(&self, since: i64) -> Result<Vec<(String, i64)>>;
+    /// Viewer sessions revoked at or after `since`: `(id, revoked_at, why)` (`screens`: ended
+    /// for a newer screen of the account; `None`: by the admin).
+    async fn revoked_viewer_sessions(
+        &self,
+        since: i64,
+    ) -> Result<Vec<(String, i64, Option<String>)>>;
+
+    /// Set one of the user's streams' access rules and referrers (JSON lists, `""` for
+    /// none); false when the user has no stream `id`.
+    async fn set_stream_rules(
+        &self,
+        user_id: i64,
+        id: i64,
+        access_rules: &str,
+        referers: &str,
+        now: i64,
+    ) -> Result<bool>;
+    /// The user's own screen limit (`None`: the configured default).
+    async fn user_max_screens(&self, user_id: i64) -> Result<Option<u32>>;
+    async fn set_user_max_screens(&self, user_id: i64, max: Option<u32>) -> Result<()>;
+    /// Take one of `claim.account`'s screens for the viewer session `row`, in one
+    /// transaction that claims of the same account on other edges wait for.
+    async fn claim_screen(&self, row: &ViewerSession, claim: &ScreenClaim) -> Result<Screens>;
+    /// The account's viewer sessions seen, or ended, since `since`, oldest first.
+    async fn account_sessions(&self, account: i64, since: i64) -> Result<Vec<AccountSession>>;
+}
+
+/// What [`Store::claim_screen`] is asked.
+#[derive(Debug, Clone)]
+pub struct ScreenClaim {
+    /// The user the viewer session's credential was issued to.
+    pub account: i64,
+    /// `admin.max_screens_per_user` (0: no limit).
+    pub default_max: u32,
+    /// When the account is full, end its oldest sessions instead of refusing this one.
+    pub end_oldest: bool,
+    /// Sessions seen before this (unix ms) no longer hold a screen.
+    pub since: i64,
+    pub now: i64,
+}
+
+/// The answer of [`Store::claim_screen`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Screens {
+    /// The session holds a screen; `ended` are the sessions ended to make room.
+    Taken { ended: Vec<String> },
+    /// Every screen is taken (the account's limit).
+    Full { max: u32 },
+}
+
+/// A user's screen limit: the configured one (0: no limit, whatever the user's), or the
+/// user's own (`users.max_screens`) when it is lower.
+pub fn effective_screens(configured: u32, own: Option<i64>) -> u32 {
+    let own = own.map(|n| n.clamp(0, u32::MAX as i64) as u32);
+    match own {
+        Some(n) if n > 0 && configured > 0 => n.min(configured),
+        _ => configured,
+    }
+}
+
+/// One of an account's viewer sessions ([`Store::account_sessions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSession {
+    pub session: ViewerSession,
+    /// When it was ended (unix ms), and why (`screens`, or `None`: by the admin).
+    pub ended_at: Option<i64>,
+    pub ended_reason: Option<String>,
 }
 
 /// A viewer session as the edges report it.
@@ -171,6 +240,8 @@ pub struct ViewerSession {
     pub last_seen: i64,
     /// Body bytes sent in this report (added to the stored total).
     pub bytes: i64,
+    /// The user whose credential it plays with, when known (screens per account).
+    pub account: Option<i64>,
 }
 
 /// A stream being published.

@@ -3,7 +3,8 @@
 //! migrations are serialised between processes.
 
 use super::{
-    Live, PlaybackKey, Result, Session, Store, StoreError, StreamRecord, User, ViewerSession,
+    effective_screens, AccountSession, Live, PlaybackKey, Result, ScreenClaim, Screens, Session,
+    Store, StoreError, StreamRecord, User, ViewerSession,
 };
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -17,6 +18,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_playback.sql")),
     (3, include_str!("../../migrations/sqlite/0003_publish.sql")),
     (4, include_str!("../../migrations/sqlite/0004_viewers.sql")),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_rules_screens.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -31,6 +36,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../migrations/postgres/0004_viewers.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_rules_screens.sql"),
     ),
 ];
 
@@ -50,7 +59,7 @@ fn write_error(e: sqlx::Error) -> StoreError {
 
 type UserRow = (i64, String, String, i64);
 type SessionRow = (String, i64, i64, i64, String, String);
-type StreamRow = (i64, i64, String, String, i64, i64);
+type StreamRow = (i64, i64, String, String, i64, i64, String, String);
 
 fn user((id, username, password_hash, created_at): UserRow) -> User {
     User {
@@ -72,7 +81,9 @@ fn session((id, user_id, created_at, expires_at, ip, user_agent): SessionRow) ->
     }
 }
 
-fn stream((id, user_id, base_url, endpoint, created_at, updated_at): StreamRow) -> StreamRecord {
+fn stream(
+    (id, user_id, base_url, endpoint, created_at, updated_at, access_rules, referers): StreamRow,
+) -> StreamRecord {
     StreamRecord {
         id,
         user_id,
@@ -80,12 +91,15 @@ fn stream((id, user_id, base_url, endpoint, created_at, updated_at): StreamRow) 
         endpoint,
         created_at,
         updated_at,
+        access_rules,
+        referers,
     }
 }
 
 const USER_COLS: &str = "id, username, password_hash, created_at";
 const SESSION_COLS: &str = "id, user_id, created_at, expires_at, ip, user_agent";
-const STREAM_COLS: &str = "id, user_id, base_url, endpoint, created_at, updated_at";
+const STREAM_COLS: &str =
+    "id, user_id, base_url, endpoint, created_at, updated_at, access_rules, referers";
 
 fn migration_error(version: i64, e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(format!("migration {version:04}: {e}"))
@@ -460,9 +474,11 @@ macro_rules! sql_store {
                 for r in rows {
                     sqlx::query(
                         "INSERT INTO viewer_sessions (id, stream_id, ip, user_agent, edge, \
-                         first_seen, last_seen, bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                         first_seen, last_seen, bytes, account) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                          ON CONFLICT (id) DO UPDATE SET ip = $3, user_agent = $4, edge = $5, \
-                         last_seen = $7, bytes = viewer_sessions.bytes + $8",
+                         last_seen = $7, bytes = viewer_sessions.bytes + $8, \
+                         account = COALESCE($9, viewer_sessions.account)",
                     )
                     .bind(&r.id)
                     .bind(&r.stream_id)
@@ -472,6 +488,7 @@ macro_rules! sql_store {
                     .bind(r.first_seen)
                     .bind(r.last_seen)
                     .bind(r.bytes)
+                    .bind(r.account)
                     .execute(&mut *tx)
                     .await
                     .map_err(write_error)?;
@@ -500,6 +517,7 @@ macro_rules! sql_store {
                             first_seen: r.5,
                             last_seen: r.6,
                             bytes: r.7,
+                            account: None,
                         })
                         .collect()
                 })
@@ -538,13 +556,157 @@ macro_rules! sql_store {
                 .map_err(unavailable)
             }
 
-            async fn revoked_viewer_sessions(&self, since: i64) -> Result<Vec<(String, i64)>> {
-                sqlx::query_as::<_, (String, i64)>(
-                    "SELECT id, revoked_at FROM viewer_sessions WHERE revoked_at >= $1",
+            async fn revoked_viewer_sessions(
+                &self,
+                since: i64,
+            ) -> Result<Vec<(String, i64, Option<String>)>> {
+                sqlx::query_as::<_, (String, i64, Option<String>)>(
+                    "SELECT id, revoked_at, ended_reason FROM viewer_sessions WHERE revoked_at >= $1",
                 )
                 .bind(since)
                 .fetch_all(&self.pool)
                 .await
+                .map_err(unavailable)
+            }
+
+            async fn set_stream_rules(
+                &self,
+                user_id: i64,
+                id: i64,
+                access_rules: &str,
+                referers: &str,
+                now: i64,
+            ) -> Result<bool> {
+                sqlx::query(
+                    "UPDATE streams SET access_rules = $1, referers = $2, updated_at = $3 \
+                     WHERE id = $4 AND user_id = $5",
+                )
+                .bind(access_rules)
+                .bind(referers)
+                .bind(now)
+                .bind(id)
+                .bind(user_id)
+                .execute(&self.pool)
+                .await
+                .map(|r| r.rows_affected() > 0)
+                .map_err(unavailable)
+            }
+
+            async fn user_max_screens(&self, user_id: i64) -> Result<Option<u32>> {
+                sqlx::query_scalar::<_, Option<i64>>("SELECT max_screens FROM users WHERE id = $1")
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map(|r| r.flatten().map(|n| n.clamp(0, u32::MAX as i64) as u32))
+                    .map_err(unavailable)
+            }
+
+            async fn set_user_max_screens(&self, user_id: i64, max: Option<u32>) -> Result<()> {
+                sqlx::query("UPDATE users SET max_screens = $1 WHERE id = $2")
+                    .bind(max.map(i64::from))
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(unavailable)
+            }
+
+            async fn claim_screen(&self, row: &ViewerSession, claim: &ScreenClaim) -> Result<Screens> {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                // A write first: it locks the account's row (PostgreSQL) or the database
+                // (SQLite), so two edges claiming screens of one account take turns.
+                let own: Option<Option<i64>> = sqlx::query_scalar(
+                    "UPDATE users SET max_screens = max_screens WHERE id = $1 RETURNING max_screens",
+                )
+                .bind(claim.account)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                let Some(own) = own else {
+                    return Ok(Screens::Taken { ended: Vec::new() });
+                };
+                let max = effective_screens(claim.default_max, own);
+                let mut ended = Vec::new();
+                if max > 0 {
+                    let others: Vec<(String,)> = sqlx::query_as(
+                        "SELECT id FROM viewer_sessions WHERE account = $1 AND id <> $2 \
+                         AND last_seen >= $3 AND revoked_at IS NULL ORDER BY first_seen, id",
+                    )
+                    .bind(claim.account)
+                    .bind(&row.id)
+                    .bind(claim.since)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                    if others.len() >= max as usize {
+                        if !claim.end_oldest {
+                            return Ok(Screens::Full { max });
+                        }
+                        let excess = others.len() + 1 - max as usize;
+                        for (id,) in others.into_iter().take(excess) {
+                            sqlx::query(
+                                "UPDATE viewer_sessions SET revoked_at = $2, \
+                                 ended_reason = 'screens' WHERE id = $1 AND revoked_at IS NULL",
+                            )
+                            .bind(&id)
+                            .bind(claim.now)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(unavailable)?;
+                            ended.push(id);
+                        }
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO viewer_sessions (id, stream_id, ip, user_agent, edge, \
+                     first_seen, last_seen, bytes, account) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) \
+                     ON CONFLICT (id) DO UPDATE SET last_seen = $7, account = $8, edge = $5",
+                )
+                .bind(&row.id)
+                .bind(&row.stream_id)
+                .bind(&row.ip)
+                .bind(&row.user_agent)
+                .bind(&row.edge)
+                .bind(row.first_seen)
+                .bind(row.last_seen)
+                .bind(claim.account)
+                .execute(&mut *tx)
+                .await
+                .map_err(write_error)?;
+                tx.commit().await.map_err(unavailable)?;
+                Ok(Screens::Taken { ended })
+            }
+
+            async fn account_sessions(&self, account: i64, since: i64) -> Result<Vec<AccountSession>> {
+                sqlx::query_as::<_, (String, String, String, String, String, i64, i64, i64, Option<i64>, Option<String>)>(
+                    "SELECT id, stream_id, ip, user_agent, edge, first_seen, last_seen, bytes, \
+                     revoked_at, ended_reason FROM viewer_sessions WHERE account = $1 \
+                     AND (last_seen >= $2 OR revoked_at >= $2) ORDER BY first_seen, id",
+                )
+                .bind(account)
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await
+                .map(|rows| {
+                    rows.into_iter()
+                        .map(|r| AccountSession {
+                            session: ViewerSession {
+                                id: r.0,
+                                stream_id: r.1,
+                                ip: r.2,
+                                user_agent: r.3,
+                                edge: r.4,
+                                first_seen: r.5,
+                                last_seen: r.6,
+                                bytes: r.7,
+                                account: Some(account),
+                            },
+                            ended_at: r.8,
+                            ended_reason: r.9,
+                        })
+                        .collect()
+                })
                 .map_err(unavailable)
             }
 

@@ -1,0 +1,11 @@
+-- hlsgate store, version 5 (SQLite): where a stream may be watched from, and screens per
+-- account. Unix milliseconds.
+-- A user's stream's access rules and referrers: JSON lists ('' for none).
+ALTER TABLE streams ADD COLUMN access_rules TEXT NOT NULL DEFAULT '';
+ALTER TABLE streams ADD COLUMN referers TEXT NOT NULL DEFAULT '';
+-- A user's own screen limit (NULL: admin.max_screens_per_user; never above it).
+ALTER TABLE users ADD COLUMN max_screens INTEGER;
+-- The account (user) whose credential a viewer session plays with, and why it was ended.
+ALTER TABLE viewer_sessions ADD COLUMN account INTEGER;
+ALTER TABLE viewer_sessions ADD COLUMN ended_reason TEXT;
+CREATE INDEX IF NOT EXISTS viewer_sessions_by_account ON viewer_sessions (account, last_seen);

@@ -1,0 +1,673 @@
+//! Where and on how many screens: access rules (Cloudflare Stream's shape) per static stream,
+//! per store stream and inside credentials, a stream's referrers, the viewer's country from a
+//! MaxMind-format database that PyPI's `mmdb-writer` makes (no database is downloaded), and
+//! screens per account — on `hlsgate serve` and a second `hlsgate edge` sharing its store and
+//! key file, played by ffmpeg.
+//!
+//! Viewers' addresses come from `X-Forwarded-For` (the edges trust 127.0.0.1 as a proxy):
+//! 127.0.0.2 is in DE, 127.0.0.3 in US, 127.0.0.4 in FR; anything else is unknown (XX).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const UA: &str = "hlsgate-place/1.0";
+const DE: (&str, &str) = ("X-Forwarded-For", "127.0.0.2");
+const US: (&str, &str) = ("X-Forwarded-For", "127.0.0.3");
+const FR: (&str, &str) = ("X-Forwarded-For", "127.0.0.4");
+const COUNTRIES: [&str; 3] = ["127.0.0.2/32=DE", "127.0.0.3/32=US", "127.0.0.4/32=FR"];
+
+fn venv_python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin/python")
+}
+
+fn helper(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/helpers")
+        .join(name)
+}
+
+/// Write `out` with PyPI's mmdb-writer.
+fn make_mmdb(out: &Path, pairs: &[&str]) {
+    let o = Command::new(venv_python())
+        .arg(helper("make_mmdb.py"))
+        .arg(out)
+        .args(pairs)
+        .output()
+        .expect("target/pyvenv with mmdb-writer (scripts/test.sh makes it)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A JWT signed by PyJWT.
+fn pyjwt(key: &Path, claims: Value) -> String {
+    let o = Command::new(venv_python())
+        .arg(helper("sign_jwt.py"))
+        .arg(key)
+        .arg("ES384")
+        .arg("ivs")
+        .arg(claims.to_string())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_owned()
+}
+
+fn unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Harness {
+    dir: PathBuf,
+    serve: Hlsgate,
+    edge2: Hlsgate,
+    ports: EdgePorts,
+    origin: Origin,
+}
+
+/// The YAML both edges share beyond their listeners: the database, trusted proxy, a
+/// registered ES384 JWT key, token binding to the /24 (so one viewer may move between the
+/// test's countries), and the streams: `ts` blocks DE, `open` has no rules, `embed` wants a
+/// page of example.com.
+fn extra(dir: &Path, origin: &Origin, more: &str) -> String {
+    let o = origin.port;
+    format!(
+        r#"geoip:
+  database: "{dir}/countries.mmdb"
+streams:
+  ts:
+    url: "http://127.0.0.1:{o}/ts/index.m3u8"
+    access_rules:
+      - {{type: ip.geoip.country, country: [DE], action: block}}
+  open: {{ url: "http://127.0.0.1:{o}/ts/index.m3u8" }}
+  embed:
+    url: "http://127.0.0.1:{o}/ts/index.m3u8"
+    referers: ["*.example.com", "player.example.net/embed/*"]
+{more}"#,
+        dir = dir.display()
+    )
+}
+
+/// Keys each config needs in its sections.
+fn set_up(config: &Path, dir: &Path) {
+    add_config_keys(
+        config,
+        "edge",
+        "  trusted_proxies: [\"127.0.0.1/32\"]\n  access_log: \"stderr\"\n",
+    );
+    add_config_keys(
+        config,
+        "tokens",
+        &format!(
+            "  bind_ipv4_prefix: 24\n  jwt:\n    keys:\n      ivs: \"{}/es384.pub\"\n",
+            dir.display()
+        ),
+    );
+}
+
+fn harness() -> &'static Harness {
+    static H: OnceLock<Harness> = OnceLock::new();
+    H.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let origin = Origin::with_streams(dir.join("origin"));
+        let mmdb = dir.join("countries.mmdb");
+        make_mmdb(&mmdb, &COUNTRIES);
+        openssl(
+            &dir,
+            &[
+                "ecparam",
+                "-name",
+                "secp384r1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "es384.sec",
+            ],
+        );
+        openssl(
+            &dir,
+            &[
+                "pkcs8",
+                "-topk8",
+                "-nocrypt",
+                "-in",
+                "es384.sec",
+                "-out",
+                "es384.pem",
+            ],
+        );
+        openssl(
+            &dir,
+            &["ec", "-in", "es384.pem", "-pubout", "-out", "es384.pub"],
+        );
+        let (config, ports) = write_config(&dir, "2s", &extra(&dir, &origin, ""));
+        set_up(&config, &dir);
+        let store = format!("sqlite://{}/hlsgate.db", dir.display());
+        let (config2, ports2) =
+            write_config_with(&dir, "edge2.yaml", "2s", &store, &extra(&dir, &origin, ""));
+        set_up(&config2, &dir);
+        let serve = Hlsgate::start("serve", &config, ports.edge);
+        let edge2 = Hlsgate::start("edge", &config2, ports2.edge);
+        Harness {
+            dir,
+            serve,
+            edge2,
+            ports,
+            origin,
+        }
+    })
+}
+
+/// `(status, body)` of a GET on `edge`.
+fn on(edge: &Hlsgate, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut hs = vec![("User-Agent", UA)];
+    hs.extend_from_slice(headers);
+    let r = get(edge.port, path, &hs).unwrap();
+    (r.status, r.text())
+}
+
+fn url_on(edge: &Hlsgate, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", edge.port)
+}
+
+fn denials(h: &Harness, reason: &str) -> f64 {
+    let m = get(h.ports.metrics, "/metrics", &[]).unwrap().text();
+    sample(
+        &m,
+        &format!("hlsgate_auth_denials_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+#[test]
+fn a_blocked_country_is_refused_and_an_allowed_one_plays_on_every_edge() {
+    let h = harness();
+    let before = denials(h, "country");
+    let p = path_of(&h.serve.token_url(&["--stream", "ts"]));
+    for edge in [&h.serve, &h.edge2] {
+        let (s, body) = on(edge, &p, &[DE]);
+        assert_eq!(
+            (s, body.as_str()),
+            (403, r#"{"error":"not allowed from this country"}"#)
+        );
+        // Played to the end by ffmpeg from the US and from an address the database does
+        // not know.
+        for from in [US, ("X-Forwarded-For", "127.0.0.77")] {
+            let (ok, err) = ffmpeg_play_with(&url_on(edge, &p), UA, &[from]);
+            assert!(ok, "{from:?}: {err}");
+        }
+    }
+    assert!(denials(h, "country") >= before + 1.0);
+    // The access log names the viewer's country, refused or not.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let log = h.serve.log_text();
+        let refused = log.lines().any(|l| {
+            l.contains(" 403 ") && l.contains("deny=country") && l.contains(" country=DE ")
+        });
+        let played = log
+            .lines()
+            .any(|l| l.contains(" 200 ") && l.contains(" country=US "));
+        if refused && played {
+            break;
+        }
+        assert!(Instant::now() < deadline, "access log:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_jwts_access_rules_narrow_the_streams_and_never_widen_them() {
+    let h = harness();
+    let key = h.dir.join("es384.pem");
+    let claims = |stream: &str, rules: Value| {
+        json!({"aws:channel-arn": format!("arn:aws:ivs:us-west-2:1:channel/{stream}"),
+               "exp": unix() + 300, "accessRules": rules})
+    };
+    // Narrowing: `open` allows everyone; this token blocks the US.
+    let no_us = pyjwt(
+        &key,
+        claims(
+            "open",
+            json!([{"type": "ip.geoip.country", "country": ["US"], "action": "block"}]),
+        ),
+    );
+    let p = format!("/hls/open/index.m3u8?token={no_us}");
+    assert_eq!(on(&h.serve, &p, &[US]).0, 403);
+    assert_eq!(on(&h.edge2, &p, &[US]).0, 403);
+    let (ok, err) = ffmpeg_play_with(&url_on(&h.serve, &p), UA, &[FR]);
+    assert!(ok, "{err}");
+    // The native token exchanged on edge 1 carries the rules: edge 2, which never saw the
+    // JWT, refuses it from the US (same /24, so the binding holds) and serves it from FR.
+    let (s, playlist) = on(&h.serve, &p, &[FR]);
+    assert_eq!(s, 200, "{playlist}");
+    let seg = first_edge_uri(&playlist);
+    assert_eq!(on(&h.edge2, &seg, &[FR]).0, 200);
+    let (s, body) = on(&h.edge2, &seg, &[US]);
+    assert_eq!(
+        (s, body.as_str()),
+        (403, r#"{"error":"not allowed from this country"}"#)
+    );
+    // Networks too.
+    let one_net = pyjwt(
+        &key,
+        claims(
+            "open",
+            json!([{"type": "ip.src", "ip": ["127.0.0.4/32"], "action": "allow"},
+                   {"type": "any", "action": "block"}]),
+        ),
+    );
+    let p = format!("/hls/open/index.m3u8?token={one_net}");
+    assert_eq!(on(&h.serve, &p, &[FR]).0, 200);
+    let (s, body) = on(&h.serve, &p, &[("X-Forwarded-For", "127.0.0.9")]);
+    assert_eq!(
+        (s, body.as_str()),
+        (403, r#"{"error":"not allowed from this network"}"#)
+    );
+    // Never widening: `ts` blocks DE; a token allowing everyone does not let DE in.
+    let all = pyjwt(
+        &key,
+        claims("ts", json!([{"type": "any", "action": "allow"}])),
+    );
+    let p = format!("/hls/ts/index.m3u8?token={all}");
+    assert_eq!(on(&h.serve, &p, &[DE]).0, 403);
+    assert_eq!(on(&h.serve, &p, &[US]).0, 200);
+    // Rules the edge cannot read make the token malformed: refused, not ignored.
+    let bad = pyjwt(
+        &key,
+        claims(
+            "open",
+            json!([{"type": "ip.geoip.region", "region": ["CA"], "action": "block"}]),
+        ),
+    );
+    assert_eq!(
+        on(
+            &h.serve,
+            &format!("/hls/open/index.m3u8?token={bad}"),
+            &[US]
+        )
+        .0,
+        401
+    );
+}
+
+#[test]
+fn referers_admit_listed_pages_only() {
+    let h = harness();
+    let p = path_of(&h.serve.token_url(&["--stream", "embed"]));
+    for (referer, want) in [
+        ("https://www.example.com/live", 200),
+        ("https://player.example.net/embed/7", 200),
+        ("https://player.example.net/other", 403),
+        ("https://evil.example/?www.example.com", 403),
+    ] {
+        let (s, body) = on(&h.edge2, &p, &[("Referer", referer)]);
+        assert_eq!(s, want, "{referer}: {body}");
+    }
+    let (s, body) = on(&h.edge2, &p, &[]);
+    assert_eq!(
+        (s, body.as_str()),
+        (403, r#"{"error":"not allowed from this page (Referer)"}"#)
+    );
+    let (ok, err) = ffmpeg_play_opts(
+        &url_on(&h.serve, &p),
+        UA,
+        &[],
+        &["-referer", "https://www.example.com/"],
+    );
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn a_users_stream_rules_are_set_in_the_admin_and_apply_on_every_edge() {
+    let h = harness();
+    let jwt = login_as(UA, h.ports.admin, "rita-place");
+    let url = format!("http://127.0.0.1:{}/ts/index.m3u8", h.origin.port);
+    let (s, v, _) = api_as(
+        UA,
+        h.ports.admin,
+        "POST",
+        "/api/streams",
+        Some(&jwt),
+        Some(json!({"url": url, "accessRules": [
+            {"type": "ip.geoip.country", "country": ["fr"], "action": "block"}],
+            "referers": []})),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["accessRules"],
+        json!([{"type": "ip.geoip.country", "country": ["FR"], "action": "block"}])
+    );
+    let id = v["id"].as_i64().unwrap();
+    // Bad rules change nothing.
+    for bad in [
+        json!({"accessRules": [{"type": "ip.src", "ip": ["300.1.1.1"], "action": "allow"}]}),
+        json!({"accessRules": [{"type": "any", "action": "maybe"}]}),
+        json!({"referers": ["https://scheme.example"]}),
+    ] {
+        let (s, v, _) = api_as(
+            UA,
+            h.ports.admin,
+            "PUT",
+            &format!("/api/streams/{id}"),
+            Some(&jwt),
+            Some(bad),
+        );
+        assert_eq!(s, 400, "{v}");
+    }
+    let (s, v, _) = api_as(
+        UA,
+        h.ports.admin,
+        "GET",
+        &format!("/api/streams/{id}"),
+        Some(&jwt),
+        None,
+    );
+    assert_eq!(
+        (s, v["accessRules"][0]["country"][0].as_str()),
+        (200, Some("FR")),
+        "{v}"
+    );
+    let (s, v, _) = api_as(
+        UA,
+        h.ports.admin,
+        "POST",
+        "/api/playback-token",
+        Some(&jwt),
+        Some(json!({"streamID": id})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let p = path_of(v["url"].as_str().unwrap());
+    for edge in [&h.serve, &h.edge2] {
+        assert_eq!(on(edge, &p, &[FR]).0, 403);
+        assert_eq!(on(edge, &p, &[US]).0, 200);
+    }
+    // Changed: now the US is blocked and FR allowed, on edge 2 within store.cache_ttl.
+    let (s, v, _) = api_as(
+        UA,
+        h.ports.admin,
+        "PUT",
+        &format!("/api/streams/{id}"),
+        Some(&jwt),
+        Some(json!({"accessRules": [
+            {"type": "ip.geoip.country", "country": ["US"], "action": "block"}]})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["url"].as_str(), Some(url.as_str()), "the URL is kept");
+    let t = Instant::now();
+    while on(&h.edge2, &p, &[US]).0 != 403 {
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "edge 2 still admits US"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(on(&h.serve, &p, &[US]).0, 403);
+    assert_eq!(on(&h.edge2, &p, &[FR]).0, 200);
+    // The admin's own token and cookies take rules too, and they only narrow.
+    let (s, v, _) = api_as(
+        UA,
+        h.ports.admin,
+        "POST",
+        "/api/playback-token",
+        Some(&jwt),
+        Some(json!({"streamID": id, "accessRules": [
+            {"type": "ip.src", "ip": ["127.0.0.4/32"], "action": "block"}]})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let p = path_of(v["url"].as_str().unwrap());
+    assert_eq!(on(&h.edge2, &p, &[FR]).0, 403);
+    assert_eq!(on(&h.edge2, &p, &[("X-Forwarded-For", "127.0.0.8")]).0, 200);
+    let rules = r#"[{"type":"ip.geoip.country","country":["XX"],"action":"block"}]"#;
+    let q: String = url_encode(rules);
+    let r = send(
+        "GET",
+        h.ports.admin,
+        &format!("/api/stream-cookies?streamID={id}&accessRules={q}"),
+        &[
+            ("User-Agent", UA),
+            ("Authorization", &format!("Bearer {jwt}")),
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cookie = r.cookie_header();
+    let v: Value = serde_json::from_str(&r.text()).unwrap();
+    let p = path_of(v["url"].as_str().unwrap());
+    let (s, _) = on(
+        &h.serve,
+        &p,
+        &[("Cookie", &cookie), ("X-Forwarded-For", "127.0.0.8")],
+    );
+    assert_eq!(s, 403, "unknown country (XX) blocked by the cookies' rules");
+    assert_eq!(on(&h.serve, &p, &[("Cookie", &cookie), FR]).0, 200);
+}
+
+/// Percent-encode everything but unreserved characters.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_changed_database_file_is_read_again() {
+    let h = harness();
+    // An edge of its own: its database file is broken for a while below.
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::copy(h.dir.join("es384.pub"), dir.join("es384.pub")).unwrap();
+    let mmdb = dir.join("countries.mmdb");
+    make_mmdb(&mmdb, &COUNTRIES);
+    let (config, ports) = write_config(&dir, "2s", &extra(&dir, &h.origin, ""));
+    set_up(&config, &dir);
+    let edge = Hlsgate::start("edge", &config, ports.edge);
+    let p = path_of(&edge.token_url(&["--stream", "ts"]));
+    let newly_de = ("X-Forwarded-For", "127.0.0.5");
+    assert_eq!(on(&edge, &p, &[newly_de]).0, 200);
+    let mut pairs = COUNTRIES.to_vec();
+    pairs.push("127.0.0.5/32=DE");
+    make_mmdb(&mmdb, &pairs);
+    let t = Instant::now();
+    while on(&edge, &p, &[newly_de]).0 != 403 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the new database is not used"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("new database in use after {:?}", t.elapsed());
+    // A broken file is logged and the last good database kept.
+    std::fs::write(dir.join("broken.tmp"), b"not a database").unwrap();
+    std::fs::rename(dir.join("broken.tmp"), &mmdb).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(on(&edge, &p, &[newly_de]).0, 403);
+    assert_eq!(on(&edge, &p, &[US]).0, 200);
+    assert!(edge
+        .log_text()
+        .contains("does not load; keeping the previous one"));
+}
+
+/// After `--upgrade`, the new process applies the stream's rules and the rules inside tokens
+/// issued before it started.
+#[test]
+fn rules_hold_after_an_upgrade() {
+    let h = harness();
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::copy(h.dir.join("es384.pub"), dir.join("es384.pub")).unwrap();
+    make_mmdb(&dir.join("countries.mmdb"), &COUNTRIES);
+    let (config, ports) = write_config(&dir, "2s", &extra(&dir, &h.origin, ""));
+    set_up(&config, &dir);
+    add_config_keys(
+        &config,
+        "edge",
+        &format!("  upgrade_socket: \"{}/upgrade.sock\"\n", dir.display()),
+    );
+    let mut old = Hlsgate::start("serve", &config, ports.edge);
+    let jwt = pyjwt(
+        &h.dir.join("es384.pem"),
+        json!({"aws:channel-arn": "arn:aws:ivs:us-west-2:1:channel/open", "exp": unix() + 300,
+               "accessRules": [{"type": "ip.geoip.country", "country": ["FR"], "action": "allow"},
+                               {"type": "any", "action": "block"}]}),
+    );
+    let (s, playlist) = on(&old, &format!("/hls/open/index.m3u8?token={jwt}"), &[FR]);
+    assert_eq!(s, 200, "{playlist}");
+    let seg = first_edge_uri(&playlist);
+    let native = path_of(&old.token_url(&["--stream", "ts"]));
+
+    let new = Hlsgate::spawn("serve", &config, ports.edge, &["--upgrade"]);
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    assert!(
+        old.wait_exit(Duration::from_secs(15)).is_some(),
+        "{}",
+        old.log_text()
+    );
+    new.wait_healthy();
+    assert_eq!(on(&new, &seg, &[FR]).0, 200);
+    let (s, body) = on(&new, &seg, &[US]);
+    assert_eq!(
+        (s, body.as_str()),
+        (403, r#"{"error":"not allowed from this country"}"#)
+    );
+    assert_eq!(on(&new, &native, &[DE]).0, 403);
+    let (ok, err) = ffmpeg_play_with(&url_on(&new, &native), UA, &[US]);
+    assert!(ok, "{err}");
+}
+
+/// A 3-screen account: three ffmpeg viewers play (on two edges), the fourth is refused;
+/// in `end_oldest` mode the fourth plays and the first one's next segment is refused.
+#[test]
+fn an_account_plays_on_at_most_its_screens() {
+    let h = harness();
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::copy(h.dir.join("es384.pub"), dir.join("es384.pub")).unwrap();
+    make_mmdb(&dir.join("countries.mmdb"), &COUNTRIES);
+    let (config, ports) = write_config(&dir, "2s", &extra(&dir, &h.origin, ""));
+    set_up(&config, &dir);
+    add_config_keys(&config, "admin", "  max_screens_per_user: 3\n");
+    let store = format!("sqlite://{}/hlsgate.db", dir.display());
+    let (config2, ports2) = write_config_with(
+        &dir,
+        "edge2.yaml",
+        "2s",
+        &store,
+        &extra(&dir, &h.origin, ""),
+    );
+    set_up(&config2, &dir);
+    add_config_keys(&config2, "admin", "  max_screens_per_user: 3\n");
+    let mut serve = Hlsgate::start("serve", &config, ports.edge);
+    let mut edge2 = Hlsgate::start("edge", &config2, ports2.edge);
+    let jwt = login_as(UA, ports.admin, "sam-screens");
+    let url = format!("http://127.0.0.1:{}/ts/index.m3u8", h.origin.port);
+    let id = add_stream_as(UA, ports.admin, &jwt, &url);
+    let token = |viewer: &str| {
+        let (s, v, _) = api_as(
+            UA,
+            ports.admin,
+            "POST",
+            "/api/playback-token",
+            Some(&jwt),
+            Some(json!({"streamID": id, "viewerId": viewer})),
+        );
+        assert_eq!(s, 200, "{v}");
+        path_of(v["url"].as_str().unwrap())
+    };
+    let viewers: Vec<String> = (1..=4).map(|i| token(&format!("screen-{i}"))).collect();
+    for (i, p) in viewers[..3].iter().enumerate() {
+        let edge = if i == 2 { &edge2 } else { &serve };
+        let (ok, err) = ffmpeg_play(&url_on(edge, p), UA);
+        assert!(ok, "viewer {}: {err}", i + 1);
+    }
+    let (ok, err) = ffmpeg_play(&url_on(&edge2, &viewers[3]), UA);
+    assert!(!ok && err.contains("403"), "the 4th screen played: {err}");
+    let (s, body) = on(&serve, &viewers[3], &[]);
+    assert_eq!(s, 403, "{body}");
+    assert!(
+        body.contains("every screen of this account is in use"),
+        "{body}"
+    );
+    let (s, v, _) = api_as(UA, ports.admin, "GET", "/api/screens", Some(&jwt), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["max"].as_u64(), v["screens"].as_array().map(Vec::len)),
+        (Some(3), Some(3)),
+        "{v}"
+    );
+    // The first viewer still plays: its screen is its own.
+    let (s, first) = on(&serve, &viewers[0], &[]);
+    assert_eq!(s, 200, "{first}");
+    let first_seg = first_edge_uri(&first);
+
+    // A user may lower their own limit, never raise it.
+    let (s, v, _) = api_as(
+        UA,
+        ports.admin,
+        "PUT",
+        "/api/screens",
+        Some(&jwt),
+        Some(json!({"max": 9})),
+    );
+    assert_eq!((s, v["max"].as_u64()), (200, Some(3)), "{v}");
+    let (s, v, _) = api_as(
+        UA,
+        ports.admin,
+        "PUT",
+        "/api/screens",
+        Some(&jwt),
+        Some(json!({"max": null})),
+    );
+    assert_eq!(s, 200, "{v}");
+
+    // end_oldest: the 4th plays and the first (the oldest) is ended on every edge.
+    for (g, c) in [(&mut serve, &config), (&mut edge2, &config2)] {
+        add_config_keys(c, "admin", "  screens_full: end_oldest\n");
+        g.signal("HUP");
+    }
+    let t = Instant::now();
+    loop {
+        let log = serve.log_text() + &edge2.log_text();
+        if log.matches("config reloaded").count() >= 2 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, err) = ffmpeg_play(&url_on(&edge2, &viewers[3]), UA);
+    assert!(ok, "4th screen in end_oldest mode: {err}");
+    let (s, body) = on(&edge2, &first_seg, &[]);
+    assert_eq!(s, 403, "{body}");
+    assert!(
+        body.contains("a newer screen of this account took its place"),
+        "{body}"
+    );
+    let t = Instant::now();
+    while on(&serve, &first_seg, &[]).0 != 403 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "edge 1 still serves the ended screen"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, v, _) = api_as(UA, ports.admin, "GET", "/api/screens", Some(&jwt), None);
+    assert_eq!(
+        v["ended"][0]["endedReason"].as_str(),
+        Some("screens"),
+        "{v}"
+    );
+    assert_eq!(v["screens"].as_array().map(Vec::len), Some(3), "{v}");
+    let m = get(ports.metrics, "/metrics", &[]).unwrap().text();
+    assert!(sample(&m, "hlsgate_auth_denials_total{reason=\"screens\"}") >= 1.0);
+}
