@@ -548,22 +548,28 @@ fn rules_hold_after_an_upgrade() {
 }
 
 /// A 3-screen account: three ffmpeg viewers play (on two edges), the fourth is refused;
-/// in `end_oldest` mode the fourth plays and the first one's next segment is refused.
-#[test]
-fn an_account_plays_on_at_most_its_screens() {
+/// in `end_oldest` mode the fourth plays and the first one's next segment is refused. On
+/// SQLite and on PostgreSQL (where the two edges' claims take turns on the account's row).
+fn an_account_plays_on_at_most_its_screens(backend: Backend) {
     let h = harness();
     let dir = tempfile::tempdir().unwrap().keep();
     std::fs::copy(h.dir.join("es384.pub"), dir.join("es384.pub")).unwrap();
     make_mmdb(&dir.join("countries.mmdb"), &COUNTRIES);
-    let (config, ports) = write_config(&dir, "2s", &extra(&dir, &h.origin, ""));
+    let db = TestDb::new(backend, &dir);
+    let (config, ports) = write_config_with(
+        &dir,
+        "hlsgate.yaml",
+        "2s",
+        &db.url,
+        &extra(&dir, &h.origin, ""),
+    );
     set_up(&config, &dir);
     add_config_keys(&config, "admin", "  max_screens_per_user: 3\n");
-    let store = format!("sqlite://{}/hlsgate.db", dir.display());
     let (config2, ports2) = write_config_with(
         &dir,
         "edge2.yaml",
         "2s",
-        &store,
+        &db.url,
         &extra(&dir, &h.origin, ""),
     );
     set_up(&config2, &dir);
@@ -671,3 +677,5 @@ fn an_account_plays_on_at_most_its_screens() {
     let m = get(ports.metrics, "/metrics", &[]).unwrap().text();
     assert!(sample(&m, "hlsgate_auth_denials_total{reason=\"screens\"}") >= 1.0);
 }
+
+both!(an_account_plays_on_at_most_its_screens);

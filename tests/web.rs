@@ -182,6 +182,7 @@ fn the_page_in_chromium_logs_in_adds_plays_and_signs_out() {
             "logged in",
             "stream added",
             "stream edited",
+            "rules saved",
             "played",
             "copied",
             "stream deleted",
@@ -191,6 +192,20 @@ fn the_page_in_chromium_logs_in_adds_plays_and_signs_out() {
         "{ctx}"
     );
     assert_eq!(v["title"], "hlsgate");
+    // The rules editor: a refused rule is explained, a good one saved and shown again.
+    assert!(
+        v["rulesError"]
+            .as_str()
+            .unwrap()
+            .contains("country rules need a country database"),
+        "{ctx}"
+    );
+    assert_eq!(
+        v["rules"],
+        json!([{"type": "ip.src", "values": "10.0.0.0/8, 192.0.2.7/32", "action": "block"}]),
+        "{ctx}"
+    );
+    assert_eq!(v["referers"], "*.example.com, none", "{ctx}");
     // Played 4 s of media through hls.js, decoded (the video has a size).
     assert!(v["played"]["currentTime"].as_f64().unwrap() >= 4.0, "{ctx}");
     assert_eq!(v["played"]["engine"], "hls.js", "{ctx}");
@@ -243,11 +258,14 @@ fn the_page_in_chromium_logs_in_adds_plays_and_signs_out() {
         json!({"src": null, "readyState": 0, "hidden": true}),
         "{ctx}"
     );
-    // No CSP violation, script error or failed load in the page's console: only the 403
-    // of the test's own probe after sign-out.
+    // No CSP violation, script error or failed load in the page's console: only the 400
+    // of the refused country rule and the 403 of the test's own probe after sign-out.
     assert_eq!(
         v["console"],
-        json!(["Failed to load resource: the server responded with a status of 403 (Forbidden)"]),
+        json!([
+            "Failed to load resource: the server responded with a status of 400 (Bad Request)",
+            "Failed to load resource: the server responded with a status of 403 (Forbidden)"
+        ]),
         "{ctx}"
     );
 }

@@ -93,7 +93,8 @@
     $('app').hidden = true;
     $('login').hidden = false;
     $('viewers').hidden = true;
-    for (const t of ['streams', 'sessions']) $(t).tBodies[0].replaceChildren();
+    $('rules').hidden = true;
+    for (const t of ['streams', 'sessions', 'screens']) $(t).tBodies[0].replaceChildren();
   }
 
   async function signout() {
@@ -103,7 +104,7 @@
   // ---- streams --------------------------------------------------------------------------
 
   async function refreshAll() {
-    await Promise.all([loadStreams(), loadSessions()]);
+    await Promise.all([loadStreams(), loadSessions(), loadScreens()]);
     if (!$('viewers').hidden) await loadViewers($('viewers-id').textContent);
   }
 
@@ -121,6 +122,7 @@
         button('Play', guarded(() => play(s.id)), 'primary play'),
         button('Copy URL', guarded(() => copyUrl(s.id)), 'copy'),
         button('Viewers', guarded(() => loadViewers(s.id)), 'viewers'),
+        button('Rules', () => openRules(s), 'rules'),
         button('Edit', () => edit(tr, s), 'edit'),
         button('Delete', (e) => confirmDelete(e.target, s.id), 'danger delete'));
       tr.append(el('td', { textContent: s.id }), url, live,
@@ -169,6 +171,56 @@
       if (playing === id) stop();
       await loadStreams();
     })();
+  }
+
+  // ---- where a stream may be watched ----------------------------------------------------
+
+  const MATCHES = [['ip.geoip.country', 'Country'], ['ip.src', 'Network'], ['any', 'Anyone']];
+
+  function ruleRow(rule) {
+    const type = el('select', { className: 'rule-type' },
+      ...MATCHES.map(([v, t]) => el('option', { value: v, textContent: t, selected: v === rule.type })));
+    const values = el('input', { className: 'rule-values', size: 40,
+      value: (rule.country || rule.ip || []).join(', ') });
+    const action = el('select', { className: 'rule-action' },
+      ...['allow', 'block'].map((a) => el('option', { value: a, textContent: a, selected: a === rule.action })));
+    const sync = () => { values.disabled = type.value === 'any'; };
+    type.addEventListener('change', sync);
+    sync();
+    const tr = el('tr', {}, el('td', {}, type), el('td', {}, values), el('td', {}, action));
+    tr.append(el('td', {}, button('Remove', () => tr.remove(), 'danger remove-rule')));
+    return tr;
+  }
+
+  function openRules(s) {
+    $('rules-id').textContent = s.id;
+    $('rules').dataset.id = s.id;
+    $('rules-table').tBodies[0].replaceChildren(...(s.accessRules || []).map(ruleRow));
+    $('rules-referers').value = (s.referers || []).join(', ');
+    $('rules').hidden = false;
+  }
+
+  function readRules() {
+    const split = (text) => text.split(',').map((v) => v.trim()).filter((v) => v);
+    return [...$('rules-table').tBodies[0].rows].map((tr) => {
+      const type = tr.querySelector('.rule-type').value;
+      const rule = { type, action: tr.querySelector('.rule-action').value };
+      const values = split(tr.querySelector('.rule-values').value);
+      if (type === 'ip.src') rule.ip = values;
+      if (type === 'ip.geoip.country') rule.country = values;
+      return rule;
+    });
+  }
+
+  async function saveRules(event) {
+    event.preventDefault();
+    const id = $('rules').dataset.id;
+    const referers = $('rules-referers').value.split(',').map((v) => v.trim()).filter((v) => v);
+    const s = await api('PUT', `/api/streams/${id}`, { accessRules: readRules(), referers });
+    openRules(s);
+    $('notice').textContent = `Rules of stream ${id} saved.`;
+    setTimeout(() => { $('notice').textContent = ''; }, 4000);
+    await loadStreams();
   }
 
   // ---- playback -------------------------------------------------------------------------
@@ -263,6 +315,19 @@
       }), 'danger')))));
   }
 
+  async function loadScreens() {
+    const s = await api('GET', '/api/screens');
+    $('screens-limit').textContent = s.max > 0
+      ? `(${s.screens.length} of ${s.max} in use; ${s.whenFull === 'end_oldest' ? 'a new one ends the oldest' : 'more are refused'})`
+      : '(no limit)';
+    const row = (v, state) => el('tr', {},
+      el('td', { textContent: v.id.slice(0, 8) }), el('td', { textContent: v.streamID }),
+      el('td', { textContent: v.ip }), el('td', { textContent: v.userAgent }),
+      el('td', { textContent: v.edge }), el('td', { textContent: state }));
+    $('screens').tBodies[0].replaceChildren(...s.screens.map((v) => row(v, 'playing')),
+      ...s.ended.map((v) => row(v, v.endedReason === 'screens' ? 'ended: a newer screen took its place' : 'ended')));
+  }
+
   async function loadSessions() {
     const { sessions } = await api('GET', '/api/sessions');
     $('sessions').tBodies[0].replaceChildren(...sessions.map((s) => el('tr', {},
@@ -285,5 +350,8 @@
     $('stop').addEventListener('click', stop);
     $('copy-url').addEventListener('click', guarded(() => copy($('playback-url').value)));
     $('video').addEventListener('timeupdate', onTime);
+    $('rules-add').addEventListener('click', () => $('rules-table').tBodies[0].append(ruleRow({ type: 'ip.geoip.country', action: 'block' })));
+    $('rules-form').addEventListener('submit', guarded(saveRules));
+    $('rules-close').addEventListener('click', () => { $('rules').hidden = true; });
   });
 })();

@@ -72,6 +72,32 @@ try {
     streamUrl.replace(/index\.m3u8$/, "main.m3u8"), 10000);
   step('stream edited');
 
+  // Rules: a country rule is refused on this edge (no country database) and nothing is
+  // saved; as a network rule, with the page allowed to send no Referer, it is saved and
+  // shown again when the panel is reopened.
+  await row.locator('button.rules').click();
+  await page.click('#rules-add');
+  await page.fill('#rules-table .rule-values', 'US');
+  await page.click('#rules-save');
+  await until(() => !document.getElementById('error').hidden, null, 5000);
+  out.rulesError = await page.textContent('#error');
+  await page.selectOption('#rules-table .rule-type', 'ip.src');
+  await page.fill('#rules-table .rule-values', '10.0.0.0/8, 192.0.2.7');
+  await page.fill('#rules-referers', 'none, *.Example.com');
+  await page.click('#rules-save');
+  await until(() => document.getElementById('notice').textContent.includes('saved'), null, 5000);
+  await page.click('#rules-close');
+  await row.locator('button.rules').click();
+  out.rules = await page.evaluate(() => [...document.querySelectorAll('#rules-table tbody tr')].map((tr) => ({
+    type: tr.querySelector('.rule-type').value,
+    values: tr.querySelector('.rule-values').value,
+    action: tr.querySelector('.rule-action').value,
+  })));
+  out.referers = await page.inputValue('#rules-referers');
+  await shot('admin-rules');
+  await page.click('#rules-close');
+  step('rules saved');
+
   await page.locator('#streams tbody tr button.play').first().click();
   await until(() => document.getElementById('video').currentTime >= 4
       || document.getElementById('video').dataset.error, null, 45000);
