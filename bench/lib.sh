@@ -152,11 +152,12 @@ start_bare() { # file [tls]
 
 # The other build of a two-build comparison ($OLD_BIN): the same config on other ports
 # (18090, ...), the same key file (tokens verify on both), without the keys older builds do
-# not know (and whose listeners would clash). Sets OLD_PID.
+# not know (and whose listeners would clash), and OLD_SED's edits (a sed script) if set.
+# Sets OLD_PID.
 start_old_build() {
     sed -E -e '/^  (tls|access_log|access_log_format|upgrade_socket):/d' -e 's/127.0.0.1:18080/127.0.0.1:18090/' -e 's/127.0.0.1:18083/127.0.0.1:18093/' \
         -e 's/127.0.0.1:18089/127.0.0.1:18099/' -e 's#sqlite://data/bench.db#sqlite://data/bench-old.db#' \
-        "$HLSGATE_CONFIG" >"$RUN/old.yaml"
+        ${OLD_SED:+-e "$OLD_SED"} "$HLSGATE_CONFIG" >"$RUN/old.yaml"
     RUST_LOG=warn "$OLD_BIN" edge -c "$RUN/old.yaml" >"$RUN/old.log" 2>&1 &
     OLD_PID=$!
     PIDS+=("$OLD_PID")
