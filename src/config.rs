@@ -1308,6 +1308,31 @@ mod tests {
                 "unknown field",
             ),
             (
+                "origins:\n  allow: [\"127.0.0.1\"]\nstreams:\n  a:\n    url: \"http://127.0.0.1:9/i.m3u8\"\n    access_rules: [{type: ip.geoip.country, country: [US], action: block}]\n",
+                "streams.a.access_rules",
+                "set geoip.database",
+            ),
+            (
+                "origins:\n  allow: [\"127.0.0.1\"]\nstreams:\n  a:\n    url: \"http://127.0.0.1:9/i.m3u8\"\n    access_rules: [{type: ip.src, ip: [\"10.0.0.0/40\"], action: block}]\n",
+                "streams.a.access_rules",
+                "not an address or CIDR",
+            ),
+            (
+                "origins:\n  allow: [\"127.0.0.1\"]\nstreams:\n  a:\n    url: \"http://127.0.0.1:9/i.m3u8\"\n    referers: [\"https://x.example\"]\n",
+                "streams.a.referers",
+                "host pattern",
+            ),
+            (
+                "geoip:\n  database: \"/does/not/exist.mmdb\"\n",
+                "geoip.database",
+                "/does/not/exist.mmdb",
+            ),
+            (
+                "geoip:\n  database: \"Cargo.toml\"\n",
+                "geoip.database",
+                "not a MaxMind database",
+            ),
+            (
                 "origins:\n  allow: [\"a b\"]\n",
                 "origins.allow[0]",
                 "neither",

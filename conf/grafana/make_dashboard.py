@@ -55,6 +55,9 @@ panel("timeseries", "Requests by kind and status", [(f'sum by (kind, status) (ra
 panel("timeseries", "Refusals by reason", [(f'sum by (reason) (rate(hlsgate_auth_denials_total{{{I}}}[{R}]))', "{{reason}}")], 12, 12, 8, "reqps",
       desc="Every refusal the edge makes, by the reason in its JSON error: malformed/forged/expired tokens, wrong viewer or stream, route, limits, store_unavailable.")
 nexty()
+panel("timeseries", "Refused for where or how many: country, network, referer, screens", [(f'sum by (reason) (rate(hlsgate_auth_denials_total{{{I},reason=~"country|network|referer|screens"}}[{R}]))', "{{reason}}")], 0, 24, 6, "reqps",
+      desc="Access rules (a stream's, or a token's or cookie's own: country from geoip.database, network), a stream's allowed Referer pages, and screens per account (admin.max_screens_per_user; with screens_full: end_oldest, the ended sessions' next requests).")
+nexty(6)
 row("Segment cache")
 panel("timeseries", "Cache lookups by result", [(f'sum by (result) (rate(hlsgate_cache_requests_total{{{I}}}[{R}]))', "{{result}}")], 0, 8, 8, "reqps",
       desc="stale: answered from a stale copy because the origin failed (cache.stale_if_error); failed: the origin's remembered failure (cache.error_ttl) answered again; updating: a stale playlist answered while one background request refreshes it.")
