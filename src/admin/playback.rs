@@ -136,8 +136,21 @@ fn credential_rules(st: &super::AdminState, v: Option<&Value>) -> Result<Option<
             "country rules need a country database (geoip.database) on the edges",
         ));
     }
+    // The rules travel in every native token the credential is exchanged for.
+    let mut encoded = Vec::new();
+    r.encode(&mut encoded);
+    if encoded.len() > MAX_CREDENTIAL_RULES {
+        return Err(bad(format!(
+            "accessRules: {} bytes in a token, at most {MAX_CREDENTIAL_RULES} (fewer networks)",
+            encoded.len()
+        )));
+    }
     Ok((!r.is_empty()).then(|| r.to_json()))
 }
+
+/// Most bytes a credential's access rules take in a native token (`token::MAX_SCOPE` holds
+/// them with the login session and the key).
+const MAX_CREDENTIAL_RULES: usize = 512;
 
 /// The caller's stream named by `streamID`, when what is issued for it ends (unix
 /// seconds: the caller's login session's end or `tokens.session_ttl`), and the login
@@ -174,10 +187,16 @@ async fn own_stream(
 pub async fn playback_token(State(st): St, headers: HeaderMap, body: Body) -> ApiResult {
     let b: TokenRequest = parse(body)?;
     let (s, exp, login) = own_stream_in_session(&st, &headers, &b.stream_id).await?;
+    let mut nonce = [0u8; 16];
+    getrandom::getrandom(&mut nonce).map_err(|_| bad("no randomness"))?;
+    let jti = hex(&nonce);
     let mut claims = json!({
         "aws:channel-arn": format!("arn:hlsgate:edge::stream/{}", s.id),
         "exp": exp,
         "iat": unix_now(),
+        // Each token a viewer session (and a screen) of its own, even two asked for in
+        // the same second: the session is derived from what is signed.
+        "jti": jti,
         // Logging out (or the session ending) ends this token on every edge.
         (jwt::LOGIN_CLAIM): login,
     });
@@ -345,20 +364,24 @@ pub async fn list_viewers(State(st): St, headers: HeaderMap, RawQuery(q): RawQue
             now_ms() - crate::edge::viewers::LIVE_FOR.as_millis() as i64,
         )
         .await?
-        .into_iter()
-        .map(|v| {
-            json!({
-                "id": v.id,
-                "ip": v.ip,
-                "userAgent": v.user_agent,
-                "firstSeen": v.first_seen / 1000,
-                "lastSeen": v.last_seen / 1000,
-                "edge": v.edge,
-                "bytes": v.bytes,
-            })
-        })
+        .iter()
+        .map(viewer_json)
         .collect();
     Ok(Json(json!({ "streamID": s.id, "viewers": viewers })).into_response())
+}
+
+/// A viewer session as the API shows it (times in unix seconds).
+fn viewer_json(v: &crate::store::ViewerSession) -> Value {
+    json!({
+        "id": v.id,
+        "streamID": v.stream_id,
+        "ip": v.ip,
+        "userAgent": v.user_agent,
+        "firstSeen": v.first_seen / 1000,
+        "lastSeen": v.last_seen / 1000,
+        "edge": v.edge,
+        "bytes": v.bytes,
+    })
 }
 
 /// `DELETE /api/viewers/{id}`: end a viewer session of one of the caller's streams; every
@@ -391,16 +414,7 @@ pub async fn list_screens(State(st): St, headers: HeaderMap) -> ApiResult {
     let since = now_ms() - crate::edge::viewers::LIVE_FOR.as_millis() as i64;
     let (mut live, mut ended) = (Vec::new(), Vec::new());
     for a in st.store.account_sessions(c.user_id, since).await? {
-        let v = &a.session;
-        let mut j = json!({
-            "id": v.id,
-            "streamID": v.stream_id,
-            "ip": v.ip,
-            "userAgent": v.user_agent,
-            "firstSeen": v.first_seen / 1000,
-            "lastSeen": v.last_seen / 1000,
-            "edge": v.edge,
-        });
+        let mut j = viewer_json(&a.session);
         match a.ended_at {
             None => live.push(j),
             Some(at) => {

@@ -96,6 +96,24 @@ fn stream(
     }
 }
 
+type ViewerRow = (String, String, String, String, String, i64, i64, i64);
+
+fn viewer(
+    (id, stream_id, ip, user_agent, edge, first_seen, last_seen, bytes): ViewerRow,
+) -> ViewerSession {
+    ViewerSession {
+        id,
+        stream_id,
+        ip,
+        user_agent,
+        edge,
+        first_seen,
+        last_seen,
+        bytes,
+        account: None,
+    }
+}
+
 const USER_COLS: &str = "id, username, password_hash, created_at";
 const SESSION_COLS: &str = "id, user_id, created_at, expires_at, ip, user_agent";
 const STREAM_COLS: &str =
@@ -127,6 +145,34 @@ macro_rules! apply_migration {
                 .await
                 .map_err(|e| migration_error(version, e))?;
         }
+    };
+}
+
+/// In transaction `$tx`: add what an edge saw of viewer session `$r` (a `&ViewerSession`):
+/// its `bytes` are added, its account kept when the report names none.
+macro_rules! upsert_viewer {
+    ($tx:ident, $r:expr) => {
+        let r: &ViewerSession = $r;
+        sqlx::query(
+            "INSERT INTO viewer_sessions (id, stream_id, ip, user_agent, edge, \
+             first_seen, last_seen, bytes, account) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (id) DO UPDATE SET ip = $3, user_agent = $4, edge = $5, \
+             last_seen = $7, bytes = viewer_sessions.bytes + $8, \
+             account = COALESCE($9, viewer_sessions.account)",
+        )
+        .bind(&r.id)
+        .bind(&r.stream_id)
+        .bind(&r.ip)
+        .bind(&r.user_agent)
+        .bind(&r.edge)
+        .bind(r.first_seen)
+        .bind(r.last_seen)
+        .bind(r.bytes)
+        .bind(r.account)
+        .execute(&mut *$tx)
+        .await
+        .map_err(write_error)?;
     };
 }
 
@@ -472,32 +518,13 @@ macro_rules! sql_store {
             async fn record_viewers(&self, rows: &[ViewerSession]) -> Result<()> {
                 let mut tx = self.pool.begin().await.map_err(unavailable)?;
                 for r in rows {
-                    sqlx::query(
-                        "INSERT INTO viewer_sessions (id, stream_id, ip, user_agent, edge, \
-                         first_seen, last_seen, bytes, account) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                         ON CONFLICT (id) DO UPDATE SET ip = $3, user_agent = $4, edge = $5, \
-                         last_seen = $7, bytes = viewer_sessions.bytes + $8, \
-                         account = COALESCE($9, viewer_sessions.account)",
-                    )
-                    .bind(&r.id)
-                    .bind(&r.stream_id)
-                    .bind(&r.ip)
-                    .bind(&r.user_agent)
-                    .bind(&r.edge)
-                    .bind(r.first_seen)
-                    .bind(r.last_seen)
-                    .bind(r.bytes)
-                    .bind(r.account)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(write_error)?;
+                    upsert_viewer!(tx, r);
                 }
                 tx.commit().await.map_err(unavailable)
             }
 
             async fn viewers(&self, stream_id: &str, since: i64) -> Result<Vec<ViewerSession>> {
-                sqlx::query_as::<_, (String, String, String, String, String, i64, i64, i64)>(
+                sqlx::query_as::<_, ViewerRow>(
                     "SELECT id, stream_id, ip, user_agent, edge, first_seen, last_seen, bytes \
                      FROM viewer_sessions WHERE stream_id = $1 AND last_seen >= $2 \
                      AND revoked_at IS NULL ORDER BY first_seen, id",
@@ -506,21 +533,7 @@ macro_rules! sql_store {
                 .bind(since)
                 .fetch_all(&self.pool)
                 .await
-                .map(|rows| {
-                    rows.into_iter()
-                        .map(|r| ViewerSession {
-                            id: r.0,
-                            stream_id: r.1,
-                            ip: r.2,
-                            user_agent: r.3,
-                            edge: r.4,
-                            first_seen: r.5,
-                            last_seen: r.6,
-                            bytes: r.7,
-                            account: None,
-                        })
-                        .collect()
-                })
+                .map(|rows| rows.into_iter().map(viewer).collect())
                 .map_err(unavailable)
             }
 
@@ -657,23 +670,11 @@ macro_rules! sql_store {
                         }
                     }
                 }
-                sqlx::query(
-                    "INSERT INTO viewer_sessions (id, stream_id, ip, user_agent, edge, \
-                     first_seen, last_seen, bytes, account) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8) \
-                     ON CONFLICT (id) DO UPDATE SET last_seen = $7, account = $8, edge = $5",
-                )
-                .bind(&row.id)
-                .bind(&row.stream_id)
-                .bind(&row.ip)
-                .bind(&row.user_agent)
-                .bind(&row.edge)
-                .bind(row.first_seen)
-                .bind(row.last_seen)
-                .bind(claim.account)
-                .execute(&mut *tx)
-                .await
-                .map_err(write_error)?;
+                let row = ViewerSession {
+                    account: Some(claim.account),
+                    ..row.clone()
+                };
+                upsert_viewer!(tx, &row);
                 tx.commit().await.map_err(unavailable)?;
                 Ok(Screens::Taken { ended })
             }
@@ -690,20 +691,13 @@ macro_rules! sql_store {
                 .await
                 .map(|rows| {
                     rows.into_iter()
-                        .map(|r| AccountSession {
+                        .map(|(a, b, c, d, e, f, g, h, ended_at, ended_reason)| AccountSession {
                             session: ViewerSession {
-                                id: r.0,
-                                stream_id: r.1,
-                                ip: r.2,
-                                user_agent: r.3,
-                                edge: r.4,
-                                first_seen: r.5,
-                                last_seen: r.6,
-                                bytes: r.7,
                                 account: Some(account),
+                                ..viewer((a, b, c, d, e, f, g, h))
                             },
-                            ended_at: r.8,
-                            ended_reason: r.9,
+                            ended_at,
+                            ended_reason,
                         })
                         .collect()
                 })

@@ -595,6 +595,22 @@ impl Hlsgate {
 }
 
 impl Hlsgate {
+    /// `hlsgate serve --upgrade` on this one's config: the new process takes the listening
+    /// sockets over, this one is sent SIGQUIT and must exit within 15 s; the new one,
+    /// healthy, is returned.
+    pub fn upgraded(mut self) -> Hlsgate {
+        let new = Hlsgate::spawn("serve", &self.config, self.port, &["--upgrade"]);
+        std::thread::sleep(Duration::from_millis(500));
+        self.signal("QUIT");
+        assert!(
+            self.wait_exit(Duration::from_secs(15)).is_some(),
+            "{}",
+            self.log_text()
+        );
+        new.wait_healthy();
+        new
+    }
+
     /// SIGKILL: no graceful anything, as a crash or the OOM killer would end it.
     pub fn kill_hard(mut self) {
         if let Some(mut stdin) = self.child.stdin.take() {
