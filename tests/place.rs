@@ -495,7 +495,7 @@ fn a_changed_database_file_is_read_again() {
     let mmdb = dir.join("countries.mmdb");
     make_mmdb(&mmdb, &COUNTRIES);
     let (config, ports) = config_in(&dir, "hlsgate.yaml", &sqlite_in(&dir), &h.origin);
-    let edge = Hlsgate::start("edge", &config, ports.edge);
+    let mut edge = Hlsgate::start("edge", &config, ports.edge);
     let p = path_of(&edge.token_url(&["--stream", "ts"]));
     let newly_de = ("X-Forwarded-For", "127.0.0.5");
     assert_eq!(on(&edge, &p, &[newly_de]).0, 200);
@@ -520,6 +520,23 @@ fn a_changed_database_file_is_read_again() {
     assert!(edge
         .log_text()
         .contains("does not load; keeping the previous one"));
+    // SIGHUP reads it again too: refused while it is broken (the old one keeps serving),
+    // taken once it is good.
+    edge.signal("HUP");
+    let t = Instant::now();
+    while !edge.log_text().contains("config reload refused") {
+        assert!(t.elapsed() < Duration::from_secs(5), "{}", edge.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(on(&edge, &p, &[newly_de]).0, 403);
+    make_mmdb(&mmdb, &COUNTRIES);
+    edge.signal("HUP");
+    let t = Instant::now();
+    while on(&edge, &p, &[newly_de]).0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(5), "{}", edge.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(edge.log_text().contains("config reloaded"));
 }
 
 /// After `--upgrade`, the new process applies the stream's rules and the rules inside tokens
