@@ -5,7 +5,10 @@ for its `edge.idle_timeout`; this reconnects it and starts over, so CONNS connec
 open for the whole run. Reports requests, errors, how long the edge let a connection idle
 before closing it (min / median / max), and samples of how many were open.
 
-    idle.py HOST PORT PATH [--conns N] [--seconds S] [--ramp S]
+    idle.py HOST PORT PATH [--conns N] [--seconds S] [--ramp S] [--source ADDR]
+
+--source: the local address to connect from (a loopback alias such as 127.0.0.2: one
+client address holding many connections, bench/connflood.sh).
 
 Stops by itself after S seconds."""
 import argparse, asyncio, json, statistics, time
@@ -19,6 +22,7 @@ async def main():
     ap.add_argument("--conns", type=int, default=10000)
     ap.add_argument("--seconds", type=float, default=600)
     ap.add_argument("--ramp", type=float, default=20)
+    ap.add_argument("--source", default=None)
     a = ap.parse_args()
     req = f"GET {a.path} HTTP/1.1\r\nHost: {a.host}:{a.port}\r\nUser-Agent: hlsgate-idle\r\n\r\n".encode()
     stop = time.monotonic() + a.seconds
@@ -33,7 +37,8 @@ async def main():
         await asyncio.sleep(a.ramp * i / a.conns)
         while time.monotonic() < stop:
             try:
-                r, w = await asyncio.wait_for(asyncio.open_connection(a.host, a.port), 10)
+                r, w = await asyncio.wait_for(asyncio.open_connection(
+                    a.host, a.port, local_addr=(a.source, 0) if a.source else None), 10)
             except Exception as e:
                 err(f"connect: {type(e).__name__}")
                 await asyncio.sleep(1)

@@ -449,10 +449,11 @@ fn a_users_stream_rules_are_set_in_the_admin_and_apply_on_every_edge() {
     );
     let rules = r#"[{"type":"ip.geoip.country","country":["XX"],"action":"block"}]"#;
     let q: String = url_encode(rules);
+    let cookies_path = format!("/api/stream-cookies?streamID={id}&accessRules={q}");
     let r = send(
         "GET",
         h.ports.admin,
-        &format!("/api/stream-cookies?streamID={id}&accessRules={q}"),
+        &cookies_path,
         &[
             ("User-Agent", UA),
             ("Authorization", &format!("Bearer {jwt}")),
@@ -462,6 +463,24 @@ fn a_users_stream_rules_are_set_in_the_admin_and_apply_on_every_edge() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let cookie = r.cookie_header();
+    // Each set is a viewer session of its own, even two asked for at once.
+    let again = send(
+        "GET",
+        h.ports.admin,
+        &cookies_path,
+        &[
+            ("User-Agent", UA),
+            ("Authorization", &format!("Bearer {jwt}")),
+        ],
+        None,
+    )
+    .unwrap();
+    let policy = |c: &str| {
+        c.split("; ")
+            .find(|kv| kv.starts_with("CloudFront-Policy="))
+            .map(str::to_owned)
+    };
+    assert_ne!(policy(&again.cookie_header()), policy(&cookie));
     let v: Value = serde_json::from_str(&r.text()).unwrap();
     let p = path_of(v["url"].as_str().unwrap());
     let (s, _) = on(

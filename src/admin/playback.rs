@@ -127,6 +127,13 @@ struct TokenRequest {
     access_rules: Option<Value>,
 }
 
+/// 16 random bytes, hex: what makes each credential issued a viewer session of its own.
+fn nonce() -> Result<String, ApiError> {
+    let mut n = [0u8; 16];
+    getrandom::getrandom(&mut n).map_err(|_| bad("no randomness"))?;
+    Ok(hex(&n))
+}
+
 /// Access rules a user asks to put in a credential, checked and normalised (`None`: none).
 fn credential_rules(st: &super::AdminState, v: Option<&Value>) -> Result<Option<Value>, ApiError> {
     let Some(v) = v else { return Ok(None) };
@@ -187,16 +194,13 @@ async fn own_stream(
 pub async fn playback_token(State(st): St, headers: HeaderMap, body: Body) -> ApiResult {
     let b: TokenRequest = parse(body)?;
     let (s, exp, login) = own_stream_in_session(&st, &headers, &b.stream_id).await?;
-    let mut nonce = [0u8; 16];
-    getrandom::getrandom(&mut nonce).map_err(|_| bad("no randomness"))?;
-    let jti = hex(&nonce);
     let mut claims = json!({
         "aws:channel-arn": format!("arn:hlsgate:edge::stream/{}", s.id),
         "exp": exp,
         "iat": unix_now(),
         // Each token a viewer session (and a screen) of its own, even two asked for in
         // the same second: the session is derived from what is signed.
-        "jti": jti,
+        "jti": nonce()?,
         // Logging out (or the session ending) ends this token on every edge.
         (jwt::LOGIN_CLAIM): login,
     });
@@ -285,9 +289,12 @@ pub async fn stream_cookies(State(st): St, headers: HeaderMap, RawQuery(q): RawQ
     let authority = edge.split_once("://").map_or(edge.as_str(), |(_, a)| a);
     let policy = cloudfront::custom_policy(&format!("http*://{authority}/hls/{}/*", s.id), exp);
     // Logging out (or the session ending) ends these cookies on every edge.
-    let policy = cloudfront::with_login(&policy, &login);
-    let policy = match &access {
-        Some(r) => cloudfront::with_access_rules(&policy, r),
+    let policy = cloudfront::with_field(&policy, "hlsgate:Session", json!(login));
+    // Two sets asked for in the same second are two viewer sessions (two screens): the
+    // session is derived from what is signed.
+    let policy = cloudfront::with_field(&policy, "hlsgate:Nonce", json!(nonce()?));
+    let policy = match access {
+        Some(r) => cloudfront::with_field(&policy, "hlsgate:AccessRules", r),
         None => policy,
     };
     let derived = st.keyring().derive(cloudfront::NATIVE_LABEL);

@@ -503,22 +503,15 @@ pub fn sign_native(policy: &str, kid: u8, secret: &[u8; 32]) -> (String, String,
     )
 }
 
-/// `policy` (one statement, as [`custom_policy`] makes it) naming the login session `login`
-/// (hex), which the edge checks is live when its own cookies are used.
-pub fn with_login(policy: &str, login: &str) -> String {
+/// `policy` (one statement, as [`custom_policy`] makes it) with `field` set in its
+/// statement: the edge's own cookies carry `hlsgate:Session` (the login session, hex,
+/// checked live), `hlsgate:AccessRules` (rules in [`crate::rules`]' shape) and
+/// `hlsgate:Nonce` (each issue a viewer session of its own). Read only from the edge's own
+/// cookies.
+pub fn with_field(policy: &str, field: &str, value: serde_json::Value) -> String {
     let mut v: serde_json::Value = serde_json::from_str(policy).unwrap_or_default();
     if let Some(st) = v["Statement"].get_mut(0) {
-        st["hlsgate:Session"] = serde_json::Value::from(login);
-    }
-    v.to_string()
-}
-
-/// `policy` (one statement) carrying access rules (JSON, [`crate::rules`]' shape), which
-/// the edge applies when its own cookies are used.
-pub fn with_access_rules(policy: &str, rules: &serde_json::Value) -> String {
-    let mut v: serde_json::Value = serde_json::from_str(policy).unwrap_or_default();
-    if let Some(st) = v["Statement"].get_mut(0) {
-        st["hlsgate:AccessRules"] = rules.clone();
+        st[field] = value;
     }
     v.to_string()
 }
