@@ -240,7 +240,6 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
         Checked::Redirect(to) => return Ok(Admission::Redirect(to)),
     };
     let country = check_place(st, req, &stream, &verified.scope, ip)?;
-    screens(st, &verified, &viewer).await?;
     let rules = verified.scope.rules.clone();
     let cap = rules.as_ref().and_then(|r| r.max_height);
     let base = &stream.origin.space().base;
@@ -295,6 +294,8 @@ pub async fn authorize(st: &EdgeState, req: &Request<'_>, now: u32) -> Result<Ad
     }
     parts.extend(query.directives.iter().copied());
     let origin_query = (!parts.is_empty()).then(|| parts.join("&"));
+    // Last: a request refused for anything else takes no screen.
+    screens(st, &verified, &viewer).await?;
     let token = match redecided {
         // The external handler judged the session again: the grant restarts from now.
         Some(g) => st.keyring.issue(&g),
