@@ -3,8 +3,8 @@
 # connection cap (edge.max_connections_per_ip, issue 26) against a connection flood.
 # Viewers (wrk -t1 -c32, from 127.0.0.1, connecting while the flood is on) play the cached
 # live playlist; one client from 127.0.0.2 (bench/idle.py --source) opens FLOOD keep-alive
-# connections, one request each, then holds them idle, and reconnects at once whenever one
-# is closed or refused. Both edges have edge.max_connections 512 and a 60 s idle timeout.
+# connections, one request each (/healthz), then holds them idle, and reconnects at once
+# whenever one is closed or refused. Both edges have edge.max_connections 512 and a 60 s idle timeout.
 # Rounds interleaved, each side DURATION:
 #
 #   alone    the viewers, no flood (capped edge)
@@ -40,7 +40,7 @@ PATH_Q=${VIEWER#http://127.0.0.1:18080}
 side() {
     local port=$1 flood=$2 fpid=
     if [ "$flood" = yes ]; then
-        python3 bench/idle.py 127.0.0.1 "$port" "$PATH_Q" --conns "$FLOOD" --ramp 2 \
+        python3 bench/idle.py 127.0.0.1 "$port" /healthz --conns "$FLOOD" --ramp 2 \
             --seconds $(( secs + 5 )) --source 127.0.0.2 >"$RUN/flood.$port.json" &
         fpid=$!
         sleep 4 # the flood holds its connections
