@@ -450,31 +450,22 @@ fn a_users_stream_rules_are_set_in_the_admin_and_apply_on_every_edge() {
     let rules = r#"[{"type":"ip.geoip.country","country":["XX"],"action":"block"}]"#;
     let q: String = url_encode(rules);
     let cookies_path = format!("/api/stream-cookies?streamID={id}&accessRules={q}");
-    let r = send(
-        "GET",
-        h.ports.admin,
-        &cookies_path,
-        &[
-            ("User-Agent", UA),
-            ("Authorization", &format!("Bearer {jwt}")),
-        ],
-        None,
-    )
-    .unwrap();
+    let auth = format!("Bearer {jwt}");
+    let cookies = || {
+        send(
+            "GET",
+            h.ports.admin,
+            &cookies_path,
+            &[("User-Agent", UA), ("Authorization", &auth)],
+            None,
+        )
+        .unwrap()
+    };
+    let r = cookies();
     assert_eq!(r.status, 200, "{}", r.text());
     let cookie = r.cookie_header();
     // Each set is a viewer session of its own, even two asked for at once.
-    let again = send(
-        "GET",
-        h.ports.admin,
-        &cookies_path,
-        &[
-            ("User-Agent", UA),
-            ("Authorization", &format!("Bearer {jwt}")),
-        ],
-        None,
-    )
-    .unwrap();
+    let again = cookies();
     let policy = |c: &str| {
         c.split("; ")
             .find(|kv| kv.starts_with("CloudFront-Policy="))

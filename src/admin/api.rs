@@ -429,6 +429,21 @@ fn stored_rules(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| json!([]))
 }
 
+/// Access rules as a user sent them (a stream's, or a credential's), checked: rules naming
+/// countries need a country database (the edges share the admin's config).
+pub(super) fn access_rules(
+    st: &AdminState,
+    v: &Value,
+) -> Result<crate::rules::AccessRules, ApiError> {
+    let r = crate::rules::AccessRules::from_json(v).map_err(bad)?;
+    if r.needs_country() && st.cfg().geoip.is_none() {
+        return Err(bad(
+            "country rules need a country database (geoip.database) on the edges",
+        ));
+    }
+    Ok(r)
+}
+
 /// A stream's `accessRules` and `referers` as sent, checked, in the form they are stored:
 /// `None` for each one not sent.
 fn check_rules(
@@ -440,12 +455,7 @@ fn check_rules(
         None => None,
         Some(Value::Null) => Some(String::new()),
         Some(v) => {
-            let r = crate::rules::AccessRules::from_json(v).map_err(bad)?;
-            if r.needs_country() && st.cfg().geoip.is_none() {
-                return Err(bad(
-                    "country rules need a country database (geoip.database) on the edges",
-                ));
-            }
+            let r = access_rules(st, v)?;
             Some(if r.is_empty() {
                 String::new()
             } else {

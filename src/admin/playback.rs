@@ -137,12 +137,7 @@ fn nonce() -> Result<String, ApiError> {
 /// Access rules a user asks to put in a credential, checked and normalised (`None`: none).
 fn credential_rules(st: &super::AdminState, v: Option<&Value>) -> Result<Option<Value>, ApiError> {
     let Some(v) = v else { return Ok(None) };
-    let r = crate::rules::AccessRules::from_json(v).map_err(bad)?;
-    if r.needs_country() && st.cfg().geoip.is_none() {
-        return Err(bad(
-            "country rules need a country database (geoip.database) on the edges",
-        ));
-    }
+    let r = super::api::access_rules(st, v)?;
     // The rules travel in every native token the credential is exchanged for.
     let mut encoded = Vec::new();
     r.encode(&mut encoded);
