@@ -599,7 +599,11 @@ fn an_account_plays_on_at_most_its_screens(backend: Backend) {
     let (config, ports) = config_in(&dir, "hlsgate.yaml", &db.url, &h.origin);
     let (config2, ports2) = config_in(&dir, "edge2.yaml", &db.url, &h.origin);
     for c in [&config, &config2] {
-        add_config_keys(c, "admin", "  max_screens_per_user: 3\n");
+        add_config_keys(
+            c,
+            "admin",
+            "  max_screens_per_user: 3\n  trusted_backends: [\"127.0.0.1/32\"]\n",
+        );
     }
     let mut serve = Hlsgate::start("serve", &config, ports.edge);
     let mut edge2 = Hlsgate::start("edge", &config2, ports2.edge);
@@ -645,27 +649,35 @@ fn an_account_plays_on_at_most_its_screens(backend: Backend) {
     assert_eq!(s, 200, "{first}");
     let first_seg = first_edge_uri(&first);
 
-    // A user may lower their own limit, never raise it.
-    let (s, v, _) = api_as(
-        UA,
-        ports.admin,
-        "PUT",
-        "/api/screens",
-        Some(&jwt),
-        Some(json!({"max": 9})),
+    // The account's own limit is the platform's to set (its backend is one of
+    // admin.trusted_backends, as for X-Viewer-IP), not the viewer's.
+    let set = |port: u16, jwt: &str, max: Value| {
+        api_as(
+            UA,
+            port,
+            "PUT",
+            "/api/screens",
+            Some(jwt),
+            Some(json!({ "max": max })),
+        )
+    };
+    let other = login_as(UA, h.ports.admin, "vic-screens");
+    let (s, v, _) = set(h.ports.admin, &other, json!(9));
+    assert_eq!(s, 403, "{v}");
+    let (s, v, _) = set(ports.admin, &jwt, json!(4));
+    assert_eq!(
+        (s, v["max"].as_u64(), v["own"].as_u64()),
+        (200, Some(4), Some(4)),
+        "{v}"
     );
+    let (ok, err) = ffmpeg_play(&url_on(&serve, &viewers[3]), UA);
+    assert!(ok, "a 4-screen plan's 4th screen: {err}");
+    let (s, v, _) = set(ports.admin, &jwt, Value::Null);
     assert_eq!((s, v["max"].as_u64()), (200, Some(3)), "{v}");
-    let (s, v, _) = api_as(
-        UA,
-        ports.admin,
-        "PUT",
-        "/api/screens",
-        Some(&jwt),
-        Some(json!({"max": null})),
-    );
-    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["screens"].as_array().map(Vec::len), Some(4), "{v}");
 
-    // end_oldest: the 4th plays and the first (the oldest) is ended on every edge.
+    // end_oldest: a 5th plays and the oldest two (4 in use, 3 allowed again) are ended on
+    // every edge.
     for (g, c) in [(&mut serve, &config), (&mut edge2, &config2)] {
         add_config_keys(c, "admin", "  screens_full: end_oldest\n");
         g.signal("HUP");
@@ -679,8 +691,9 @@ fn an_account_plays_on_at_most_its_screens(backend: Backend) {
         assert!(t.elapsed() < Duration::from_secs(5), "{log}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (ok, err) = ffmpeg_play(&url_on(&edge2, &viewers[3]), UA);
-    assert!(ok, "4th screen in end_oldest mode: {err}");
+    let fifth = token();
+    let (ok, err) = ffmpeg_play(&url_on(&edge2, &fifth), UA);
+    assert!(ok, "5th screen in end_oldest mode: {err}");
     let (s, body) = on(&edge2, &first_seg, &[]);
     assert_eq!(s, 403, "{body}");
     assert!(
@@ -696,12 +709,25 @@ fn an_account_plays_on_at_most_its_screens(backend: Backend) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, v, _) = api_as(UA, ports.admin, "GET", "/api/screens", Some(&jwt), None);
-    assert_eq!(
-        v["ended"][0]["endedReason"].as_str(),
-        Some("screens"),
-        "{v}"
-    );
+    let ended: Vec<(&str, &str)> = v["ended"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap(),
+                e["endedReason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ended.len(), 2, "{v}");
+    assert!(ended.iter().all(|(_, why)| *why == "screens"), "{v}");
     assert_eq!(v["screens"].as_array().map(Vec::len), Some(3), "{v}");
+    // The second viewer was ended too; the third plays on.
+    let (_, second) = on(&serve, &viewers[1], &[]);
+    assert!(second.contains("a newer screen"), "{second}");
+    let (ok, err) = ffmpeg_play(&url_on(&serve, &viewers[2]), UA);
+    assert!(ok, "the 3rd screen: {err}");
     let m = get(ports.metrics, "/metrics", &[]).unwrap().text();
     assert!(sample(&m, "hlsgate_auth_denials_total{reason=\"screens\"}") >= 1.0);
 }

@@ -7,7 +7,7 @@ use super::api::{bad, caller, parse, stream_id_value, user_stream, ApiResult, Bo
 use super::ApiError;
 use crate::store::{hex, now_ms, PlaybackKey};
 use crate::token::{cloudfront, jwt, unix_now};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -408,7 +408,8 @@ pub async fn delete_viewer(State(st): St, headers: HeaderMap, Path(id): Path<Str
 /// `GET /api/screens`: the caller's screens — the viewer sessions playing with credentials
 /// issued to their account (on every edge sharing the store), and those ended lately to
 /// make room for a newer one (`endedReason: "screens"`) — with the limit that applies:
-/// `max` (0: none), from `admin.max_screens_per_user` and the user's own lower one.
+/// `max` (0: none), the account's own (`own`, set by the platform) or
+/// `admin.max_screens_per_user`.
 pub async fn list_screens(State(st): St, headers: HeaderMap) -> ApiResult {
     let c = caller(&st, &headers).await?;
     let cfg = st.cfg();
@@ -444,20 +445,33 @@ pub async fn list_screens(State(st): St, headers: HeaderMap) -> ApiResult {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScreensBody {
-    /// The user's own limit; `null` (or 0): the configured one.
+    /// The account's limit: `null` for `admin.max_screens_per_user`, 0 for none.
     max: Option<u32>,
 }
 
-/// `PUT /api/screens {"max": N}`: set the caller's own screen limit. It only ever lowers
-/// `admin.max_screens_per_user` (a user cannot buy themselves more screens); `null` or 0
-/// goes back to the configured one. Answers as `GET /api/screens`.
-pub async fn set_screens(State(st): St, headers: HeaderMap, body: Body) -> ApiResult {
+/// `PUT /api/screens {"max": N}` with the user's JWT, from one of `admin.trusted_backends`
+/// (the platform's app server, as for `X-Viewer-IP`): set the account's own screen limit,
+/// higher or lower than `admin.max_screens_per_user` (a subscription plan); `null` goes back
+/// to it, 0 is no limit. Anyone else is 403: a viewer does not choose their own plan.
+/// Answers as `GET /api/screens`. (Screens are counted only while
+/// `admin.max_screens_per_user` is above 0.)
+pub async fn set_screens(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let c = caller(&st, &headers).await?;
-    let b: ScreensBody = parse(body)?;
-    let max = b.max.filter(|n| *n > 0);
-    if max.is_some_and(|n| n > 1000) {
-        return Err(bad("max: 1 to 1000 screens, or null"));
+    if !crate::net::in_nets(peer.ip(), &st.cfg().admin.trusted_backends) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "screen limits are set by the platform (admin.trusted_backends)",
+        ));
     }
-    st.store.set_user_max_screens(c.user_id, max).await?;
+    let b: ScreensBody = parse(body)?;
+    if b.max.is_some_and(|n| n > 1000) {
+        return Err(bad("max: 0 (no limit) to 1000 screens, or null"));
+    }
+    st.store.set_user_max_screens(c.user_id, b.max).await?;
     list_screens(State(st), headers).await
 }

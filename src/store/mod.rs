@@ -173,7 +173,7 @@ pub trait Store: Send + Sync + 'static {
         referers: &str,
         now: i64,
     ) -> Result<bool>;
-    /// The user's own screen limit (`None`: the configured default).
+    /// The user's own screen limit, set by the platform (`None`: the configured default).
     async fn user_max_screens(&self, user_id: i64) -> Result<Option<u32>>;
     async fn set_user_max_screens(&self, user_id: i64, max: Option<u32>) -> Result<()>;
     /// Take one of `claim.account`'s screens for the viewer session `row`, in one
@@ -206,13 +206,12 @@ pub enum Screens {
     Full { max: u32 },
 }
 
-/// A user's screen limit: the configured one (0: no limit, whatever the user's), or the
-/// user's own (`users.max_screens`) when it is lower.
+/// A user's screen limit: their own (`users.max_screens`, which the platform sets, higher or
+/// lower), else the configured one; 0 is no limit.
 pub fn effective_screens(configured: u32, own: Option<i64>) -> u32 {
-    let own = own.map(|n| n.clamp(0, u32::MAX as i64) as u32);
     match own {
-        Some(n) if n > 0 && configured > 0 => n.min(configured),
-        _ => configured,
+        Some(n) => n.clamp(0, u32::MAX as i64) as u32,
+        None => configured,
     }
 }
 
