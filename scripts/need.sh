@@ -107,8 +107,9 @@ as_postgres() {
     fi
 }
 
-# A Python virtualenv at target/pyvenv holding the PyPI signers the tests call that Debian
-# does not package (Akamai's EdgeAuth library).
+# A Python virtualenv at target/pyvenv holding what the tests call from PyPI that Debian
+# does not package: the signers (Akamai's EdgeAuth library, PyJWT, botocore) and
+# mmdb-writer (the country databases of tests/place.rs and bench/geoip.sh).
 need_pyvenv() {
     local venv=target/pyvenv
     "$venv/bin/python" -c "import akamai.edgeauth, jwt, botocore, cryptography, mmdb_writer" >/dev/null 2>&1 && return 0
