@@ -350,10 +350,10 @@ impl Referers {
                 && host.len() <= 253
                 && host
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.*:".contains(&b));
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b));
             if !host_ok || p.contains("://") || path.bytes().any(|b| b <= b' ' || b >= 0x7f) {
                 return Err(format!(
-                    "referer {p:?}: a host pattern (*.example.com), host/path, or none"
+                    "referer {p:?}: a host pattern (*.example.com; no scheme or port), host/path, or none"
                 ));
             }
             r.patterns
@@ -537,7 +537,7 @@ mod tests {
         assert!(list(&["none"]).allows(""));
         assert!(!list(&["none"]).allows("https://a.test/"));
         assert_eq!(Referers::parse(&[]), Ok(None));
-        for bad in ["https://a.test", "a b", "", "a.test/\u{7f}"] {
+        for bad in ["https://a.test", "a b", "", "a.test/\u{7f}", "a.test:8443"] {
             assert!(Referers::parse(&[bad.to_string()]).is_err(), "{bad}");
         }
     }
