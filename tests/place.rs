@@ -637,6 +637,22 @@ fn an_account_plays_on_at_most_its_screens(backend: Backend) {
         body.contains("every screen of this account is in use"),
         "{body}"
     );
+    // A full account's new sessions are refused for a second without a store
+    // transaction each: 20 more asks, at most a claim or two.
+    let claims = || {
+        let m = get(ports.metrics, "/metrics", &[]).unwrap().text();
+        m.lines()
+            .filter(|l| {
+                l.starts_with("hlsgate_store_queries_total{") && l.contains("what=\"claim_screen\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>()
+    };
+    let before = claims();
+    for _ in 0..20 {
+        assert_eq!(on(&serve, &viewers[3], &[]).0, 403);
+    }
+    assert!(claims() - before <= 2.0, "{} claims", claims() - before);
     let (s, v, _) = api_as(UA, ports.admin, "GET", "/api/screens", Some(&jwt), None);
     assert_eq!(s, 200, "{v}");
     assert_eq!(
@@ -670,6 +686,8 @@ fn an_account_plays_on_at_most_its_screens(backend: Backend) {
         (200, Some(4), Some(4)),
         "{v}"
     );
+    // (the edges remember a full account for a second)
+    std::thread::sleep(Duration::from_millis(1100));
     let (ok, err) = ffmpeg_play(&url_on(&serve, &viewers[3]), UA);
     assert!(ok, "a 4-screen plan's 4th screen: {err}");
     let (s, v, _) = set(ports.admin, &jwt, Value::Null);

@@ -340,6 +340,17 @@ async fn screens(st: &EdgeState, v: &Verified, viewer: &Viewer<'_>) -> Result<()
     let Some(account) = account else {
         return Ok(());
     };
+    let full = || {
+        Denial::new(
+            403,
+            "screens",
+            "every screen of this account is in use: stop playing on another device",
+        )
+    };
+    let end_oldest = admin.screens_full == crate::config::ScreensFull::EndOldest;
+    if !end_oldest && st.screens_full.contains_key(&account) {
+        return Err(full());
+    }
     let now = crate::store::now_ms();
     let row = crate::store::ViewerSession {
         id: crate::store::session_hex(&v.session),
@@ -355,7 +366,7 @@ async fn screens(st: &EdgeState, v: &Verified, viewer: &Viewer<'_>) -> Result<()
     let claim = crate::store::ScreenClaim {
         account,
         default_max: admin.max_screens_per_user,
-        end_oldest: admin.screens_full == crate::config::ScreensFull::EndOldest,
+        end_oldest,
         since: now - super::viewers::LIVE_FOR.as_millis() as i64,
         now,
     };
@@ -364,11 +375,10 @@ async fn screens(st: &EdgeState, v: &Verified, viewer: &Viewer<'_>) -> Result<()
             viewers.end(&ended, super::viewers::Ended::Screens);
             Ok(())
         }
-        Ok(crate::store::Screens::Full { .. }) => Err(Denial::new(
-            403,
-            "screens",
-            "every screen of this account is in use: stop playing on another device",
-        )),
+        Ok(crate::store::Screens::Full { .. }) => {
+            st.screens_full.insert(account, ());
+            Err(full())
+        }
         Err(_) => Err(Denial::STORE_DOWN),
     }
 }

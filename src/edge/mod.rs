@@ -87,6 +87,9 @@ pub struct EdgeState {
     /// Failed credential checks by client address: `(unix second, failures in it)`
     /// (`edge.max_failed_verifications`).
     pub failed_checks: moka::sync::Cache<std::net::IpAddr, Arc<parking_lot::Mutex<(u32, u32)>>>,
+    /// Accounts whose screens were all in use a moment ago (`admission::screens`): their
+    /// new viewer sessions are refused for [`FULL_FOR`] without a store transaction each.
+    pub screens_full: moka::sync::Cache<i64, ()>,
     /// `auth.external`: the platform's handler, its slots and its decisions.
     pub external: Option<Arc<external::External>>,
     /// The key of the exchange cache's hash (random per process).
@@ -95,6 +98,11 @@ pub struct EdgeState {
     /// edge's headers kept with cached objects were made for (`cache::Derived::tag`).
     pub generation: u64,
 }
+
+/// How long an account found with every screen in use is refused new sessions without
+/// asking the store again: one claim transaction a second at most for an account whose
+/// viewers (or a script with its credentials) keep opening new sessions.
+pub const FULL_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The next [`EdgeState::generation`].
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -197,6 +205,10 @@ impl EdgeState {
             failed_checks: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(std::time::Duration::from_secs(10))
+                .build(),
+            screens_full: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FULL_FOR)
                 .build(),
             exchange_key: {
                 let mut k = [0u8; 16];
