@@ -751,3 +751,31 @@ fn an_account_plays_on_at_most_its_screens(backend: Backend) {
 }
 
 both!(an_account_plays_on_at_most_its_screens);
+
+/// `X-Forwarded-For` buys no country from a peer that is not a trusted proxy: the TCP
+/// peer's address is judged.
+#[test]
+fn a_forwarded_address_from_an_untrusted_peer_is_not_believed() {
+    let h = harness();
+    let dir = tempfile::tempdir().unwrap().keep();
+    make_mmdb(&dir.join("countries.mmdb"), &COUNTRIES);
+    let o = h.origin.port;
+    let streams = format!(
+        "geoip:\n  database: \"{}/countries.mmdb\"\nstreams:\n  us:\n    url: \"http://127.0.0.1:{o}/ts/index.m3u8\"\n    access_rules:\n      - {{type: ip.geoip.country, country: [US], action: allow}}\n      - {{type: any, action: block}}\n",
+        dir.display()
+    );
+    let (config, ports) = write_config_with(&dir, "hlsgate.yaml", "2s", &sqlite_in(&dir), &streams);
+    let edge = Hlsgate::start("edge", &config, ports.edge);
+    let p = path_of(&edge.token_url(&["--stream", "us"]));
+    // edge.trusted_proxies is empty: the viewer is 127.0.0.1 (XX), whatever it claims.
+    let (s, body) = on(&edge, &p, &[US]);
+    assert_eq!(
+        (s, body.as_str()),
+        (403, r#"{"error":"not allowed from this country"}"#)
+    );
+    // Where 127.0.0.1 is a trusted proxy (the shared edges), the forwarded address is
+    // believed: DE is refused on the DE-blocking stream, though the peer itself is XX.
+    let p2 = path_of(&h.serve.token_url(&["--stream", "ts"]));
+    assert_eq!(on(&h.serve, &p2, &[DE]).0, 403);
+    assert_eq!(on(&h.serve, &p2, &[]).0, 200);
+}
