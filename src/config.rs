@@ -631,7 +631,7 @@ pub struct Admin {
 }
 
 /// `admin.screens_full`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ScreensFull {
     /// The new viewer session is refused: 403 `screens`.

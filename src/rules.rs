@@ -157,8 +157,7 @@ impl AccessRules {
 
     /// Parse a JSON list of rules (the admin API, a JWT claim).
     pub fn from_json(v: &serde_json::Value) -> Result<AccessRules, String> {
-        let docs: Vec<RuleDoc> =
-            serde_json::from_value(v.clone()).map_err(|e| format!("access rules: {e}"))?;
+        let docs = Vec::<RuleDoc>::deserialize(v).map_err(|e| format!("access rules: {e}"))?;
         AccessRules::from_docs(&docs)
     }
 

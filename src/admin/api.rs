@@ -473,7 +473,8 @@ fn check_rules(
     Ok((access, referers))
 }
 
-/// Store what [`check_rules`] let through for the user's stream `s`.
+/// Store what [`check_rules`] let through for the user's stream `s` (the caller tells the
+/// caches, once).
 async fn store_rules(
     st: &AdminState,
     s: StreamRecord,
@@ -487,7 +488,6 @@ async fn store_rules(
     st.store
         .set_stream_rules(s.user_id, s.id, &access, &referers, now_ms())
         .await?;
-    st.changes.stream_changed(s.id).await;
     Ok(StreamRecord {
         access_rules: access,
         referers,
@@ -543,6 +543,7 @@ async fn create_stream(State(st): St, headers: HeaderMap, body: Body) -> ApiResu
     let (base, endpoint) = check_origin_url(&st, url).await?;
     let s = create_own_stream(&st, c.user_id, &base, &endpoint, now_ms()).await?;
     let s = store_rules(&st, s, rules).await?;
+    st.changes.stream_changed(s.id).await;
     Ok((StatusCode::CREATED, Json(stream_view(&st, &s).await?)).into_response())
 }
 
@@ -614,8 +615,9 @@ async fn update_stream(
         }
         None => user_stream(&st, c.user_id, id).await?,
     };
-    st.changes.stream_changed(id).await;
     let s = store_rules(&st, s, rules).await?;
+    // Once, after the URL and the rules are both stored.
+    st.changes.stream_changed(id).await;
     Ok(Json(stream_view(&st, &s).await?).into_response())
 }
 

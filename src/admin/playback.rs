@@ -427,15 +427,11 @@ pub async fn list_screens(State(st): St, headers: HeaderMap) -> ApiResult {
             }
         }
     }
-    let full = match cfg.admin.screens_full {
-        crate::config::ScreensFull::Refuse => "refuse",
-        crate::config::ScreensFull::EndOldest => "end_oldest",
-    };
     Ok(Json(json!({
-        "max": crate::store::effective_screens(cfg.admin.max_screens_per_user, own.map(i64::from)),
+        "max": crate::store::effective_screens(cfg.admin.max_screens_per_user, own),
         "configured": cfg.admin.max_screens_per_user,
         "own": own,
-        "whenFull": full,
+        "whenFull": cfg.admin.screens_full,
         "screens": live,
         "ended": ended,
     }))
