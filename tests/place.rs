@@ -271,8 +271,17 @@ fn a_jwts_access_rules_narrow_the_streams_and_never_widen_them() {
         ),
     );
     let p = format!("/hls/open/index.m3u8?token={one_net}");
-    assert_eq!(on(&h.serve, &p, &[FR]).0, 200);
+    let (s, playlist) = on(&h.serve, &p, &[FR]);
+    assert_eq!(s, 200, "{playlist}");
     let (s, body) = on(&h.serve, &p, &[("X-Forwarded-For", "127.0.0.9")]);
+    assert_eq!(
+        (s, body.as_str()),
+        (403, r#"{"error":"not allowed from this network"}"#)
+    );
+    // The network rule travels in the exchanged token too: edge 2 refuses it elsewhere.
+    let seg = first_edge_uri(&playlist);
+    assert_eq!(on(&h.edge2, &seg, &[FR]).0, 200);
+    let (s, body) = on(&h.edge2, &seg, &[("X-Forwarded-For", "127.0.0.9")]);
     assert_eq!(
         (s, body.as_str()),
         (403, r#"{"error":"not allowed from this network"}"#)
@@ -563,7 +572,32 @@ fn rules_hold_after_an_upgrade() {
         "edge",
         &format!("  upgrade_socket: \"{}/upgrade.sock\"\n", dir.display()),
     );
+    add_config_keys(&config, "admin", "  max_screens_per_user: 1\n");
     let old = Hlsgate::start("serve", &config, ports.edge);
+    // One screen for this account, taken before the hand-over.
+    let login = login_as(UA, ports.admin, "una-upgrade");
+    let id = add_stream_as(
+        UA,
+        ports.admin,
+        &login,
+        &format!("http://127.0.0.1:{}/ts/index.m3u8", h.origin.port),
+    );
+    let screen = |n: u32| {
+        let (s, v, _) = api_as(
+            UA,
+            ports.admin,
+            "POST",
+            "/api/playback-token",
+            Some(&login),
+            Some(json!({ "streamID": id })),
+        );
+        assert_eq!(s, 200, "screen {n}: {v}");
+        path_of(v["url"].as_str().unwrap())
+    };
+    let (first, second) = (screen(1), screen(2));
+    let (s, first_playlist) = on(&old, &first, &[]);
+    assert_eq!(s, 200, "{first_playlist}");
+    let embed = path_of(&old.token_url(&["--stream", "embed"]));
     let jwt = pyjwt(
         &h.dir.join("es384.pem"),
         json!({"aws:channel-arn": "arn:aws:ivs:us-west-2:1:channel/open", "exp": unix() + 300,
@@ -585,6 +619,24 @@ fn rules_hold_after_an_upgrade() {
     assert_eq!(on(&new, &native, &[DE]).0, 403);
     let (ok, err) = ffmpeg_play_with(&url_on(&new, &native), UA, &[US]);
     assert!(ok, "{err}");
+    // Referrers, from the config the new process read.
+    assert_eq!(
+        on(&new, &embed, &[("Referer", "https://evil.example/")]).0,
+        403
+    );
+    assert_eq!(
+        on(&new, &embed, &[("Referer", "https://a.example.com/")]).0,
+        200
+    );
+    // Screens, from the store: the new process, which never saw the first screen, still
+    // counts it; the first plays on.
+    let (s, body) = on(&new, &second, &[]);
+    assert_eq!(s, 403, "{body}");
+    assert!(
+        body.contains("every screen of this account is in use"),
+        "{body}"
+    );
+    assert_eq!(on(&new, &first_edge_uri(&first_playlist), &[]).0, 200);
 }
 
 /// A 3-screen account: three ffmpeg viewers play (on two edges), the fourth is refused;

@@ -348,7 +348,12 @@ async fn screens(st: &EdgeState, v: &Verified, viewer: &Viewer<'_>) -> Result<()
         )
     };
     let end_oldest = admin.screens_full == crate::config::ScreensFull::EndOldest;
-    if !end_oldest && st.screens_full.contains_key(&account) {
+    if !end_oldest
+        && st
+            .screens_full
+            .get(&account)
+            .is_some_and(|holders| !holders.contains(&v.session))
+    {
         return Err(full());
     }
     let now = crate::store::now_ms();
@@ -375,8 +380,12 @@ async fn screens(st: &EdgeState, v: &Verified, viewer: &Viewer<'_>) -> Result<()
             viewers.end(&ended, super::viewers::Ended::Screens);
             Ok(())
         }
-        Ok(crate::store::Screens::Full { .. }) => {
-            st.screens_full.insert(account, ());
+        Ok(crate::store::Screens::Full { holders }) => {
+            let holders = holders
+                .iter()
+                .filter_map(|h| crate::store::session_bytes(h))
+                .collect();
+            st.screens_full.insert(account, Arc::new(holders));
             Err(full())
         }
         Err(_) => Err(Denial::STORE_DOWN),

@@ -87,9 +87,11 @@ pub struct EdgeState {
     /// Failed credential checks by client address: `(unix second, failures in it)`
     /// (`edge.max_failed_verifications`).
     pub failed_checks: moka::sync::Cache<std::net::IpAddr, Arc<parking_lot::Mutex<(u32, u32)>>>,
-    /// Accounts whose screens were all in use a moment ago (`admission::screens`): their
-    /// new viewer sessions are refused for [`FULL_FOR`] without a store transaction each.
-    pub screens_full: moka::sync::Cache<i64, ()>,
+    /// Accounts whose screens were all in use a moment ago, and the sessions holding them
+    /// (`admission::screens`): the account's other viewer sessions are refused for
+    /// [`FULL_FOR`] without a store transaction each; a holder new to this edge (after an
+    /// upgrade, or moving between edges) is not.
+    pub screens_full: moka::sync::Cache<i64, Arc<Vec<[u8; 16]>>>,
     /// `auth.external`: the platform's handler, its slots and its decisions.
     pub external: Option<Arc<external::External>>,
     /// The key of the exchange cache's hash (random per process).

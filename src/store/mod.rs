@@ -202,17 +202,14 @@ pub struct ScreenClaim {
 pub enum Screens {
     /// The session holds a screen; `ended` are the sessions ended to make room.
     Taken { ended: Vec<String> },
-    /// Every screen is taken (the account's limit).
-    Full { max: u32 },
+    /// Every screen is taken (the account's limit): by these sessions (ids, hex).
+    Full { holders: Vec<String> },
 }
 
 /// A user's screen limit: their own (`users.max_screens`, which the platform sets, higher or
 /// lower), else the configured one; 0 is no limit.
-pub fn effective_screens(configured: u32, own: Option<i64>) -> u32 {
-    match own {
-        Some(n) => n.clamp(0, u32::MAX as i64) as u32,
-        None => configured,
-    }
+pub fn effective_screens(configured: u32, own: Option<u32>) -> u32 {
+    own.unwrap_or(configured)
 }
 
 /// One of an account's viewer sessions ([`Store::account_sessions`]).

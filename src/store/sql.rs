@@ -96,6 +96,11 @@ fn stream(
     }
 }
 
+/// `users.max_screens` as stored (a BIGINT) as a limit.
+fn screens_of(stored: Option<i64>) -> Option<u32> {
+    stored.map(|n| n.clamp(0, u32::MAX as i64) as u32)
+}
+
 type ViewerRow = (String, String, String, String, String, i64, i64, i64);
 
 fn viewer(
@@ -610,7 +615,7 @@ macro_rules! sql_store {
                     .bind(user_id)
                     .fetch_optional(&self.pool)
                     .await
-                    .map(|r| r.flatten().map(|n| n.clamp(0, u32::MAX as i64) as u32))
+                    .map(|r| screens_of(r.flatten()))
                     .map_err(unavailable)
             }
 
@@ -638,7 +643,7 @@ macro_rules! sql_store {
                 let Some(own) = own else {
                     return Ok(Screens::Taken { ended: Vec::new() });
                 };
-                let max = effective_screens(claim.default_max, own);
+                let max = effective_screens(claim.default_max, screens_of(own));
                 let mut ended = Vec::new();
                 if max > 0 {
                     let others: Vec<(String,)> = sqlx::query_as(
@@ -653,7 +658,8 @@ macro_rules! sql_store {
                     .map_err(unavailable)?;
                     if others.len() >= max as usize {
                         if !claim.end_oldest {
-                            return Ok(Screens::Full { max });
+                            let holders = others.into_iter().map(|(id,)| id).collect();
+                            return Ok(Screens::Full { holders });
                         }
                         let excess = others.len() + 1 - max as usize;
                         for (id,) in others.into_iter().take(excess) {
