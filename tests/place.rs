@@ -172,6 +172,19 @@ fn harness() -> &'static Harness {
     })
 }
 
+/// `POST /api/playback-token` as `jwt`'s user on the admin at `port`: `(status, answer)`.
+fn playback_token(port: u16, jwt: &str, body: Value) -> (u16, Value) {
+    let (s, v, _) = api_as(
+        UA,
+        port,
+        "POST",
+        "/api/playback-token",
+        Some(jwt),
+        Some(body),
+    );
+    (s, v)
+}
+
 /// `(status, body)` of a GET on `edge`.
 fn on(edge: &Hlsgate, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut hs = vec![("User-Agent", UA)];
@@ -390,14 +403,7 @@ fn a_users_stream_rules_are_set_in_the_admin_and_apply_on_every_edge() {
         (200, Some("FR")),
         "{v}"
     );
-    let (s, v, _) = api_as(
-        UA,
-        h.ports.admin,
-        "POST",
-        "/api/playback-token",
-        Some(&jwt),
-        Some(json!({"streamID": id})),
-    );
+    let (s, v) = playback_token(h.ports.admin, &jwt, json!({"streamID": id}));
     assert_eq!(s, 200, "{v}");
     let p = path_of(v["url"].as_str().unwrap());
     for edge in [&h.serve, &h.edge2] {
@@ -427,14 +433,11 @@ fn a_users_stream_rules_are_set_in_the_admin_and_apply_on_every_edge() {
     assert_eq!(on(&h.serve, &p, &[US]).0, 403);
     assert_eq!(on(&h.edge2, &p, &[FR]).0, 200);
     // The admin's own token and cookies take rules too, and they only narrow.
-    let (s, v, _) = api_as(
-        UA,
+    let (s, v) = playback_token(
         h.ports.admin,
-        "POST",
-        "/api/playback-token",
-        Some(&jwt),
-        Some(json!({"streamID": id, "accessRules": [
-            {"type": "ip.src", "ip": ["127.0.0.4/32"], "action": "block"}]})),
+        &jwt,
+        json!({"streamID": id, "accessRules": [
+            {"type": "ip.src", "ip": ["127.0.0.4/32"], "action": "block"}]}),
     );
     assert_eq!(s, 200, "{v}");
     let p = path_of(v["url"].as_str().unwrap());
@@ -442,14 +445,11 @@ fn a_users_stream_rules_are_set_in_the_admin_and_apply_on_every_edge() {
     assert_eq!(on(&h.edge2, &p, &[("X-Forwarded-For", "127.0.0.8")]).0, 200);
     // Rules too big for a token are refused when asked for, not at the edge later.
     let nets: Vec<String> = (0..40).map(|i| format!("2001:db8:{i:x}::/48")).collect();
-    let (s, v, _) = api_as(
-        UA,
+    let (s, v) = playback_token(
         h.ports.admin,
-        "POST",
-        "/api/playback-token",
-        Some(&jwt),
-        Some(json!({"streamID": id, "accessRules": [
-            {"type": "ip.src", "ip": nets, "action": "block"}]})),
+        &jwt,
+        json!({"streamID": id, "accessRules": [
+            {"type": "ip.src", "ip": nets, "action": "block"}]}),
     );
     assert_eq!(s, 400, "{v}");
     assert!(
@@ -583,14 +583,7 @@ fn rules_hold_after_an_upgrade() {
         &format!("http://127.0.0.1:{}/ts/index.m3u8", h.origin.port),
     );
     let screen = |n: u32| {
-        let (s, v, _) = api_as(
-            UA,
-            ports.admin,
-            "POST",
-            "/api/playback-token",
-            Some(&login),
-            Some(json!({ "streamID": id })),
-        );
+        let (s, v) = playback_token(ports.admin, &login, json!({ "streamID": id }));
         assert_eq!(s, 200, "screen {n}: {v}");
         path_of(v["url"].as_str().unwrap())
     };
@@ -664,14 +657,7 @@ fn an_account_plays_on_at_most_its_screens(backend: Backend) {
     let id = add_stream_as(UA, ports.admin, &jwt, &url);
     // Asked for in the same second: each token is a viewer session (a screen) of its own.
     let token = || {
-        let (s, v, _) = api_as(
-            UA,
-            ports.admin,
-            "POST",
-            "/api/playback-token",
-            Some(&jwt),
-            Some(json!({"streamID": id})),
-        );
+        let (s, v) = playback_token(ports.admin, &jwt, json!({"streamID": id}));
         assert_eq!(s, 200, "{v}");
         path_of(v["url"].as_str().unwrap())
     };
