@@ -3,6 +3,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use hlsgate::token::cloudfront::{self, CloudFrontKeys};
 use hlsgate::token::jwt::JwtKeys;
+use hlsgate::token::rsa2048::Hash;
 use hlsgate::token::{akamai, secure_link};
 use hlsgate::token::{Binding, Grant, Keyring, Viewer};
 
@@ -109,6 +110,34 @@ fn bench(c: &mut Criterion) {
     c.bench_function("token/cloudfront_verify_rsa2048_custom", |b| {
         b.iter(|| cf.verify(criterion::black_box(&signed), &target, &[]))
     });
+    // The library's part of it alone: AWS-LC's RSA-2048 PKCS#1 SHA-1 check of the decoded
+    // policy, with the key parsed once (as `CloudFrontKeys` keeps it).
+    let der = pem_der(CF_PUBLIC);
+    let spki = aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+        &der,
+    )
+    .unwrap();
+    let (msg, sig) = (
+        cloudfront::decode(CF_POLICY).unwrap(),
+        cloudfront::decode(CF_SIGNATURE).unwrap(),
+    );
+    assert!(spki.verify_sig(&msg, &sig).is_ok());
+    c.bench_function("token/rsa2048_sha1_aws_lc_alone", |b| {
+        b.iter(|| spki.verify_sig(criterion::black_box(&msg), &sig))
+    });
+    // The same check on AVX-512 IFMA (what `CloudFrontKeys` uses where the CPU has it).
+    // A 2,048-bit SPKI with e = 65537 has the modulus at 33..289, the exponent at 291..
+    assert_eq!(
+        (der.len(), &der[28..33]),
+        (294, &[0x02, 0x82, 0x01, 0x01, 0x00][..])
+    );
+    if let Some(ifma) = hlsgate::token::rsa2048::Rsa2048::new(&der[33..289], &der[291..]) {
+        assert!(ifma.verify(Hash::Sha1, &msg, &sig));
+        c.bench_function("token/rsa2048_sha1_ifma_alone", |b| {
+            b.iter(|| ifma.verify(Hash::Sha1, criterion::black_box(&msg), &sig))
+        });
+    }
     let native = k.derive(cloudfront::NATIVE_LABEL);
     let policy = cloudfront::custom_policy("http*://edge.example/hls/channel-42/*", 4_000_000_000);
     let (p, sig, kp) = cloudfront::sign_native(&policy, native[0].0, &native[0].1);
@@ -171,6 +200,15 @@ fn bench(c: &mut Criterion) {
     c.bench_function("token/sign_path", |b| {
         b.iter(|| k.sign_path("channel-42", criterion::black_box("/keys/2026/k1.bin")))
     });
+}
+
+/// A PEM block's DER bytes.
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }
 
 criterion_group!(benches, bench);

@@ -22,6 +22,7 @@
 //!
 //! Pure: no I/O.
 
+use super::rsa2048::{Hash, Rsa2048};
 use super::{ForeignGrant, TokenError};
 use aws_lc_rs::signature::{self, ParsedPublicKey};
 use base64::engine::general_purpose::STANDARD;
@@ -48,10 +49,13 @@ pub struct CloudFrontKeys {
 
 #[derive(Clone)]
 enum PublicKey {
-    /// Parsed once (AWS-LC): for RSA-SHA1 policies (botocore's signer) and RSA-SHA256.
+    /// Parsed once (AWS-LC): for RSA-SHA1 policies (botocore's signer) and RSA-SHA256;
+    /// `fast` when the key is one the IFMA code checks (2,048 bits, e = 65537, a CPU with
+    /// AVX-512 IFMA), which then checks its signatures instead.
     Rsa {
         sha1: ParsedPublicKey,
         sha256: ParsedPublicKey,
+        fast: Option<Box<Rsa2048>>,
     },
     /// An uncompressed P-256 point, parsed once.
     P256(ParsedPublicKey),
@@ -64,6 +68,7 @@ impl PublicKey {
         Ok(PublicKey::Rsa {
             sha1: parse(&signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY)?,
             sha256: parse(&signature::RSA_PKCS1_2048_8192_SHA256)?,
+            fast: rsa_numbers(der).and_then(|(n, e)| Rsa2048::new(n, e).map(Box::new)),
         })
     }
 }
@@ -293,6 +298,20 @@ fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
 }
 
+/// PKCS#1 `RSAPublicKey`: the modulus and the public exponent, big-endian.
+fn rsa_numbers(d: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (0x30, inner, _) = der(d)? else {
+        return None;
+    };
+    let (0x02, n, rest) = der(inner)? else {
+        return None;
+    };
+    let (0x02, e, _) = der(rest)? else {
+        return None;
+    };
+    Some((n, e))
+}
+
 /// `SubjectPublicKeyInfo`: the algorithm identifier's contents and the key bits.
 fn spki(d: &[u8]) -> Option<(&[u8], &[u8])> {
     let (0x30, inner, _) = der(d)? else {
@@ -360,6 +379,15 @@ impl CloudFrontKeys {
                 return ring::hmac::verify(&key, msg, &sig).map_err(|_| TokenError::Forged);
             }
             let key = match self.keys.get(s.key_pair_id).ok_or(TokenError::Forged)? {
+                PublicKey::Rsa {
+                    fast: Some(fast), ..
+                } => {
+                    let hash = if s.sha256 { Hash::Sha256 } else { Hash::Sha1 };
+                    return match fast.verify(hash, msg, &sig) {
+                        true => Ok(()),
+                        false => Err(TokenError::Forged),
+                    };
+                }
                 PublicKey::Rsa { sha256, .. } if s.sha256 => sha256,
                 PublicKey::Rsa { sha1, .. } => sha1,
                 PublicKey::P256(k) => k,
@@ -735,5 +763,114 @@ mod tests {
                 .1
                 .contains("SPKI")
         );
+    }
+    /// A CloudFront key pair's public half and cookies botocore's CloudFrontSigner made with its
+    /// private half (custom policy `http*://edge.example/hls/channel-42/*`, RSA-SHA1).
+    const CF_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAlXd2vs18rV4g26/6FNUr
+MpjNup1ltWvf6jfVgJ65RuFrZjRGQGo1Df27lbq041Q60PwwVKQpzQk4qTCL9azN
+LBlEDz/gyhfeeDTBRKyRwxDNENdeHWIhwUxI5kz5pPoeGXcTDIvnnb5bjS1zHFaa
+EcscPUsc2KlLBIFKlXa8zCuX0u9vgNmIUd1fDTOeD1S8IgTpTjLS4u4mWpc0s4ED
+ASnTghhVUh5s0xXJDhcA9Ob/BnvqATHjelULEaiUlPmLcinC/5FaKDwddFAyj4VF
+7sQ3nA1kKDhv/1pnmzc7khDjZUHI5CEyi+wfGaW3yyJPliHMjSyMRw8UVthWmAIt
+gQIDAQAB
+-----END PUBLIC KEY-----";
+    const CF_POLICY: &str = "eyJTdGF0ZW1lbnQiOlt7IlJlc291cmNlIjoiaHR0cCo6Ly9lZGdlLmV4YW1wbGUvaGxzL2NoYW5uZWwtNDIvKiIsIkNvbmRpdGlvbiI6eyJEYXRlTGVzc1RoYW4iOnsiQVdTOkVwb2NoVGltZSI6NDAwMDAwMDAwMH19fV19";
+    const CF_SIGNATURE: &str = "iALXZwDNPq~HQKCZs8J2or4MwRlTTN0euTxP1kRC7vrJtz~aqS9IPmMeINpb7QV6opZUT7KId5lTyF15HivGJb4AeIwSxzPb2321j-~wzCw3uXdeLZMFLVPaOXvHdcbPXBlK0bJF9x3NsaEe9vR1ezY4g6PCa3jjfECH5vLIpE7D00sGzVlsCVv0ADX5leVQNIHLzdbzk~N7gyVQLM5fiUK4uGAQMkrhgTcZ4AUXAABgOYooRQQapt7GLgK3ZnZHNmEDJPzKiOQDafkOzt4HUtwlpqQ-6qIH71X~oQB3j9XczyulofbqoJC00q-5ygMQFcAs9tT3unM5xaWx2hfaZQ__";
+
+    /// The IFMA check and AWS-LC's give the same answer: for signatures botocore (SHA-1)
+    /// and AWS-LC (SHA-256, keys it generated) made, and for every way of spoiling them.
+    #[test]
+    fn the_ifma_check_and_aws_lc_agree_on_every_signature() {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::rsa::{KeyPair, KeySize};
+        use aws_lc_rs::signature::KeyPair as _;
+        /// The key's DER, whether SHA-256, the message, the signature.
+        type Case = (Vec<u8>, bool, Vec<u8>, Vec<u8>);
+        let mut cases: Vec<Case> = Vec::new();
+        let botocore_der = {
+            let body: String = CF_PUBLIC
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect();
+            spki(&STANDARD.decode(body).unwrap()).unwrap().1.to_vec()
+        };
+        cases.push((
+            botocore_der,
+            false,
+            decode(CF_POLICY).unwrap(),
+            decode(CF_SIGNATURE).unwrap(),
+        ));
+        for i in 0..3u8 {
+            let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
+            let msg = format!("{{\"Statement\":[{{\"Resource\":\"https://e/{i}/*\"}}]}}");
+            let mut sig = vec![0; pair.public_modulus_len()];
+            pair.sign(
+                &signature::RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                msg.as_bytes(),
+                &mut sig,
+            )
+            .unwrap();
+            cases.push((
+                pair.public_key().as_ref().to_vec(),
+                true,
+                msg.into_bytes(),
+                sig,
+            ));
+        }
+        let mut spoiled = 0;
+        for (der, sha256, msg, sig) in cases {
+            let PublicKey::Rsa {
+                sha1,
+                sha256: s256,
+                fast,
+            } = PublicKey::rsa(&der).unwrap()
+            else {
+                unreachable!()
+            };
+            let Some(fast) = fast else {
+                // No IFMA on this CPU: AWS-LC checks every signature (the tests above).
+                assert!(!super::super::rsa2048::available());
+                return;
+            };
+            let lib = if sha256 { &s256 } else { &sha1 };
+            let hash = if sha256 { Hash::Sha256 } else { Hash::Sha1 };
+            let agree = |m: &[u8], s: &[u8]| {
+                let want = lib.verify_sig(m, s).is_ok();
+                assert_eq!(fast.verify(hash, m, s), want, "msg {m:x?} sig {s:x?}");
+                want
+            };
+            assert!(agree(&msg, &sig), "a good signature");
+            // The other hash: refused by both.
+            let other = if sha256 { Hash::Sha1 } else { Hash::Sha256 };
+            assert!(!fast.verify(other, &msg, &sig));
+            for at in 0..sig.len() {
+                for bit in [0, 7] {
+                    let mut s = sig.clone();
+                    s[at] ^= 1 << bit;
+                    assert!(!agree(&msg, &s));
+                    spoiled += 1;
+                }
+            }
+            for at in 0..msg.len() {
+                let mut m = msg.clone();
+                m[at] ^= 0x20;
+                assert!(!agree(&m, &sig));
+                spoiled += 1;
+            }
+            let (n, _) = rsa_numbers(&der).unwrap();
+            let n = &n[n.len() - 256..];
+            for s in [
+                &sig[1..],
+                &[&[0u8][..], &sig].concat(),
+                n,
+                &[0xFF; 256],
+                &[0; 256],
+            ] {
+                assert!(!agree(&msg, s));
+            }
+        }
+        assert!(spoiled > 2000);
     }
 }

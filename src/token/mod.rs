@@ -39,6 +39,7 @@ pub mod cloudfront;
 mod hmac;
 pub mod jwt;
 mod keys;
+pub mod rsa2048;
 pub mod secure_link;
 
 pub use keys::{KeyError, Keyring};
