@@ -200,12 +200,12 @@ pub fn decode(s: &str) -> Option<Vec<u8>> {
     if s.len() > MAX_POLICY_BYTES * 2 {
         return None;
     }
-    let std: String = s
-        .chars()
+    let std: Vec<u8> = s
+        .bytes()
         .map(|c| match c {
-            '-' => '+',
-            '_' => '=',
-            '~' => '/',
+            b'-' => b'+',
+            b'_' => b'=',
+            b'~' => b'/',
             c => c,
         })
         .collect();
