@@ -9,6 +9,8 @@
 #   bench/instructions.sh                    this tree's build and the bare probe
 #   OLD_BIN=/path/to/hlsgate bench/instructions.sh    and another build beside them
 #   N=20000 TOP=25 bench/instructions.sh     (TOP: the costliest functions of each)
+#   KEEP=/tmp/cg bench/instructions.sh       keep the callgrind dumps there (for
+#                                            callgrind_annotate --inclusive=yes)
 #
 # Caveats: valgrind's CPU has no SHA extensions (HMAC-SHA256 runs the portable code, about
 # 7k instructions a request more than the real one), and it counts each byte of a
@@ -70,6 +72,7 @@ run() {
     kill "$pid"; wait "$pid" 2>/dev/null || true
     echo ">> $label"
     summarise "$(ls "$RUN"/cg."$label".*.1)"
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$RUN"/cg."$label".*.1 "$KEEP/cg.$label"; fi
 }
 
 need h2load nghttp2-client
