@@ -13,6 +13,8 @@
 #            costs on this 2-core machine, where the flooding wrk takes CPU too
 #
 #   ROUNDS=3 DURATION=20s bench/flood.sh
+#   KIND=cloudfront bench/flood.sh    the flood is botocore's CloudFront signed URLs with a
+#                                     changed signature (RSA-2048 checks) instead
 #
 # Both wrk clients are on 127.0.0.1: the viewers' native tokens never meet the bound (it
 # is consulted only where a foreign credential would be checked), so sharing the address
@@ -23,12 +25,26 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-20s}
-JWT=$(ivs_jwt)
-# The same token with its signature reversed (base64url of 96 other bytes): forged.
-SIG=${JWT##*.}
-FORGED="${JWT%.*}.$(echo "$SIG" | rev)"
+KIND=${KIND:-jwt}
+case $KIND in
+jwt)
+    JWT=$(ivs_jwt)
+    # The same token with its signature reversed (base64url of 96 other bytes): forged.
+    SIG=${JWT##*.}
+    FORGED="${JWT%.*}.$(echo "$SIG" | rev)"
+    flood_url() { echo "http://127.0.0.1:$1/hls/live/index.m3u8?token=$FORGED"; }
+    ;;
+cloudfront)
+    # botocore's signed URL with one character of its signature changed: a full RSA-2048
+    # check each, then refused.
+    CF=$(cf_url 18080)
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$CF")" = 200 ] || { echo "!! botocore's URL is not 200" >&2; exit 1; }
+    FORGED_CF=$(echo "$CF" | sed -E 's/(Signature=.{20})(.)/\1\n\2/' | awk 'NR == 1 {a = $0} NR == 2 {c = substr($0, 1, 1); print a (c == "A" ? "B" : "A") substr($0, 2)}')
+    flood_url() { echo "${FORGED_CF/:18080/:$1}"; }
+    ;;
+*) echo "KIND: jwt or cloudfront" >&2; exit 2 ;;
+esac
 VIEWER=$(hlsgate_url live index.m3u8)
-flood_url() { echo "http://127.0.0.1:$1/hls/live/index.m3u8?token=$FORGED"; }
 CHEAP="http://127.0.0.1:18080/hls/live/index.m3u8?token=not-a-token"
 
 # The unbound edge: the same build and config on 18090 (metrics 18099, admin 18093).
@@ -45,7 +61,7 @@ VIEWER2=${VIEWER/:18080/:18090}
 
 code() { curl -s -o /dev/null -w '%{http_code}' -A wrk "$1"; }
 [ "$(code "$VIEWER")" = 200 ] && [ "$(code "$VIEWER2")" = 200 ] || { echo "!! viewer URL" >&2; exit 1; }
-[ "$(code "$(flood_url 18080)")" = 401 ] || { echo "!! the forged JWT is not refused 401" >&2; exit 1; }
+[ "$(code "$(flood_url 18080)")" = 401 ] || { echo "!! the forged $KIND credential is not refused 401" >&2; exit 1; }
 [ "$(code "$CHEAP")" = 401 ] || { echo "!! the garbage token is not refused 401" >&2; exit 1; }
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -89,5 +105,5 @@ printf '%-9s %14.0f %8.2fx %14s %12s\n' alone "$A" 1 - -
 printf '%-9s %14.0f %8.2fx %14.0f %12.0f\n' bounded "$B" "$(awk -v a="$B" -v b="$A" 'BEGIN{print a/b}')" "$(col 6)" "$(col 7)"
 printf '%-9s %14.0f %8.2fx %14.0f %12.0f\n' unbound "$C" "$(awk -v a="$C" -v b="$A" 'BEGIN{print a/b}')" "$(col 10)" "$(col 11)"
 printf '%-9s %14.0f %8.2fx %14.0f %12.0f\n' cheap "$D" "$(awk -v a="$D" -v b="$A" 'BEGIN{print a/b}')" "$(col 14)" "$(col 15)"
-echo "(medians of $ROUNDS interleaved rounds of $DURATION; viewers wrk -t1 -c32 on the cached live playlist, flood wrk -t1 -c8; $(nproc) CPUs shared by both wrk, hlsgate and the origin)"
+echo "(flood: forged $KIND credentials; medians of $ROUNDS interleaved rounds of $DURATION; viewers wrk -t1 -c32 on the cached live playlist, flood wrk -t1 -c8; $(nproc) CPUs shared by both wrk, hlsgate and the origin)"
 jwt_keys_cleanup
