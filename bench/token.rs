@@ -20,19 +20,7 @@ MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEfE7EmMIrYXAf6EJhLCjNWrjhUJjBGnk8
 RCW8PY/TqwyPe3b1zGpG8MI1HyYfWXQV
 -----END PUBLIC KEY-----";
 
-/// A CloudFront key pair's public half and cookies botocore's CloudFrontSigner made with its
-/// private half (custom policy `http*://edge.example/hls/channel-42/*`, RSA-SHA1).
-const CF_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
-MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAlXd2vs18rV4g26/6FNUr
-MpjNup1ltWvf6jfVgJ65RuFrZjRGQGo1Df27lbq041Q60PwwVKQpzQk4qTCL9azN
-LBlEDz/gyhfeeDTBRKyRwxDNENdeHWIhwUxI5kz5pPoeGXcTDIvnnb5bjS1zHFaa
-EcscPUsc2KlLBIFKlXa8zCuX0u9vgNmIUd1fDTOeD1S8IgTpTjLS4u4mWpc0s4ED
-ASnTghhVUh5s0xXJDhcA9Ob/BnvqATHjelULEaiUlPmLcinC/5FaKDwddFAyj4VF
-7sQ3nA1kKDhv/1pnmzc7khDjZUHI5CEyi+wfGaW3yyJPliHMjSyMRw8UVthWmAIt
-gQIDAQAB
------END PUBLIC KEY-----";
-const CF_POLICY: &str = "eyJTdGF0ZW1lbnQiOlt7IlJlc291cmNlIjoiaHR0cCo6Ly9lZGdlLmV4YW1wbGUvaGxzL2NoYW5uZWwtNDIvKiIsIkNvbmRpdGlvbiI6eyJEYXRlTGVzc1RoYW4iOnsiQVdTOkVwb2NoVGltZSI6NDAwMDAwMDAwMH19fV19";
-const CF_SIGNATURE: &str = "iALXZwDNPq~HQKCZs8J2or4MwRlTTN0euTxP1kRC7vrJtz~aqS9IPmMeINpb7QV6opZUT7KId5lTyF15HivGJb4AeIwSxzPb2321j-~wzCw3uXdeLZMFLVPaOXvHdcbPXBlK0bJF9x3NsaEe9vR1ezY4g6PCa3jjfECH5vLIpE7D00sGzVlsCVv0ADX5leVQNIHLzdbzk~N7gyVQLM5fiUK4uGAQMkrhgTcZ4AUXAABgOYooRQQapt7GLgK3ZnZHNmEDJPzKiOQDafkOzt4HUtwlpqQ-6qIH71X~oQB3j9XczyulofbqoJC00q-5ygMQFcAs9tT3unM5xaWx2hfaZQ__";
+include!("../tests/fixtures/botocore_cloudfront.rs");
 
 fn bench(c: &mut Criterion) {
     let k =
