@@ -383,9 +383,10 @@ impl CloudFrontKeys {
                     fast: Some(fast), ..
                 } => {
                     let hash = if s.sha256 { Hash::Sha256 } else { Hash::Sha1 };
-                    return match fast.verify(hash, msg, &sig) {
-                        true => Ok(()),
-                        false => Err(TokenError::Forged),
+                    return if fast.verify(hash, msg, &sig) {
+                        Ok(())
+                    } else {
+                        Err(TokenError::Forged)
                     };
                 }
                 PublicKey::Rsa { sha256, .. } if s.sha256 => sha256,
@@ -764,6 +765,7 @@ mod tests {
                 .contains("SPKI")
         );
     }
+
     include!("../../tests/fixtures/botocore_cloudfront.rs");
 
     /// The IFMA check and AWS-LC's give the same answer: for signatures botocore (SHA-1)
