@@ -250,18 +250,23 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// The DER bytes of a PEM block (its base64 lines between the `-----` ones).
+fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    STANDARD.decode(body).ok()
+}
+
 /// The key of a public key PEM: SPKI (`PUBLIC KEY`, RSA or P-256) or PKCS#1
 /// (`RSA PUBLIC KEY`).
 fn public_key(pem: &str) -> Result<PublicKey, &'static str> {
     if pem.contains("PRIVATE KEY") {
         return Err("a private key: register the public key only");
     }
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .map(str::trim)
-        .collect();
-    let der = STANDARD.decode(body).map_err(|_| "not a PEM")?;
+    let der = pem_der(pem).ok_or("not a PEM")?;
     if pem.contains("BEGIN RSA PUBLIC KEY") {
         return PublicKey::rsa(&der);
     }
@@ -778,13 +783,7 @@ mod tests {
         /// The key's DER, whether SHA-256, the message, the signature.
         type Case = (Vec<u8>, bool, Vec<u8>, Vec<u8>);
         let mut cases: Vec<Case> = Vec::new();
-        let botocore_der = {
-            let body: String = CF_PUBLIC
-                .lines()
-                .filter(|l| !l.starts_with("-----"))
-                .collect();
-            spki(&STANDARD.decode(body).unwrap()).unwrap().1.to_vec()
-        };
+        let botocore_der = spki(&pem_der(CF_PUBLIC).unwrap()).unwrap().1.to_vec();
         cases.push((
             botocore_der,
             false,
