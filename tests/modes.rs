@@ -882,3 +882,65 @@ fn a_host_header_cannot_widen_a_policy() {
     assert_eq!(status(h, &right, &[("Host", "cdn.example.com")]).0, 200);
     assert_eq!(status(h, &right, &[("Host", "other.example.com")]).0, 403);
 }
+
+/// botocore's CloudFront cookies are checked alike by a second `hlsgate edge` (same store,
+/// same key file, the same registered key pair) and by the process an `--upgrade` hands the
+/// sockets to: where the CPU has AVX-512 IFMA each is an RSA-2048 check of this crate's
+/// own (`token::rsa2048`), parsed from the config by each process; a forged signature and
+/// a key pair not registered stay 401 on every one.
+#[test]
+fn botocore_cookies_are_checked_alike_on_a_second_edge_and_after_an_upgrade() {
+    let h = harness();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let origin = Origin::with_streams(dir.join("origin"));
+    let streams = format!("streams:\n{}", origin.streams_yaml());
+    let keys = format!(
+        "  cloudfront:\n    keys:\n      {KEY_PAIR}: \"{}/cf.pub\"\n",
+        h.keys.display()
+    );
+    let (config, ports) = write_config(&dir, "2s", &streams);
+    add_config_keys(&config, "tokens", &keys);
+    add_config_keys(
+        &config,
+        "edge",
+        &format!("  upgrade_socket: \"{}/upgrade.sock\"\n", dir.display()),
+    );
+    let store = format!("sqlite://{}/hlsgate.db", dir.display());
+    let (config2, ports2) = write_config_with(&dir, "edge2.yaml", "2s", &store, &streams);
+    add_config_keys(&config2, "tokens", &keys);
+    let serve = Hlsgate::start("serve", &config, ports.edge);
+    let edge2 = Hlsgate::start("edge", &config2, ports2.edge);
+    let on = |edge: &Hlsgate, cookie: &str| {
+        let r = get(
+            edge.port,
+            "/hls/ts/index.m3u8",
+            &[("User-Agent", UA), ("Cookie", cookie)],
+        )
+        .unwrap();
+        (r.status, r.text())
+    };
+    let exp = now() + 600;
+    // Any port of 127.0.0.1 (both edges); one character of the signature changed.
+    let resource = "http*://127.0.0.1*/hls/ts/*";
+    let good = cf_cookies_with(h, "cf.pem", resource, exp, "-", "-");
+    let i = good.find("CloudFront-Signature=").unwrap() + 40;
+    let mut forged = good.clone().into_bytes();
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let rogue = cf_cookies_with(h, "rogue.pem", resource, exp, "-", "-");
+    let check = |edge: &Hlsgate, which: &str| {
+        let (s, body) = on(edge, &good);
+        assert_eq!(s, 200, "{which}: {body}");
+        assert!(body.starts_with("#EXTM3U"), "{which}: {body}");
+        assert_eq!(
+            on(edge, &forged),
+            (401, r#"{"error":"invalid token signature"}"#.into()),
+            "{which}"
+        );
+        assert_eq!(on(edge, &rogue).0, 401, "{which}");
+    };
+    check(&serve, "serve");
+    check(&edge2, "edge 2");
+    let serve = serve.upgraded();
+    check(&serve, "after --upgrade");
+}
